@@ -1,0 +1,23 @@
+"""Shared fixtures: real servers on free loopback ports, started and stopped by the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.broker import MosquittoBroker
+
+
+@pytest.fixture
+def broker() -> Iterator[MosquittoBroker]:
+    """A fresh Mosquitto for one test; the test may stop, kill and restart it."""
+    with MosquittoBroker() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def shared_broker() -> Iterator[MosquittoBroker]:
+    """One Mosquitto for tests that only publish and subscribe (cheaper than one each)."""
+    with MosquittoBroker() as b:
+        yield b

@@ -1,0 +1,135 @@
+"""A real Mosquitto broker owned by a test: own port, own config, own persistence.
+
+Tests stop, kill and restart it to prove what the bridge does when the broker goes
+away; the port and the persistence file survive a restart, as they would in production.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from tests.support.ports import free_port, wait_for_port
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if not found:
+        raise RuntimeError("mosquitto is not installed (the ./dev script installs it)")
+    return found
+
+
+class MosquittoBroker:
+    """One Mosquitto process on 127.0.0.1:<port>.
+
+    ``extra_config`` is appended to the generated configuration (ACLs, TLS listeners...).
+    With ``persistence`` the broker saves its state on a clean stop, so persistent
+    sessions and queued QoS 1 messages outlive a restart.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        extra_config: str = "",
+        persistence: bool = True,
+        listener: bool = True,
+    ) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="mosq-"))
+        self.extra_config = extra_config
+        self.persistence = persistence
+        self.listener = listener
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.dir / "mosquitto.log"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "mosquitto.conf"
+
+    def _write_config(self) -> None:
+        lines = [
+            "per_listener_settings false",
+            "allow_anonymous true" if "allow_anonymous" not in self.extra_config else "",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.dir}/",
+            "autosave_interval 0",
+            "max_queued_messages 1000000",
+            "max_inflight_messages 0",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
+        if self.listener:
+            lines.insert(0, f"listener {self.port} 127.0.0.1")
+        self.config_path.write_text("\n".join(lines) + "\n" + self.extra_config + "\n")
+
+    def start(self) -> MosquittoBroker:
+        self._write_config()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        try:
+            wait_for_port(self.port, timeout=10)
+        except TimeoutError:
+            self.kill()
+            raise RuntimeError(
+                f"mosquitto did not start: {self.log_path.read_text()[-2000:]}"
+            ) from None
+        return self
+
+    def _signal(self, sig: int, timeout: float = 10) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        """SIGTERM: a clean stop; the broker saves its persistence file."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL: the broker dies and keeps only what it had saved before."""
+        self._signal(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> MosquittoBroker:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def env_with_pythonpath() -> dict[str, str]:
+    """The environment for a child Python process that must import this checkout."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
