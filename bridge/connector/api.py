@@ -1,0 +1,759 @@
+"""The :class:`connector` class: the seed API over HTTP.
+
+Every call goes through one :class:`requests.Session` (connection reuse, a pool sized
+for several threads calling at once), with a timeout, the ``Authorization: Bearer``
+header and the paths, query parameters and bodies of the REST page. A call never
+raises for what the network or the service did: it returns an :class:`asyncResult`
+whose ``error`` says what went wrong. Programming errors (an argument of the wrong
+type, an unknown handler name) raise ``TypeError``/``ValueError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from bridge.connector.channel import LongPoller, Message, parse_message
+from bridge.connector.errors import (
+    ASYNC_TIMEOUT,
+    CONNECTION_ERROR,
+    INVALID_RESPONSE,
+    REQUEST_TIMEOUT,
+    response_codes,
+)
+from bridge.connector.pending import PendingAsync
+from bridge.connector.result import Callback, asyncResult, decode_payload, value_of
+
+log = logging.getLogger("bridge.connector")
+
+#: The notification types ``setHandler`` accepts, in the order a message is dispatched:
+#: new registrations before notifications (a message may carry a device's registration
+#: and its first values), departures last.
+HANDLER_NAMES: Final = (
+    "registrations",
+    "reg-updates",
+    "async-responses",
+    "notifications",
+    "de-registrations",
+    "registrations-expired",
+)
+
+_LEVELS: Final = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+}
+
+# Characters left as they are in an endpoint name (a single path segment) and in a
+# resource path (slashes kept). Everything else is percent-encoded, so a name with
+# "?", "#", "%" or a space cannot change the meaning of the URL.
+_SEGMENT_SAFE: Final = "-._~!$&'()*+,;=:@"
+_PATH_SAFE: Final = _SEGMENT_SAFE + "/"
+
+_POOL_SIZE: Final = 32
+
+
+class _Secret:
+    """Holds the access key; its repr never shows it (nor does ``vars(connector)``)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+
+def _debug_handler() -> logging.Handler:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(levelname)s %(threadName)s %(name)s] %(message)s"))
+    handler.set_name("bridge.connector.debug")
+    return handler
+
+
+class connector:
+    """Interface class to use the Connector REST API; every call returns an asyncResult.
+
+    ``token`` is the access key. ``webAddress`` is the service's base URL (no ``/v2``);
+    ``port`` is used only when ``webAddress`` names no port and ``port`` is not the
+    seed's default ``"80"`` (the original library stored it and never used it).
+
+    Keyword-only extras: ``timeout`` (seconds, connect and read, per HTTP call),
+    ``asyncTimeout`` (seconds an async id waits for its answer before the result ends
+    with an ``async_timeout`` error), ``backoffMax`` (cap of the long-poll back-off, in
+    seconds) and ``pollTimeout`` (read timeout of one long poll; keep it above the
+    service's hold time of about 30 s).
+    """
+
+    apiVersion: str = "/v2"
+
+    def __init__(
+        self,
+        token: str,
+        webAddress: str = "https://api.connector.mbed.com",
+        port: str | int = "80",
+        *,
+        timeout: float = 10.0,
+        asyncTimeout: float = 60.0,
+        backoffMax: float = 30.0,
+        pollTimeout: float = 40.0,
+    ) -> None:
+        if not isinstance(token, str) or not token:
+            raise TypeError("token must be a non-empty string (the Connector access key)")
+        self._token = _Secret(token)
+        self.address = self._base_url(webAddress, port)
+        self.port = port
+        self.timeout = float(timeout)
+        self.asyncTimeout = float(asyncTimeout)
+        self.pollTimeout = float(pollTimeout)
+
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=_POOL_SIZE, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update(
+            {"Authorization": f"Bearer {token}", "Accept": "application/json, text/plain, */*"}
+        )
+
+        self._pending: PendingAsync[asyncResult] = PendingAsync(
+            ttl=self.asyncTimeout, early_ttl=min(30.0, max(self.asyncTimeout, 1.0))
+        )
+        self._handlers: dict[str, Callable[[Message], object]] = {}
+        self._handlers_lock = threading.Lock()
+        self._poller = LongPoller(
+            pull=self._pull,
+            dispatch=self._dispatch,
+            tick=self._expire_due,
+            backoff_max=float(backoffMax),
+        )
+
+    # ---- plumbing --------------------------------------------------------------------
+
+    @staticmethod
+    def _base_url(webAddress: str, port: str | int) -> str:
+        address = webAddress.strip().rstrip("/")
+        if "://" not in address:
+            address = "https://" + address
+        parts = urlsplit(address)
+        if parts.port is None and str(port).strip() not in ("", "80"):
+            address = f"{parts.scheme}://{parts.hostname}:{int(port)}{parts.path}"
+        return address
+
+    def _url(self, path: str, versioned: bool) -> str:
+        return self.address + (self.apiVersion if versioned else "") + path
+
+    @staticmethod
+    def _ep_path(ep: str, res: str = "") -> str:
+        if not isinstance(ep, str) or not ep:
+            raise TypeError("ep must be a non-empty string (the endpoint name)")
+        path = "/" + quote(ep, safe=_SEGMENT_SAFE)
+        if res:
+            if not isinstance(res, str):
+                raise TypeError("res must be a string (a resource path such as /3303/0/5700)")
+            path += quote(res if res.startswith("/") else "/" + res, safe=_PATH_SAFE)
+        return path
+
+    def _redact(self, text: str) -> str:
+        token = self._token.get()
+        return text.replace(token, "<secret>") if token else text
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        versioned: bool = True,
+        params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> requests.Response | response_codes:
+        """One HTTP call; a client-side :class:`response_codes` when no answer came."""
+        url = self._url(path, versioned)
+        headers = {"Content-Type": content_type} if content_type else None
+        started = time.monotonic()
+        try:
+            resp = self._session.request(
+                method,
+                url,
+                params=params,
+                data=body,
+                headers=headers,
+                timeout=(self.timeout, self.timeout),
+            )
+        except requests.Timeout as exc:
+            text = self._redact(f"{method} {url}: no answer within {self.timeout:g} s ({exc})")
+            log.warning("%s", text)
+            return response_codes.client(REQUEST_TIMEOUT, text)
+        except requests.RequestException as exc:
+            text = self._redact(f"{method} {url}: {type(exc).__name__}: {exc}")
+            log.warning("%s", text)
+            return response_codes.client(CONNECTION_ERROR, text)
+        log.debug(
+            "%s %s%s -> %d (%d bytes, %.1f ms)",
+            method,
+            url,
+            f" {dict(params)}" if params else "",
+            resp.status_code,
+            len(resp.content),
+            (time.monotonic() - started) * 1000,
+        )
+        return resp
+
+    def _pull(self, noWait: bool) -> requests.Response:
+        return self._session.get(
+            self._url("/notification/pull", True),
+            params={"noWait": "true"} if noWait else None,
+            headers={"Connection": "keep-alive", "Accept": "application/json"},
+            timeout=(self.timeout, self.pollTimeout),
+        )
+
+    @staticmethod
+    def _text(resp: requests.Response) -> str:
+        return resp.content.decode("utf-8", "replace")
+
+    def _fail_transport(self, result: asyncResult, err: response_codes) -> asyncResult:
+        result._complete(error=err, result="", status_code=0, raw_data=b"")
+        return result
+
+    def _simple(
+        self,
+        result: asyncResult,
+        parent: str,
+        resp: requests.Response | response_codes,
+        ok: tuple[int, ...],
+        kind: str,
+    ) -> asyncResult:
+        """Complete a synchronous call. ``kind``: json, text or empty (the success body)."""
+        if isinstance(resp, response_codes):
+            return self._fail_transport(result, resp)
+        status = resp.status_code
+        result.http_status = status
+        if status not in ok:
+            return self._error(result, parent, resp)
+        value: Any
+        if kind == "json" and status != 204:
+            try:
+                value = json.loads(resp.content)
+            except ValueError:
+                err = response_codes.client(
+                    INVALID_RESPONSE,
+                    f"HTTP {status} with a body that is not valid JSON",
+                    status_code=status,
+                )
+                result._complete(
+                    error=err, result=self._text(resp), status_code=status, raw_data=resp.content
+                )
+                return result
+        elif kind == "json":
+            value = []
+        elif kind == "text":
+            value = self._text(resp)
+        else:
+            value = ""
+        result._complete(error=False, result=value, status_code=status, raw_data=resp.content)
+        return result
+
+    def _error(self, result: asyncResult, parent: str, resp: requests.Response) -> asyncResult:
+        result._complete(
+            error=response_codes(parent, resp.status_code),
+            result=self._text(resp),
+            status_code=resp.status_code,
+            raw_data=resp.content,
+        )
+        return result
+
+    def _resource(
+        self,
+        result: asyncResult,
+        parent: str,
+        resp: requests.Response | response_codes,
+        immediate: tuple[int, ...],
+    ) -> asyncResult:
+        """Complete (or register) a resource verb: immediate value, 202 async id, error."""
+        if isinstance(resp, response_codes):
+            return self._fail_transport(result, resp)
+        status = resp.status_code
+        result.http_status = status
+        if status == 202:
+            return self._register(result, resp)
+        if status == 204:  # noResp: sent non-confirmable, no answer will come
+            result._complete(error=False, result="", status_code=204, raw_data=resp.content)
+            return result
+        if status in immediate:
+            body = resp.content
+            result._complete(
+                error=False,
+                result=value_of(body, resp.headers.get("Content-Type")),
+                status_code=status,
+                raw_data=body,
+                payload=body if body else None,
+            )
+            return result
+        return self._error(result, parent, resp)
+
+    def _register(self, result: asyncResult, resp: requests.Response) -> asyncResult:
+        try:
+            async_id = json.loads(resp.content)["async-response-id"]
+            if not isinstance(async_id, str) or not async_id:
+                raise ValueError(async_id)
+        except (ValueError, KeyError, TypeError):
+            err = response_codes.client(
+                INVALID_RESPONSE, "HTTP 202 without an async-response-id", status_code=202
+            )
+            result._complete(
+                error=err, result=self._text(resp), status_code=202, raw_data=resp.content
+            )
+            return result
+        result.async_id = async_id
+        result.status_code = 202
+        result.raw_data = resp.content
+        result._deadline = time.monotonic() + self.asyncTimeout
+        result._expire = self._expire_due
+        _, early = self._pending.register(async_id, result)
+        if early is not None:
+            log.debug("async id %r was answered before its 202 came back", async_id)
+            self._complete_async(result, early)
+        self._expire_due()
+        return result
+
+    @staticmethod
+    def _complete_async(result: asyncResult, entry: Mapping[str, Any]) -> None:
+        """Fill ``result`` from its ``async-responses`` entry."""
+        error_text = entry.get("error")
+        try:
+            status = int(entry.get("status", 500 if error_text else 200))
+        except (TypeError, ValueError):
+            status = 500
+        result.status = status
+        result.extra = dict(entry)
+        payload: bytes | None = None
+        bad_payload = ""
+        if entry.get("payload") is not None:
+            try:
+                payload = decode_payload(entry)
+            except ValueError as exc:
+                bad_payload = str(exc)
+        if status >= 400 or error_text:
+            err: Literal[False] | response_codes = response_codes(
+                "async-responses-handler",
+                status,
+                error=str(error_text) if error_text else None,
+            )
+            value: Any = str(error_text) if error_text else ""
+        elif bad_payload:
+            err = response_codes.client(INVALID_RESPONSE, bad_payload, status_code=status)
+            value = ""
+        else:
+            err = False
+            value = value_of(payload, entry.get("ct")) if payload is not None else ""
+        result._complete(
+            error=err, result=value, status_code=status, raw_data=dict(entry), payload=payload
+        )
+
+    def _expire_due(self) -> None:
+        for async_id, result in self._pending.expire():
+            err = response_codes.client(
+                ASYNC_TIMEOUT,
+                f"no async response for {async_id!r} within {self.asyncTimeout:g} s",
+            )
+            log.info("async id %r expired unanswered", async_id)
+            result._complete(error=err, result="", status_code=result.status_code)
+
+    def _match_async(self, entries: object) -> None:
+        if not isinstance(entries, list):
+            log.warning("async-responses is a %s, not a list; ignored", type(entries).__name__)
+            return
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                log.warning("async-responses entry without an id ignored: %.200r", entry)
+                continue
+            result = self._pending.match(entry)
+            if result is not None:
+                self._complete_async(result, entry)
+
+    def _dispatch(self, message: Message) -> None:
+        for name in HANDLER_NAMES:
+            if name not in message:
+                continue
+            if name == "async-responses":
+                self._match_async(message[name])
+            with self._handlers_lock:
+                fn = self._handlers.get(name)
+            if fn is None:
+                self._default_handler(name, message)
+                continue
+            try:
+                fn(message)
+            except Exception:
+                log.exception("the %r handler %r raised", name, fn)
+        self._expire_due()
+
+    @staticmethod
+    def _default_handler(name: str, message: Message) -> None:
+        items = message.get(name)
+        count = len(items) if isinstance(items, list) else 0
+        if name != "async-responses":
+            log.debug("%s: %d entr%s (no handler set)", name, count, "y" if count == 1 else "ies")
+
+    # ---- service information -----------------------------------------------------------
+
+    def getConnectorVersion(self) -> asyncResult:
+        """GET the current Connector version (``GET /``, unversioned); ``result`` is text."""
+        result = asyncResult()
+        resp = self._request("GET", "/", versioned=False)
+        return self._simple(result, "get_mdc_version", resp, (200,), "text")
+
+    def getApiVersions(self) -> asyncResult:
+        """The REST API versions the service accepts (``GET /rest-versions``); a list."""
+        result = asyncResult()
+        resp = self._request("GET", "/rest-versions", versioned=False)
+        return self._simple(result, "get_rest_version", resp, (200,), "json")
+
+    def getLimits(self) -> asyncResult:
+        """The account's limits (``GET /v2/limits``); a dict."""
+        result = asyncResult()
+        resp = self._request("GET", "/limits")
+        return self._simple(result, "limit", resp, (200,), "json")
+
+    # ---- endpoints and resources ----------------------------------------------------------
+
+    def getEndpoints(self, typeOfEndpoint: str = "") -> asyncResult:
+        """All endpoints (``GET /v2/endpoints[?type=]``); a list of dicts."""
+        result = asyncResult()
+        params = {"type": typeOfEndpoint} if typeOfEndpoint else None
+        if typeOfEndpoint:
+            result.extra["type"] = typeOfEndpoint
+        resp = self._request("GET", "/endpoints", params=params)
+        return self._simple(result, "get_endpoints", resp, (200,), "json")
+
+    @staticmethod
+    def _flags(noResp: bool, cacheOnly: bool) -> dict[str, str] | None:
+        # Both flags go out when either is set (as the original did).
+        if not (noResp or cacheOnly):
+            return None
+        return {
+            "noResp": "true" if noResp else "false",
+            "cacheOnly": "true" if cacheOnly else "false",
+        }
+
+    def getResources(self, ep: str, noResp: bool = False, cacheOnly: bool = False) -> asyncResult:
+        """The resources of ``ep`` (``GET /v2/endpoints/{ep}``); a list of dicts."""
+        result = asyncResult()
+        result.endpoint = ep
+        resp = self._request("GET", self._ep_path(ep), params=self._flags(noResp, cacheOnly))
+        return self._simple(result, "get_resources", resp, (200,), "json")
+
+    def getResourceValue(
+        self,
+        ep: str,
+        res: str,
+        cbfn: Callback | str = "",
+        noResp: bool = False,
+        cacheOnly: bool = False,
+    ) -> asyncResult:
+        """Read ``res`` on ``ep``: 200 is a cached value, 202 an async answer to come."""
+        result = asyncResult(callback=cbfn)
+        result.endpoint, result.resource = ep, res
+        resp = self._request("GET", self._ep_path(ep, res), params=self._flags(noResp, cacheOnly))
+        return self._resource(result, "resource", resp, (200,))
+
+    @staticmethod
+    def _body(data: object) -> tuple[bytes | None, str | None]:
+        """A value as raw bytes and its content type (never JSON-quoted)."""
+        if data is None or data == "" or data == b"":
+            return None, None
+        if isinstance(data, bytes | bytearray | memoryview):
+            return bytes(data), "application/octet-stream"
+        if isinstance(data, bool):
+            raise TypeError("give a boolean value as text (e.g. '1' or 'true')")
+        if isinstance(data, str | int | float):
+            return str(data).encode("utf-8"), "text/plain"
+        raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
+
+    def putResourceValue(
+        self, ep: str, res: str, data: str | bytes, cbfn: Callback | str = ""
+    ) -> asyncResult:
+        """Write ``data`` (sent as raw bytes: str as UTF-8 text) to ``res`` on ``ep``."""
+        result = asyncResult(callback=cbfn)
+        result.endpoint, result.resource = ep, res
+        body, ctype = self._body(data)
+        resp = self._request(
+            "PUT",
+            self._ep_path(ep, res),
+            body=body if body is not None else b"",
+            content_type=ctype or "text/plain",
+        )
+        return self._resource(result, "resource", resp, (200, 201))
+
+    def postResource(
+        self, ep: str, res: str, data: str | bytes = "", cbfn: Callback | str = ""
+    ) -> asyncResult:
+        """Execute ``res`` on ``ep`` with the optional argument ``data`` (raw bytes)."""
+        result = asyncResult(callback=cbfn)
+        result.endpoint, result.resource = ep, res
+        body, ctype = self._body(data)
+        resp = self._request("POST", self._ep_path(ep, res), body=body, content_type=ctype)
+        return self._resource(result, "resource", resp, (200, 201))
+
+    def deleteEndpoint(self, ep: str, cbfn: Callback | str = "") -> asyncResult:
+        """Send DELETE to an endpoint (``DELETE /v2/endpoints/{ep}``)."""
+        result = asyncResult(callback=cbfn)
+        result.endpoint = ep
+        resp = self._request("DELETE", self._ep_path(ep))
+        return self._resource(result, "resource", resp, (200,))
+
+    # ---- subscriptions ------------------------------------------------------------------
+
+    def putResourceSubscription(self, ep: str, res: str, cbfn: Callback | str = "") -> asyncResult:
+        """Subscribe to changes of ``res`` on ``ep`` (200 at once, or 202 async)."""
+        result = asyncResult(callback=cbfn)
+        result.endpoint, result.resource = ep, res
+        resp = self._request("PUT", "/subscriptions" + self._ep_path(ep, res))
+        return self._resource(result, "subscribe", resp, (200,))
+
+    def deleteEndpointSubscriptions(self, ep: str) -> asyncResult:
+        """Remove all subscriptions of ``ep`` (``DELETE /v2/subscriptions/{ep}``)."""
+        result = asyncResult()
+        result.endpoint = ep
+        resp = self._request("DELETE", "/subscriptions" + self._ep_path(ep))
+        return self._simple(result, "delete_endpoint_subscription", resp, (204,), "empty")
+
+    def deleteResourceSubscription(self, ep: str, res: str) -> asyncResult:
+        """Remove the subscription to ``res`` on ``ep``."""
+        result = asyncResult()
+        result.endpoint, result.resource = ep, res
+        resp = self._request("DELETE", "/subscriptions" + self._ep_path(ep, res))
+        return self._simple(result, "unsubscribe", resp, (204,), "empty")
+
+    def deleteAllSubscriptions(self) -> asyncResult:
+        """Remove every subscription of the domain (``DELETE /v2/subscriptions``)."""
+        result = asyncResult()
+        resp = self._request("DELETE", "/subscriptions")
+        return self._simple(result, "unsubscribe", resp, (204,), "empty")
+
+    def getEndpointSubscriptions(self, ep: str) -> asyncResult:
+        """The subscribed resources of ``ep``; ``result`` is the ``text/uri-list`` text."""
+        result = asyncResult()
+        result.endpoint = ep
+        resp = self._request("GET", "/subscriptions" + self._ep_path(ep))
+        return self._simple(result, "get_endpoint_subscription", resp, (200,), "text")
+
+    def getResourceSubscription(self, ep: str, res: str) -> asyncResult:
+        """Whether ``res`` on ``ep`` is subscribed (200, the uri-list line) or not (404)."""
+        result = asyncResult()
+        result.endpoint, result.resource = ep, res
+        resp = self._request("GET", "/subscriptions" + self._ep_path(ep, res))
+        return self._simple(result, "get_resource_subscription", resp, (200,), "text")
+
+    def putPreSubscription(self, JSONdata: list[dict[str, Any]] | str) -> asyncResult:
+        """Set the pre-subscription rules: a list of rules, or the same as a JSON string.
+
+        A single rule (a dict) is sent as a one-rule list. The body is a JSON array.
+        """
+        rules: object = JSONdata
+        if isinstance(rules, str | bytes):
+            try:
+                rules = json.loads(rules)
+            except ValueError as exc:
+                raise ValueError(f"pre-subscription data is not valid JSON: {exc}") from None
+        if isinstance(rules, dict):
+            rules = [rules]
+        if isinstance(rules, tuple):
+            rules = list(rules)
+        if not isinstance(rules, list):
+            raise TypeError("pre-subscription data must be a list of rules (JSON array)")
+        result = asyncResult()
+        resp = self._request(
+            "PUT",
+            "/subscriptions",
+            body=json.dumps(rules).encode("utf-8"),
+            content_type="application/json",
+        )
+        return self._simple(result, "presubscription", resp, (200, 204), "json")
+
+    def getPreSubscription(self) -> asyncResult:
+        """The current pre-subscription rules (``GET /v2/subscriptions``); a list."""
+        result = asyncResult()
+        resp = self._request("GET", "/subscriptions")
+        return self._simple(result, "presubscription", resp, (200,), "json")
+
+    # ---- callback (webhook) ---------------------------------------------------------------
+
+    @staticmethod
+    def _callback_headers(headers: object) -> dict[str, str]:
+        if not headers:
+            return {}
+        if isinstance(headers, Mapping):
+            return {str(k): str(v) for k, v in headers.items()}
+        if not isinstance(headers, str):
+            raise TypeError("headers must be a dict or a string")
+        try:
+            parsed = json.loads(headers)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return {str(k): str(v) for k, v in parsed.items()}
+        out: dict[str, str] = {}
+        for line in headers.splitlines():
+            if not line.strip():
+                continue
+            name, sep, value = line.partition(":")
+            if not sep or not name.strip():
+                raise ValueError("headers must be a dict, a JSON object or 'Name: value' lines")
+            out[name.strip()] = value.strip()
+        return out
+
+    def putCallback(self, url: str, headers: Mapping[str, str] | str = "") -> asyncResult:
+        """Register the webhook ``url`` (instead of long polling).
+
+        ``headers``: what the service sends back with each call, as a dict, a JSON object
+        string or ``"Name: value"`` lines.
+        """
+        body: dict[str, Any] = {"url": url}
+        extra = self._callback_headers(headers)
+        if extra:
+            body["headers"] = extra
+        result = asyncResult()
+        resp = self._request(
+            "PUT",
+            "/notification/callback",
+            body=json.dumps(body).encode("utf-8"),
+            content_type="application/json",
+        )
+        return self._simple(result, "put_callback_url", resp, (200, 204), "empty")
+
+    def getCallback(self) -> asyncResult:
+        """The registered webhook: ``{"url": ..., "headers": {...}}``, or 404."""
+        result = asyncResult()
+        resp = self._request("GET", "/notification/callback")
+        return self._simple(result, "get_callback_url", resp, (200,), "json")
+
+    def deleteCallback(self) -> asyncResult:
+        """Remove the registered webhook (204, or 404 when there is none)."""
+        result = asyncResult()
+        resp = self._request("DELETE", "/notification/callback")
+        return self._simple(result, "delete_callback_url", resp, (200, 204), "empty")
+
+    # ---- the notification channel ---------------------------------------------------------
+
+    def setHandler(self, handler: str, cbfn: Callable[[Message], object] | str | None) -> None:
+        """Call ``cbfn(message)`` for every channel message holding ``handler`` entries.
+
+        ``handler`` is one of ``async-responses``, ``registrations-expired``,
+        ``de-registrations``, ``reg-updates``, ``registrations``, ``notifications``;
+        ``cbfn`` gets the whole message dict (payloads still base64). A falsy ``cbfn``
+        restores the default (log only). Async responses are matched to their results
+        whatever the ``async-responses`` handler does.
+        """
+        if handler not in HANDLER_NAMES:
+            raise ValueError(
+                f"{handler!r} is not a notification type; use one of {', '.join(HANDLER_NAMES)}"
+            )
+        if cbfn and not callable(cbfn):
+            raise TypeError("cbfn must be callable")
+        with self._handlers_lock:
+            if cbfn and callable(cbfn):
+                self._handlers[handler] = cbfn
+            else:
+                self._handlers.pop(handler, None)
+
+    def startLongPolling(self, noWait: bool = False) -> threading.Thread:
+        """Start the long-poll thread (or return the running one)."""
+        return self._poller.start(noWait)
+
+    def stopLongPolling(self, *, timeout: float = 5.0) -> None:
+        """Stop the long-poll thread; waits up to ``timeout`` s for it to end."""
+        self._poller.stop(timeout)
+
+    def handler(
+        self, data: str | bytes | bytearray | Mapping[str, Any] | requests.Response
+    ) -> bool:
+        """Handle one channel message (e.g. the body a webhook received).
+
+        ``data`` may be ``str``, ``bytes`` or an already-parsed dict. Returns ``True``
+        when the message was dispatched, ``False`` (with a logged reason) when it was
+        not a JSON object.
+        """
+        if isinstance(data, requests.Response):
+            data = data.content
+        if isinstance(data, Mapping):
+            message = dict(data)
+        elif isinstance(data, str | bytes | bytearray):
+            try:
+                message = parse_message(bytes(data) if isinstance(data, bytearray) else data)
+            except ValueError as exc:
+                log.error("handler: %s; message ignored", exc)
+                return False
+        else:
+            log.error("handler: cannot handle a %s; message ignored", type(data).__name__)
+            return False
+        self._dispatch(message)
+        return True
+
+    def debug(self, onOff: bool, level: str | int = "DEBUG") -> None:
+        """Switch the library's log output (logger ``bridge.connector``) on or off.
+
+        On: the logger gets ``level`` and one stderr handler of its own. Off: both are
+        removed again and the application's logging configuration decides.
+        """
+        logger = logging.getLogger("bridge.connector")
+        ours = [h for h in logger.handlers if h.get_name() == "bridge.connector.debug"]
+        if not onOff:
+            logger.setLevel(logging.NOTSET)
+            for h in ours:
+                logger.removeHandler(h)
+            return
+        if isinstance(level, str):
+            if level.upper() not in _LEVELS:
+                raise ValueError(f"unknown level {level!r}; use one of {', '.join(_LEVELS)}")
+            numeric = _LEVELS[level.upper()]
+        else:
+            numeric = int(level)
+        logger.setLevel(numeric)
+        if not ours:
+            logger.addHandler(_debug_handler())
+        logger.log(numeric, "connector debugging at level %s", logging.getLevelName(numeric))
+
+    # ---- extras ---------------------------------------------------------------------------
+
+    def longPollStats(self) -> dict[str, Any]:
+        """Channel counters: pulls, messages, empty, failures, consecutive_failures, ..."""
+        stats = self._poller.stats()
+        stats["running"] = self._poller.is_running()
+        return stats
+
+    def pendingCount(self) -> int:
+        """How many async ids wait for their answer."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Stop long polling and close the HTTP session (the object is done after this)."""
+        self._poller.stop(timeout=1.0)
+        self._session.close()
+
+    def __enter__(self) -> connector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<connector {self.address} long_polling="
+            f"{'on' if self._poller.is_running() else 'off'} pending={len(self._pending)}>"
+        )

@@ -1,0 +1,260 @@
+"""The long-poll notification channel: one background thread that pulls and dispatches.
+
+The thread loops: expire overdue async ids, ``GET /v2/notification/pull``, hand a
+message to the dispatcher. Whatever goes wrong (connection refused or reset, a cut
+poll, a server that hangs until the read timeout, 5xx, 429, a body that is not a JSON
+object) counts as a failure and the thread waits before the next pull: capped
+exponential back-off with jitter, so a dead server sees a bounded request rate instead
+of a spinning client. 401/403 (a wrong access key will not fix itself) waits the cap
+at once and says so plainly. Empty answers that come back at once (``noWait``, or a
+server that ignores the long-poll hold) are paced to one pull per
+``min_empty_interval`` for the same reason.
+
+Stopping sets an event and joins with a bound. A pull already in flight cannot be
+interrupted from outside without closing the shared session, so a thread that is still
+waiting for the server when the join gives up finishes that pull in the background,
+dispatches what it got (nothing the service handed over is lost) and exits. A new
+thread can be started meanwhile; it is independent of the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+log = logging.getLogger("bridge.connector")
+
+Message = dict[str, Any]
+
+
+def backoff_delay(
+    failures: int, base: float, cap: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait after ``failures`` consecutive failures (``failures >= 1``).
+
+    Exponential from ``base``, capped at ``cap``, with "equal jitter": the result lies in
+    ``[d/2, d]`` for ``d = min(cap, base * 2**(failures-1))``. Jitter spreads clients that
+    failed together; the lower half keeps a floor under the request rate.
+    """
+    exp = min(max(failures - 1, 0), 60)
+    d = min(cap, base * (2.0**exp))
+    return d / 2 + rand() * d / 2
+
+
+def parse_message(body: bytes | str) -> Message:
+    """A channel message (long-poll body or webhook body) as a dict.
+
+    Raises :class:`ValueError` when it is not a JSON object.
+    """
+    if isinstance(body, bytes | bytearray):
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"message is not UTF-8: {exc}") from None
+    else:
+        text = body
+    if not text.strip():
+        raise ValueError("message is empty")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"message is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"message is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+class LongPoller:
+    """The long-poll thread of one connector.
+
+    ``pull(noWait)`` performs one ``GET /v2/notification/pull``; ``dispatch(message)``
+    handles a parsed message; ``tick()`` runs between pulls (async-id expiry).
+    """
+
+    def __init__(
+        self,
+        pull: Callable[[bool], requests.Response],
+        dispatch: Callable[[Message], object],
+        tick: Callable[[], object],
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        min_empty_interval: float = 1.0,
+    ) -> None:
+        self._pull = pull
+        self._dispatch = dispatch
+        self._tick = tick
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.min_empty_interval = min_empty_interval
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop: threading.Event | None = None
+        self._stats: dict[str, Any] = {
+            "pulls": 0,
+            "messages": 0,
+            "empty": 0,
+            "failures": 0,
+            "consecutive_failures": 0,
+            "last_status": None,
+            "last_error": None,
+        }
+
+    # ---- control -------------------------------------------------------------------
+
+    def start(self, noWait: bool = False) -> threading.Thread:
+        """Start the thread (or return the running one)."""
+        with self._lock:
+            running = self._thread is not None and self._thread.is_alive()
+            if running and self._stop is not None and not self._stop.is_set():
+                assert self._thread is not None
+                log.warning("long polling is already active")
+                return self._thread
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=self._run,
+                args=(stop, noWait),
+                name="connector-longpoll",
+                daemon=True,
+            )
+            self._stop, self._thread = stop, thread
+            thread.start()
+        log.info("long polling started")
+        return thread
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Ask the thread to stop and join it for up to ``timeout`` s; True if it ended."""
+        with self._lock:
+            thread, stop = self._thread, self._stop
+        if thread is None or stop is None or stop.is_set():
+            log.debug("long polling is not active")
+            return thread is None or not thread.is_alive()
+        stop.set()
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+        if thread.is_alive():
+            log.info("long-poll thread still waits for its pull; it exits when the pull ends")
+            return False
+        log.info("long polling stopped")
+        return True
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def is_running(self) -> bool:
+        """True while a thread is active and not asked to stop."""
+        with self._lock:
+            return bool(
+                self._thread is not None
+                and self._thread.is_alive()
+                and self._stop is not None
+                and not self._stop.is_set()
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: pulls, messages, empty, failures, consecutive_failures, last_*."""
+        with self._lock:
+            return dict(self._stats)
+
+    # ---- the thread ----------------------------------------------------------------
+
+    def _count(self, **changes: Any) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                if key in ("pulls", "messages", "empty", "failures"):
+                    self._stats[key] += value
+                else:
+                    self._stats[key] = value
+
+    def _run(self, stop: threading.Event, noWait: bool) -> None:
+        failures = 0
+        while not stop.is_set():
+            self._safe_tick()
+            started = time.monotonic()
+            problem: str | None = None
+            delay = 0.0
+            try:
+                resp = self._pull(noWait)
+            except requests.Timeout:
+                problem = "no answer before the read timeout (server hangs?)"
+            except requests.RequestException as exc:
+                problem = f"connection failed ({type(exc).__name__})"
+            else:
+                self._count(pulls=1, last_status=resp.status_code)
+                status = resp.status_code
+                if status == 200:
+                    try:
+                        message = parse_message(resp.content)
+                    except ValueError as exc:
+                        problem = f"HTTP 200 with a bad body: {exc}"
+                    else:
+                        if failures:
+                            log.info("notification channel back after %d failure(s)", failures)
+                        failures = 0
+                        self._count(consecutive_failures=0)
+                        if message:
+                            self._count(messages=1)
+                            self._safe_dispatch(message)
+                            continue
+                        self._count(empty=1)
+                elif status == 204:
+                    if failures:
+                        log.info("notification channel back after %d failure(s)", failures)
+                    failures = 0
+                    self._count(empty=1, consecutive_failures=0)
+                elif status in (401, 403):
+                    failures += 1
+                    delay = self.backoff_max
+                    log.error(
+                        "Connector refused the access key on the notification channel "
+                        "(HTTP %d): check the token; next try in %.1f s",
+                        status,
+                        delay,
+                    )
+                    self._count(failures=1, consecutive_failures=failures, last_error=status)
+                    stop.wait(delay)
+                    continue
+                else:
+                    problem = f"HTTP {status}"
+                    retry_after = _retry_after(resp)
+                    if retry_after is not None:
+                        delay = min(retry_after, self.backoff_max)
+            if problem is not None:
+                failures += 1
+                delay = max(delay, backoff_delay(failures, self.backoff_base, self.backoff_max))
+                self._count(failures=1, consecutive_failures=failures, last_error=problem)
+                log.warning("long poll failed: %s; retry %d in %.2f s", problem, failures, delay)
+                stop.wait(delay)
+                continue
+            # An empty answer: pace pulls that come back at once.
+            rest = self.min_empty_interval - (time.monotonic() - started)
+            if rest > 0:
+                stop.wait(rest)
+        log.info("long-poll thread ends")
+
+    def _safe_tick(self) -> None:
+        try:
+            self._tick()
+        except Exception:
+            log.exception("async expiry failed")
+
+    def _safe_dispatch(self, message: Message) -> None:
+        try:
+            self._dispatch(message)
+        except Exception:
+            log.exception("dispatching a notification message failed")

@@ -1,0 +1,206 @@
+"""The error object of the seed API, :class:`response_codes`, and its status tables.
+
+An error is described by the call that failed (the *parent*, e.g. ``"resource"``), the
+status code and a human text. The texts come from the Connector REST documentation, as
+in the original library; the tables are keyed by parent and status code instead of by
+concatenated strings, so a missing entry cannot hide behind a typo.
+
+Fixed defect of the original: its pre-subscription texts were stored under the
+callback keys (``put_callback_url204``) and the subscription listings looked theirs up
+under ``unsubscribe``, so those errors read "ERROR: Unknown error.". Here every call
+has its own table (``presubscription``, ``get_endpoint_subscription``,
+``get_resource_subscription``) and the client uses it.
+
+Client-side failures have no HTTP status; they use ``status_code`` 0 and one of the
+``CLIENT_*`` error types below, so callers can tell them from what the server said.
+"""
+
+from __future__ import annotations
+
+UNKNOWN_ERROR = "ERROR: Unknown error."
+
+# Client-side error types (status_code 0 unless noted).
+CONNECTION_ERROR = "connection_error"  # could not connect, connection reset or refused
+REQUEST_TIMEOUT = "request_timeout"  # the HTTP call got no answer within `timeout`
+ASYNC_TIMEOUT = "async_timeout"  # no async-responses entry within `asyncTimeout`
+INVALID_RESPONSE = "invalid_response"  # the answer was unusable (status_code = HTTP status)
+
+_RESOURCE = {
+    200: "Successful GET, PUT, DELETE operation.",
+    201: "Successful POST operation.",
+    202: "Accepted. Asynchronous response ID.",
+    204: "Non confirmable request made, this may or may not reach the endpoint. "
+    "No Content given as response.",
+    205: "No cache available for resource.",
+    404: "Requested endpoint's resource is not found.",
+    409: "Conflict. Endpoint is in queue mode and synchronous request can not be made. "
+    "If noResp=true, the request is not supported.",
+    410: "Gone. Endpoint not found.",
+    412: "Request payload has been incomplete.",
+    413: "Precondition failed.",
+    415: "Media type is not supported by the endpoint.",
+    429: "Cannot make a request at the moment, already ongoing other request for this "
+    "endpoint or queue is full (for endpoints in queue mode).",
+    502: "TCP or TLS connection to endpoint is not established.",
+    503: "Operation cannot be executed because endpoint is currently unavailable.",
+    504: "Operation cannot be executed due to a time-out from the endpoint.",
+}
+
+#: parent -> {status code -> text}. Parents are the names the original library used.
+TABLES: dict[str, dict[int, str]] = {
+    # GET /
+    "get_mdc_version": {
+        200: "Successful response containing version of mbed Device Connector and recent "
+        "REST API version it supports.",
+    },
+    # GET /rest-versions
+    "get_rest_version": {
+        200: "Successful response with a list of version(s) supported by the server.",
+    },
+    # GET /v2/limits
+    "limit": {200: "OK."},
+    # GET /v2/endpoints
+    "get_endpoints": {200: "Successful response with a list of endpoints."},
+    # GET /v2/endpoints/{ep}
+    "get_resources": {
+        200: "Successful response with a list of metainformation.",
+        404: "Endpoint not found.",
+    },
+    # GET, PUT, POST, DELETE /v2/endpoints/{ep}{res}
+    "resource": _RESOURCE,
+    # the status of an async-responses entry (the device's answer)
+    "async-responses-handler": _RESOURCE,
+    # PUT /v2/subscriptions/{ep}{res}
+    "subscribe": {
+        200: "Successfully subscribed.",
+        202: "Accepted. Asynchronous response ID.",
+        404: "Endpoint or its resource not found.",
+        412: "Cannot make a subscription for a non-observable resource.",
+        413: "Cannot make a subscription due to failed precondition.",
+        415: "Media type is not supported by the endpoint.",
+        429: "Cannot make subscription request at the moment due to already ongoing other "
+        "request for this endpoint or (for endpoints in queue mode) queue is full or queue "
+        "was cleared because endpoint made full registration.",
+        502: "Subscription failed.",
+        503: "Subscription could not be established because endpoint is currently unavailable.",
+        504: "Subscription could not be established due to a time-out from the endpoint.",
+    },
+    # DELETE /v2/subscriptions/{ep}{res} and DELETE /v2/subscriptions
+    "unsubscribe": {
+        204: "Successfully removed subscription.",
+        404: "Endpoint or endpoint's resource not found.",
+    },
+    # GET /v2/subscriptions/{ep}{res}
+    "get_resource_subscription": {
+        200: "Resource is subscribed.",
+        404: "Resource is not subscribed.",
+    },
+    # GET /v2/subscriptions/{ep}
+    "get_endpoint_subscription": {
+        200: "List of subscribed resources.",
+        404: "Endpoint not found or there are no subscriptions for that endpoint.",
+    },
+    # DELETE /v2/subscriptions/{ep}
+    "delete_endpoint_subscription": {
+        204: "Successfully removed.",
+        404: "Endpoint not found.",
+    },
+    # PUT and GET /v2/subscriptions (pre-subscription rules)
+    "presubscription": {
+        200: "Pre-subscription data.",
+        204: "Successfully set pre-subscription data.",
+        400: "Malformed content.",
+    },
+    # PUT /v2/notification/callback
+    "put_callback_url": {
+        204: "Successfully subscribed.",
+        400: "Given URL is not accessible.",
+    },
+    # GET /v2/notification/callback
+    "get_callback_url": {
+        200: "URL found.",
+        404: "Callback URL does not exist.",
+    },
+    # DELETE /v2/notification/callback
+    "delete_callback_url": {
+        204: "Successfully removed.",
+        404: "Callback URL does not exist.",
+    },
+    # GET /v2/notification/pull
+    "longpoll": {200: "OK.", 204: "No new notifications."},
+}
+
+# Texts every route may answer with (the service's general errors).
+_GENERAL = {
+    400: "Bad request.",
+    401: "Unauthorized: the access key is missing or not valid.",
+    403: "Forbidden: the access key may not do this.",
+    429: "Too many requests.",
+    500: "Internal server error.",
+    502: "Bad gateway.",
+    503: "Service unavailable.",
+    504: "Gateway timeout.",
+}
+
+
+def error_text(errParent: str, status_code: int) -> str:
+    """The documented text for ``status_code`` on the call ``errParent``."""
+    table = TABLES.get(errParent, {})
+    if status_code in table:
+        return table[status_code]
+    return _GENERAL.get(status_code, UNKNOWN_ERROR)
+
+
+class response_codes:
+    """The error of a failed call, as the seed API defines it.
+
+    :var status_code: the HTTP status (or the async response's status); 0 when there was
+        no HTTP answer at all (see ``errType``).
+    :var errType: the parent call's name followed by the status code, e.g.
+        ``"resource404"``; for client-side failures one of ``connection_error``,
+        ``request_timeout``, ``async_timeout``, ``invalid_response``.
+    :var error: the error text: from the status tables, or the text the service or the
+        device gave.
+    """
+
+    status_code: int
+    errType: str
+    error: str
+
+    def __init__(
+        self,
+        errParent: str,
+        status_code: int,
+        *,
+        error: str | None = None,
+        errType: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.errType = errType if errType is not None else f"{errParent}{status_code}"
+        self.error = error if error else error_text(errParent, status_code)
+
+    @classmethod
+    def client(cls, errType: str, error: str, status_code: int = 0) -> response_codes:
+        """A client-side failure (no usable answer from the service)."""
+        return cls(errType, status_code, error=error, errType=errType)
+
+    def __repr__(self) -> str:
+        return (
+            f"response_codes(status_code={self.status_code!r}, "
+            f"errType={self.errType!r}, error={self.error!r})"
+        )
+
+    def __str__(self) -> str:
+        return f"{self.status_code} {self.errType}: {self.error}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, response_codes):
+            return NotImplemented
+        return (self.status_code, self.errType, self.error) == (
+            other.status_code,
+            other.errType,
+            other.error,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.status_code, self.errType, self.error))
