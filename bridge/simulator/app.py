@@ -1,0 +1,224 @@
+"""The HTTP face of the emulator: aiohttp, one dispatcher over the REST routes.
+
+Every route answers under ``/v2/x`` and ``/x``, with or without a trailing slash. Path
+segments are percent-decoded one by one, so an endpoint name may contain an encoded
+``/``. Faults are applied here, by route name, before the operation runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from bridge.simulator import channel as ch
+from bridge.simulator.admin import handle_admin
+from bridge.simulator.core import VERSION_TEXT, EmulatorCore, Reply, as_json, bool_arg, text
+
+Handler = Callable[[web.Request, list[str]], Awaitable[Reply | web.StreamResponse]]
+
+MALFORMED_BODY = b'{"notifications":[{"ep":"node-001","pa'
+
+
+def split_path(raw_path: str) -> list[str]:
+    """``/v2/endpoints/node-001/3303/0/5700/`` -> ``['endpoints', 'node-001', '3303', ...]``."""
+    parts = raw_path.split("/")[1:]
+    while parts and parts[-1] == "":
+        parts.pop()
+    if parts and parts[0] == "v2":
+        parts = parts[1:]
+    return [unquote(p) for p in parts]
+
+
+def resolve(method: str, parts: list[str]) -> tuple[str | None, bool]:
+    """The route name for a method and path; (None, path_known) when there is none."""
+    n = len(parts)
+    head = parts[0] if parts else ""
+    table: dict[str, str] = {}
+    if n == 0:
+        table = {"GET": "version"}
+    elif head == "rest-versions" and n == 1:
+        table = {"GET": "rest-versions"}
+    elif head == "limits" and n == 1:
+        table = {"GET": "limits"}
+    elif head == "endpoints":
+        if n == 1:
+            table = {"GET": "endpoints"}
+        elif n == 2:
+            table = {"GET": "endpoint", "DELETE": "endpoint-delete"}
+        else:
+            table = {
+                "GET": "resource-get",
+                "PUT": "resource-put",
+                "POST": "resource-post",
+                "DELETE": "resource-delete",
+            }
+    elif head == "subscriptions":
+        if n == 1:
+            table = {
+                "PUT": "presubscription-put",
+                "GET": "presubscription-get",
+                "DELETE": "subscriptions-delete-all",
+            }
+        elif n == 2:
+            table = {"GET": "endpoint-subscriptions-get", "DELETE": "endpoint-subscriptions-delete"}
+        else:
+            table = {
+                "PUT": "subscription-put",
+                "GET": "subscription-get",
+                "DELETE": "subscription-delete",
+            }
+    elif head == "notification" and n == 2 and parts[1] == "pull":
+        table = {"GET": "pull"}
+    elif head == "notification" and n == 2 and parts[1] == "callback":
+        table = {"PUT": "callback-put", "GET": "callback-get", "DELETE": "callback-delete"}
+    if not table:
+        return None, False
+    return table.get(method), True
+
+
+class RestApp:
+    """Builds the aiohttp application around one :class:`EmulatorCore`."""
+
+    def __init__(self, core: EmulatorCore) -> None:
+        self.core = core
+        self.app = web.Application(client_max_size=16 * 1024 * 1024)
+        self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
+
+    def authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            key.strip().encode(), self.core.token.encode()
+        )
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        if not self.authorized(request):
+            return web.Response(status=401, text="Unauthorized: missing or wrong access key")
+        parts = split_path(request.rel_url.raw_path)
+        if parts and parts[0] == "admin" and not request.rel_url.raw_path.startswith("/v2/"):
+            return await handle_admin(self.core, request, parts[1:])
+        route, known = resolve(request.method, parts)
+        if route is None:
+            if known:
+                return web.Response(status=405, text=f"{request.method} not allowed here")
+            return web.Response(status=404, text="no such route")
+        core = self.core
+        core.count("requests")
+        faults = core.faults
+        if faults.hang_for(route):
+            await asyncio.Event().wait()  # never answers; ends when the client gives up
+        forced = faults.forced_for(route)
+        if forced is not None:
+            return web.Response(status=forced.status, text=forced.body)
+        error = faults.error_for(route)
+        if error is not None:
+            return web.Response(status=error, text=f"injected error {error}")
+        if faults.latency:
+            await asyncio.sleep(faults.latency)
+        if faults.malformed_for(route):
+            return web.Response(status=200, body=MALFORMED_BODY, content_type="application/json")
+        if route == "pull":
+            return await self.pull(request)
+        reply = await self.operate(route, request, parts)
+        return web.Response(status=reply.status, body=reply.body or None, headers=_ct(reply))
+
+    async def operate(self, route: str, request: web.Request, parts: list[str]) -> Reply:
+        core = self.core
+        q = request.query
+        if route == "version":
+            return text(200, VERSION_TEXT)
+        if route == "rest-versions":
+            return as_json(200, ["v1", "v2"])
+        if route == "limits":
+            return core.limits()
+        if route == "endpoints":
+            return core.list_endpoints(q.get("type"))
+        if route == "callback-put":
+            return await core.set_callback(await request.read())
+        if route == "callback-get":
+            if core.callback is None:
+                return text(404, "no callback URL set")
+            return as_json(200, core.callback)
+        if route == "callback-delete":
+            return core.delete_callback()
+        if route == "presubscription-put":
+            return core.put_presubscriptions(await request.read())
+        if route == "presubscription-get":
+            return core.get_presubscriptions()
+        if route == "subscriptions-delete-all":
+            return core.delete_all_subscriptions()
+        ep = parts[1]
+        res = "/" + "/".join(parts[2:])
+        if route == "endpoint":
+            return core.endpoint_resources(ep)
+        if route == "endpoint-delete":
+            return core.delete_endpoint(ep)
+        if route.startswith("resource-"):
+            verb = request.method
+            body = await request.read() if verb in ("PUT", "POST") else b""
+            return core.resource_request(
+                verb, ep, res, body, bool_arg(q.get("noResp")), bool_arg(q.get("cacheOnly"))
+            )
+        if route == "subscription-put":
+            return core.subscribe(ep, res)
+        if route == "subscription-get":
+            return core.subscription_get(ep, res)
+        if route == "subscription-delete":
+            return core.subscription_delete(ep, res)
+        if route == "endpoint-subscriptions-get":
+            return core.endpoint_subscriptions(ep)
+        if route == "endpoint-subscriptions-delete":
+            return core.endpoint_subscriptions_delete(ep)
+        raise AssertionError(f"route {route} has no operation")
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        """One long poll. Messages are taken from the queue only when they can be written,
+        and go back to its head when the write fails or the client is gone."""
+        core = self.core
+        if core.callback is not None:
+            core.count("pulls_refused")
+            return web.Response(status=409, text="a callback URL is set; pulling is refused")
+        if core.pull_open:
+            core.count("pulls_refused")
+            return web.Response(status=409, text="another pull is already open")
+        core.pull_started()
+        try:
+            if not bool_arg(request.query.get("noWait")):
+                await core.outbox.wait(core.pull_timeout)
+            if core.faults.cut_poll():
+                core.count("pulls_cut")
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError
+            transport = request.transport
+            if core.callback is not None or transport is None or transport.is_closing():
+                core.count("pulls_empty")
+                return web.Response(status=204)
+            batch = core.outbox.take()
+            if not batch:
+                core.count("pulls_empty")
+                return web.Response(status=204)
+            body = ch.encode(batch)
+            resp = web.StreamResponse(status=200)
+            resp.content_type = "application/json"
+            resp.content_length = len(body)
+            try:
+                await resp.prepare(request)
+                await resp.write(body)
+                await resp.write_eof()
+            except BaseException:
+                core.outbox.put_back(batch)
+                core.count("redelivered", len(batch))
+                raise
+            core.count("delivered", len(batch))
+            return resp
+        finally:
+            core.pull_ended()
+
+
+def _ct(reply: Reply) -> dict[str, str]:
+    return {"Content-Type": reply.content_type} if reply.body else {}

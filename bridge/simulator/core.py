@@ -1,0 +1,858 @@
+"""The emulated Connector service: registry, device requests, subscriptions, channel.
+
+Everything here runs on the emulator's single event loop (the HTTP handlers, the timer
+task and, through ``run_coroutine_threadsafe``, the Python control calls), so the state
+needs no locks. The HTTP layer (:mod:`bridge.simulator.app`) turns requests into calls of
+the methods below, which answer with a :class:`Reply`.
+
+Time-driven behaviour (drifting sensors, registration lifetimes, sleeping devices that
+wake up) is driven by one timer task over all devices, whatever their number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import random
+import time
+from collections import deque
+from typing import Any, NamedTuple
+
+import aiohttp
+
+from bridge.simulator import channel as ch
+from bridge.simulator.devices import (
+    IPSO_OBJECTS,
+    REBOOT_PATH,
+    Device,
+    DeviceError,
+    DeviceTemplate,
+    drift_value,
+    lwm2m_json,
+    resource_from_dict,
+)
+from bridge.simulator.faults import Faults
+from bridge.simulator.presubs import Rule, mask_for, parse_rules
+from bridge.simulator.scenario import Scenario, default_scenario
+
+VERSION_TEXT = "DeviceServer v3.0.0-520\nREST version = v2"
+MAX_INFLIGHT = 256  # requests under way to one awake endpoint before 429
+MAX_CALLBACK_CHARS = 400
+TICK = 0.05
+
+
+class Reply(NamedTuple):
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain"
+
+
+def text(status: int, message: str = "") -> Reply:
+    return Reply(status, message.encode())
+
+
+def as_json(status: int, obj: Any) -> Reply:
+    return Reply(status, json.dumps(obj).encode(), "application/json")
+
+
+class Job(NamedTuple):
+    """A request on its way to a device (or waiting for a sleeping one)."""
+
+    verb: str  # GET PUT POST DELETE SUBSCRIBE DELETE-EP
+    device: Device
+    path: str
+    idx: int  # resource index, -1 for object-level paths and endpoint operations
+    body: bytes
+    aid: str | None  # None: noResp, nobody waits for an answer
+
+
+_EXPIRE, _WAKE = 0, 1
+
+COUNTER_NAMES = (
+    "emitted",
+    "delivered",
+    "retried",
+    "dropped",
+    "redelivered",
+    "transactions",
+    "requests",
+    "pulls",
+    "pulls_empty",
+    "pulls_cut",
+    "pulls_refused",
+    "webhook_posts",
+    "async_requests",
+    *(f"emitted_{k.replace('-', '_')}" for k in ch.KIND_KEYS),
+)
+
+
+class EmulatorCore:
+    """The state and behaviour of one emulated Connector (one access key, one domain)."""
+
+    def __init__(
+        self,
+        token: str,
+        scenario: Scenario | None = None,
+        devices: int | None = None,
+        *,
+        pull_timeout: float = 30.0,
+        latency: float = 0.0,
+        callback_retry_period: float = 900.0,
+        seed: int | None = None,
+        drift: bool = True,
+        max_pending: int = 1_000_000,
+        batch_size: int = 10_000,
+        channel_idle_timeout: float = 120.0,
+        transaction_quota: int = 10_000,
+    ) -> None:
+        self.token = token
+        self.scenario = scenario or default_scenario()
+        self.pull_timeout = pull_timeout
+        self.latency = latency
+        self.callback_retry_period = callback_retry_period
+        self.drift = drift
+        self.channel_idle_timeout = channel_idle_timeout
+        self.transaction_quota = transaction_quota
+        self.rng = random.Random(seed)
+        self.faults = Faults(random.Random(None if seed is None else seed + 1))
+        self.outbox = ch.Outbox(max_pending, batch_size)
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self.devices: dict[str, Device] = {}
+        self._generated: list[Device] = []  # drifted round-robin, a slice per tick
+        self._featured: list[Device] = []  # named devices, drifted every tick
+        self._drift_pos = 0
+        self._heap: list[tuple[float, int, int, Device]] = []
+        self._seq = 0
+        self._next_id = 1073741824
+        self.rules: list[Rule] = []
+        self.rules_json: list[Any] = []
+        self._rule_masks: dict[tuple[int, DeviceTemplate], int] = {}
+        self.callback: dict[str, Any] | None = None
+        self.pull_open = False
+        self.last_pull_end = -1e18
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self._webhook_task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._channel_waiters: list[asyncio.Future[None]] = []
+        self._generic = DeviceTemplate("Sensor", "Sensor", IPSO_OBJECTS["3303"])
+        now = time.monotonic()
+        named = {name for name, _ in self.scenario.devices}
+        for name, template in self.scenario.endpoints(devices):
+            dev = Device(name, template)
+            self.devices[name] = dev
+            (self._featured if name in named else self._generated).append(dev)
+            self._activate(dev, now)
+        self.endpoint_quota = max(100, len(self.devices))
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0))
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def shutdown(self) -> None:
+        for task in (self._ticker, self._webhook_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._ticker = self._webhook_task = None
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def snapshot_counters(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out["dropped"] += self.outbox.dropped
+        out["pending"] = len(self.outbox)
+        out["endpoints"] = sum(1 for d in self.devices.values() if d.registered)
+        out["subscriptions"] = sum(d.subs.bit_count() for d in self.devices.values() if d.subs)
+        return out
+
+    def reset_counters(self) -> None:
+        self.counters = dict.fromkeys(COUNTER_NAMES, 0)
+        self.outbox.dropped = 0
+
+    # --- emitting -------------------------------------------------------------------
+
+    def emit(self, entry: ch.Entry) -> None:
+        self.outbox.put(entry)
+        self.counters["emitted"] += 1
+        self.counters[f"emitted_{ch.KIND_KEYS[entry[0]].replace('-', '_')}"] += 1
+
+    def notify(self, dev: Device, index: int) -> None:
+        """The device's value at ``index`` changed: a notification if it is observed."""
+        if not dev.subs >> index & 1:
+            return
+        spec = dev.template.resources[index]
+        value = dev.values[index]
+        self.emit(ch.notification(dev.name, spec.path, value, spec.ct))
+        self._cache(dev, index, value)
+
+    def _cache(self, dev: Device, index: int, value: bytes) -> None:
+        if dev.cache is None:
+            dev.cache = {}
+        dev.cache[index] = value
+
+    # --- registry -------------------------------------------------------------------
+
+    def template_for(self, ept: str) -> DeviceTemplate:
+        templates = self.scenario.templates
+        if ept in templates:
+            return templates[ept]
+        for tpl in templates.values():
+            if tpl.ept == ept:
+                return tpl
+        return self._generic
+
+    def _activate(self, dev: Device, now: float) -> None:
+        """Mark registered, start the lifetime and the wake cycle (no message)."""
+        dev.registered = True
+        self._refresh_lifetime(dev, now)
+        if dev.q:
+            dev.awake_until = 0.0
+            if dev.queue is None:
+                dev.queue = deque()
+            self._schedule(dev, _WAKE, now + dev.template.wake_interval)
+        if self.rules:
+            dev.subs = self._presub_mask(dev)
+
+    def _refresh_lifetime(self, dev: Device, now: float) -> None:
+        if dev.lifetime:
+            self._schedule(dev, _EXPIRE, now + dev.lifetime)
+        else:
+            dev.expires_at = 0.0
+
+    def _schedule(self, dev: Device, kind: int, when: float) -> None:
+        if kind == _EXPIRE:
+            dev.expires_at = when
+        else:
+            dev.wake_at = when
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, kind, dev))
+
+    def register(
+        self,
+        ep: str,
+        ept: str = "Sensor",
+        resources: list[dict[str, Any]] | None = None,
+        q: bool = False,
+        lifetime: float | None = None,
+    ) -> None:
+        """A device (re-)registers: a ``registrations`` entry, pre-subscriptions applied."""
+        if not ep or not isinstance(ep, str):
+            raise ValueError("endpoint name must be a non-empty string")
+        if resources is not None:
+            template = DeviceTemplate(ept, ept, [resource_from_dict(r) for r in resources])
+        else:
+            existing = self.devices.get(ep)
+            template = (
+                existing.template
+                if existing is not None and existing.ept == ept
+                else self.template_for(ept)
+            )
+        dev = self.devices.get(ep)
+        if dev is None:
+            dev = Device(ep, template, ept=ept, q=q, lifetime=lifetime)
+            self.devices[ep] = dev
+            self._featured.append(dev)
+        else:
+            self._drop_queue(dev)
+            dev.template, dev.ept, dev.q, dev.lifetime = template, ept, q, lifetime
+            dev.reset_values()
+            dev.cache = None
+        dev.subs = 0
+        self._activate(dev, self.now())
+        self._emit_registration(ch.REGISTRATION, dev)
+
+    def _emit_registration(self, kind: int, dev: Device) -> None:
+        self.emit(
+            ch.registration(
+                kind, dev.name, dev.ept, dev.q, dev.template.registration_resources_json
+            )
+        )
+
+    def device(self, ep: str) -> Device:
+        dev = self.devices.get(ep)
+        if dev is None:
+            raise KeyError(f"unknown endpoint {ep!r}")
+        return dev
+
+    def registered_device(self, ep: str) -> Device:
+        dev = self.device(ep)
+        if not dev.registered:
+            raise KeyError(f"endpoint {ep!r} is not registered")
+        return dev
+
+    def update(self, ep: str) -> None:
+        dev = self.registered_device(ep)
+        self._refresh_lifetime(dev, self.now())
+        self._emit_registration(ch.REG_UPDATE, dev)
+
+    def deregister(self, ep: str) -> None:
+        self._unregister(self.registered_device(ep), ch.DEREGISTRATION)
+
+    def expire(self, ep: str) -> None:
+        self._unregister(self.registered_device(ep), ch.EXPIRED)
+
+    def _unregister(self, dev: Device, kind: int) -> None:
+        dev.registered = False
+        dev.subs = 0
+        dev.cache = None
+        dev.expires_at = dev.wake_at = 0.0
+        self._drop_queue(dev)
+        self.emit(ch.endpoint_name(kind, dev.name))
+
+    def _drop_queue(self, dev: Device) -> None:
+        """Requests waiting for a device that goes away are answered 410."""
+        if dev.queue:
+            jobs = list(dev.queue)
+            dev.queue.clear()
+            for job in jobs:
+                dev.inflight -= 1
+                if job.aid is not None:
+                    self.emit(ch.async_response(job.aid, 410, error="GONE"))
+
+    def wake(self, ep: str) -> None:
+        self._wake(self.registered_device(ep), self.now())
+
+    def _wake(self, dev: Device, now: float) -> None:
+        """A sleeping device wakes: it updates its registration and serves its queue."""
+        dev.awake_until = now + dev.template.awake_time
+        self._refresh_lifetime(dev, now)
+        self._emit_registration(ch.REG_UPDATE, dev)
+        if dev.queue:
+            jobs = list(dev.queue)
+            dev.queue.clear()
+            for job in jobs:
+                self._dispatch(job)
+        if dev.q:
+            self._schedule(dev, _WAKE, now + dev.template.wake_interval)
+
+    def set_value(self, ep: str, path: str, value: bytes) -> None:
+        dev = self.device(ep)
+        index = dev.template.index.get(path)
+        if index is None:
+            raise KeyError(f"{ep} has no resource {path}")
+        dev.values[index] = value
+        if dev.registered:
+            self.notify(dev, index)
+
+    def get_value(self, ep: str, path: str) -> bytes:
+        dev = self.device(ep)
+        index = dev.template.index.get(path)
+        if index is None:
+            raise KeyError(f"{ep} has no resource {path}")
+        return dev.values[index]
+
+    def registered_names(self) -> list[str]:
+        return [name for name, dev in self.devices.items() if dev.registered]
+
+    def subscription_pairs(self) -> set[tuple[str, str]]:
+        return {
+            (dev.name, path)
+            for dev in self.devices.values()
+            if dev.subs
+            for path in dev.subscribed_paths()
+        }
+
+    async def burst(
+        self, n: int, ep: str | None = None, path: str | None = None, size: int | None = None
+    ) -> int:
+        """Emit ``n`` notifications as fast as possible; payloads count up (zero-padded
+        to ``size`` digits when given). Without ``ep``/``path`` they go round the
+        observed resources (or, with no subscription at all, every observable one)."""
+        if n < 0:
+            raise ValueError("n must not be negative")
+        targets = self._burst_targets(ep, path)
+        if not targets:
+            raise ValueError("no observable resource to notify")
+        width = size or 0
+        start = self.counters["emitted_notifications"]
+        chunk = 5_000
+        done = 0
+        ntargets = len(targets)
+        while done < n:
+            entries = []
+            for k in range(done, min(n, done + chunk)):
+                dev, index, ep_json, path_json, ct_json = targets[k % ntargets]
+                value = f"{start + k:0{width}d}".encode()
+                dev.values[index] = value
+                entries.append(
+                    (
+                        ch.NOTIFICATION,
+                        f'{{"ep":{ep_json},"path":{path_json},"ct":{ct_json},'
+                        f'"payload":"{ch.b64(value)}","max-age":60}}',
+                    )
+                )
+            self.outbox.put_many(entries)
+            self.counters["emitted"] += len(entries)
+            self.counters["emitted_notifications"] += len(entries)
+            done += len(entries)
+            if done < n:
+                await asyncio.sleep(0)  # let pulls stream while a big burst is built
+        return n
+
+    def _burst_targets(
+        self, ep: str | None, path: str | None
+    ) -> list[tuple[Device, int, str, str, str]]:
+        devices = [self.registered_device(ep)] if ep is not None else [
+            d for d in self.devices.values() if d.registered
+        ]  # fmt: skip
+        any_subs = any(d.subs for d in devices)
+        targets = []
+        for dev in devices:
+            for i, spec in enumerate(dev.template.resources):
+                if path is not None:
+                    if spec.path != path:
+                        continue
+                elif not spec.obs or (any_subs and not dev.subs >> i & 1):
+                    continue
+                targets.append(
+                    (dev, i, json.dumps(dev.name), json.dumps(spec.path), json.dumps(spec.ct))
+                )
+        if path is not None and not targets:
+            raise KeyError(f"no resource {path} on {ep or 'any endpoint'}")
+        return targets
+
+    # --- time-driven behaviour --------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        next_drift = self.now() + self.scenario.drift_interval
+        while True:
+            await asyncio.sleep(TICK)
+            now = self.now()
+            self._run_due(now)
+            if self.drift and now >= next_drift:
+                next_drift = now + self.scenario.drift_interval
+                self._drift_step()
+
+    def _run_due(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, kind, dev = heapq.heappop(heap)
+            if not dev.registered:
+                continue
+            if kind == _EXPIRE and dev.expires_at == when:
+                self._unregister(dev, ch.EXPIRED)
+            elif kind == _WAKE and dev.wake_at == when and dev.q:
+                self._wake(dev, now)
+
+    def _drift_step(self) -> None:
+        for dev in self._featured:
+            self._drift_device(dev)
+        gen = self._generated
+        if not gen:
+            return
+        budget = self.scenario.drift_budget
+        visited = 0
+        while budget > 0 and visited < len(gen):
+            dev = gen[self._drift_pos % len(gen)]
+            self._drift_pos += 1
+            visited += 1
+            budget -= self._drift_device(dev)
+
+    def _drift_device(self, dev: Device) -> int:
+        if not dev.registered:
+            return 0
+        resources = dev.template.resources
+        for i in dev.template.drift_indexes:
+            dev.values[i] = drift_value(resources[i], dev.values[i], self.rng)
+            if dev.subs >> i & 1:
+                self.notify(dev, i)
+        return len(dev.template.drift_indexes) or 1
+
+    # --- the notification channel -----------------------------------------------------
+
+    def channel_ready(self) -> bool:
+        return (
+            self.callback is not None
+            or self.pull_open
+            or self.now() - self.last_pull_end < self.channel_idle_timeout
+        )
+
+    def pull_started(self) -> None:
+        self.pull_open = True
+        self.count("pulls")
+        for fut in self._channel_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._channel_waiters.clear()
+
+    def pull_ended(self) -> None:
+        self.pull_open = False
+        self.last_pull_end = self.now()
+
+    async def wait_channel(self, timeout: float) -> bool:
+        if self.channel_ready():
+            return True
+        assert self.loop is not None
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._channel_waiters.append(fut)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(fut, timeout)
+        return self.channel_ready()
+
+    async def set_callback(self, body: bytes) -> Reply:
+        try:
+            data = json.loads(body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            return text(400, "callback body must be JSON {url, headers}")
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return text(400, 'callback body must be {"url": "...", "headers": {...}}')
+        url: str = data["url"]
+        headers = data.get("headers") or {}
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            return text(400, "callback headers must be an object of strings")
+        if not url.startswith(("http://", "https://")):
+            return text(400, "callback url must be http:// or https://")
+        if len(url) + sum(len(v) for v in headers.values()) > MAX_CALLBACK_CHARS:
+            return text(
+                400, f"callback url plus header values exceed {MAX_CALLBACK_CHARS} characters"
+            )
+        problem = await self._check_reachable(url, headers)
+        if problem:
+            return text(400, f"callback url is not reachable: {problem}")
+        self.stop_webhook()
+        self.callback = {"url": url, "headers": dict(headers)}
+        assert self.loop is not None
+        self._webhook_task = self.loop.create_task(self._webhook_forever(url, dict(headers)))
+        for fut in self._channel_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._channel_waiters.clear()
+        return Reply(204)
+
+    async def _check_reachable(self, url: str, headers: dict[str, str]) -> str | None:
+        assert self.http is not None
+        try:
+            async with self.http.put(
+                url,
+                data=b"{}",
+                headers={**headers, "Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=5.0),
+            ) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return None
+                return f"it answered {resp.status} to a test message"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            return type(exc).__name__
+
+    def stop_webhook(self) -> None:
+        if self._webhook_task is not None:
+            self._webhook_task.cancel()
+            self._webhook_task = None
+
+    def delete_callback(self) -> Reply:
+        if self.callback is None:
+            return text(404, "no callback URL set")
+        self.callback = None
+        self.stop_webhook()
+        self.last_pull_end = -1e18  # the channel is gone until a pull or a new callback
+        return Reply(204)
+
+    async def _webhook_forever(self, url: str, headers: dict[str, str]) -> None:
+        """Deliver batches to the callback URL in order; retry each with back-off for
+        ``callback_retry_period`` seconds, then drop it (counted) and go on."""
+        send_headers = {**headers, "Content-Type": "application/json"}
+        while True:
+            await self.outbox.wait(None)
+            batch = self.outbox.take()
+            if not batch:
+                continue
+            body = ch.encode(batch)
+            first_failure: float | None = None
+            delay = 0.05
+            try:
+                while True:
+                    if await self._post(url, body, send_headers):
+                        self.count("delivered", len(batch))
+                        break
+                    now = self.now()
+                    if first_failure is None:
+                        first_failure = now
+                    remaining = first_failure + self.callback_retry_period - now
+                    if remaining <= 0:
+                        self.count("dropped", len(batch))
+                        break
+                    self.count("retried")
+                    await asyncio.sleep(min(delay, remaining))
+                    delay = min(delay * 2, 5.0)
+            except asyncio.CancelledError:
+                self.outbox.put_back(batch)
+                raise
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
+        assert self.http is not None
+        self.count("webhook_posts")
+        try:
+            async with self.http.put(url, data=body, headers=headers) as resp:
+                await resp.read()
+                return 200 <= resp.status < 300
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+    # --- REST operations ----------------------------------------------------------------
+
+    def limits(self) -> Reply:
+        return as_json(
+            200,
+            {
+                "transaction-quota": self.transaction_quota,
+                "transaction-count": self.counters["transactions"],
+                "endpoint-quota": self.endpoint_quota,
+                "endpoint-count": sum(1 for d in self.devices.values() if d.registered),
+            },
+        )
+
+    def list_endpoints(self, ept: str | None) -> Reply:
+        parts = [
+            f'{{"name":{json.dumps(d.name)},"type":{json.dumps(d.ept)},"status":"ACTIVE",'
+            f'"q":{"true" if d.q else "false"}}}'
+            for d in self.devices.values()
+            if d.registered and (not ept or d.ept == ept)
+        ]
+        return Reply(200, ("[" + ",".join(parts) + "]").encode(), "application/json")
+
+    def _lookup(self, ep: str) -> Device | Reply:
+        dev = self.devices.get(ep)
+        if dev is None:
+            return text(404, f"Endpoint {ep} not found")
+        if not dev.registered or self.faults.is_gone(ep):
+            return text(410, f"Endpoint {ep} is gone")
+        return dev
+
+    def endpoint_resources(self, ep: str) -> Reply:
+        dev = self._lookup(ep)
+        if isinstance(dev, Reply):
+            return dev
+        return Reply(200, dev.template.listing_json, "application/json")
+
+    def resource_request(
+        self, verb: str, ep: str, path: str, body: bytes, no_resp: bool, cache_only: bool
+    ) -> Reply:
+        dev = self._lookup(ep)
+        if isinstance(dev, Reply):
+            return dev
+        template = dev.template
+        index = template.index.get(path, -1)
+        if index < 0 and (verb != "GET" or not template.object_indexes(path)):
+            return text(404, f"Resource {path} not found on {ep}")
+        if cache_only and verb == "GET":
+            cached = None if dev.cache is None or index < 0 else dev.cache.get(index)
+            if cached is None:
+                return Reply(205)
+            return Reply(200, cached, template.resources[index].ct)
+        return self._submit(Job(verb, dev, path, index, body, None), no_resp)
+
+    def delete_endpoint(self, ep: str) -> Reply:
+        dev = self._lookup(ep)
+        if isinstance(dev, Reply):
+            return dev
+        return self._submit(Job("DELETE-EP", dev, "", -1, b"", None), False)
+
+    def _submit(self, job: Job, no_resp: bool) -> Reply:
+        dev = job.device
+        if no_resp and dev.q:
+            return text(409, "noResp is not supported for a queue-mode endpoint")
+        if not no_resp and not self.channel_ready():
+            return text(412, "No notification channel")
+        asleep = dev.asleep(self.now())
+        if asleep:
+            assert dev.queue is not None
+            if len(dev.queue) >= dev.template.queue_size:
+                return text(429, f"queue of {dev.name} is full")
+        elif dev.inflight >= MAX_INFLIGHT:
+            return text(429, f"too many requests under way to {dev.name}")
+        self.count("transactions")
+        aid = None
+        if not no_resp:
+            self.count("async_requests")
+            aid = f"{self._next_id}#{dev.name}@domain{job.path}"
+            self._next_id += 1
+            job = job._replace(aid=aid)
+        dev.inflight += 1
+        if asleep:
+            assert dev.queue is not None
+            dev.queue.append(job)
+        else:
+            self._dispatch(job)
+        if aid is None:
+            return Reply(204)
+        return as_json(202, {"async-response-id": aid})
+
+    def _dispatch(self, job: Job) -> None:
+        assert self.loop is not None
+        delay = self.faults.device_latency
+        if delay is None:
+            delay = self.latency
+        if delay > 0:
+            self.loop.call_later(delay, self._run_job, job)
+        else:
+            self.loop.call_soon(self._run_job, job)
+
+    def _answer(self, job: Job, status: int, payload: bytes | None = None, ct: str = "",
+                error: str | None = None) -> None:  # fmt: skip
+        if job.aid is not None:
+            self.emit(ch.async_response(job.aid, status, payload, ct or "text/plain", error))
+
+    def _run_job(self, job: Job) -> None:
+        dev = job.device
+        dev.inflight -= 1
+        if not dev.registered or self.faults.is_gone(dev.name):
+            self._answer(job, 410, error="GONE")
+            return
+        if self.faults.times_out(dev.name, job.path):
+            self._answer(job, 504, error="TIMEOUT")
+            return
+        try:
+            self._execute(job)
+        except DeviceError as exc:
+            self._answer(job, exc.status, error=exc.error)
+
+    def _execute(self, job: Job) -> None:
+        dev, index, verb = job.device, job.idx, job.verb
+        template = dev.template
+        if verb == "DELETE-EP":
+            self._answer(job, 202)
+            self._unregister(dev, ch.DEREGISTRATION)
+            return
+        if index < 0:  # object-level read
+            idx = template.object_indexes(job.path)
+            ct = "application/vnd.oma.lwm2m+json"
+            self._answer(job, 200, lwm2m_json(template, dev.values, job.path, idx), ct)
+            return
+        spec = template.resources[index]
+        if verb == "GET":
+            if spec.executable:
+                raise DeviceError(405, "METHOD_NOT_ALLOWED")
+            value = dev.values[index]
+            self._cache(dev, index, value)
+            self._answer(job, 200, value, spec.ct)
+        elif verb == "SUBSCRIBE":
+            dev.subs |= 1 << index
+            self._answer(job, 200, dev.values[index], spec.ct)
+        elif verb == "PUT":
+            if not spec.writable:
+                raise DeviceError(405, "METHOD_NOT_ALLOWED")
+            value = spec.validate(job.body)
+            self._answer(job, 200)
+            changed = dev.values[index] != value
+            dev.values[index] = value
+            if changed:
+                self.notify(dev, index)
+        elif verb == "POST":
+            if not spec.executable:
+                raise DeviceError(405, "METHOD_NOT_ALLOWED")
+            self._answer(job, 200)
+            if spec.path == REBOOT_PATH:
+                self._reboot(dev)
+        else:  # DELETE of a resource: LwM2M devices refuse it
+            raise DeviceError(405, "METHOD_NOT_ALLOWED")
+
+    def _reboot(self, dev: Device) -> None:
+        """A reboot really de-registers the device and registers it again, fresh."""
+        assert self.loop is not None
+
+        def down() -> None:
+            if dev.registered:
+                self._unregister(dev, ch.DEREGISTRATION)
+                self.loop.call_later(self.scenario.reboot_time, up)  # type: ignore[union-attr]
+
+        def up() -> None:
+            if not dev.registered:
+                dev.reset_values()
+                self._activate(dev, self.now())
+                self._emit_registration(ch.REGISTRATION, dev)
+
+        self.loop.call_later(0.01, down)
+
+    # --- subscriptions ------------------------------------------------------------------
+
+    def subscribe(self, ep: str, path: str) -> Reply:
+        dev = self._lookup(ep)
+        if isinstance(dev, Reply):
+            return dev
+        index = dev.template.index.get(path)
+        if index is None:
+            return text(404, f"Resource {path} not found on {ep}")
+        if not dev.template.resources[index].obs:
+            return text(412, f"Resource {path} is not observable")
+        if dev.asleep(self.now()):
+            return self._submit(Job("SUBSCRIBE", dev, path, index, b"", None), False)
+        self.count("transactions")
+        dev.subs |= 1 << index
+        return Reply(200)
+
+    def subscription_get(self, ep: str, path: str) -> Reply:
+        dev = self.devices.get(ep)
+        index = None if dev is None else dev.template.index.get(path)
+        if dev is None or index is None or not dev.subs >> index & 1:
+            return text(404, f"{ep}{path} is not subscribed")
+        return Reply(200, f"/subscriptions/{ep}{path}\n".encode(), "text/uri-list")
+
+    def subscription_delete(self, ep: str, path: str) -> Reply:
+        dev = self.devices.get(ep)
+        index = None if dev is None else dev.template.index.get(path)
+        if dev is None or index is None or not dev.subs >> index & 1:
+            return text(404, f"{ep}{path} is not subscribed")
+        dev.subs &= ~(1 << index)
+        return Reply(204)
+
+    def endpoint_subscriptions(self, ep: str) -> Reply:
+        dev = self.devices.get(ep)
+        if dev is None:
+            return text(404, f"Endpoint {ep} not found")
+        lines = "".join(f"/subscriptions/{ep}{p}\n" for p in dev.subscribed_paths())
+        return Reply(200, lines.encode(), "text/uri-list")
+
+    def endpoint_subscriptions_delete(self, ep: str) -> Reply:
+        dev = self.devices.get(ep)
+        if dev is None:
+            return text(404, f"Endpoint {ep} not found")
+        dev.subs = 0
+        return Reply(204)
+
+    def delete_all_subscriptions(self) -> Reply:
+        for dev in self.devices.values():
+            dev.subs = 0
+        return Reply(204)
+
+    def put_presubscriptions(self, body: bytes) -> Reply:
+        try:
+            data = json.loads(body or b"null")
+            rules = parse_rules(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return text(400, f"malformed pre-subscriptions: {exc}")
+        self.set_rules(rules, data)
+        return Reply(204)
+
+    def set_rules(self, rules: list[Rule], data: list[Any]) -> None:
+        """New rules replace the old ones and every existing subscription."""
+        self.rules, self.rules_json = rules, data
+        self._rule_masks.clear()
+        for dev in self.devices.values():
+            dev.subs = self._presub_mask(dev) if dev.registered and rules else 0
+
+    def _presub_mask(self, dev: Device) -> int:
+        return mask_for(self.rules, dev.name, dev.ept, dev.template, self._rule_masks)
+
+    def get_presubscriptions(self) -> Reply:
+        return as_json(200, self.rules_json)
+
+
+def bool_arg(value: str | None) -> bool:
+    return value is not None and value.lower() in ("true", "1", "yes")

@@ -1,0 +1,223 @@
+"""The in-process emulator: the Connector on its own event loop in a background thread.
+
+Tests construct an :class:`Emulator`, ``start()`` it (or use it as a context manager) and
+drive it with thread-safe control methods; each one runs on the emulator's loop and
+returns once the change has been applied. The CLI runs the same core in the foreground
+(:func:`serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from bridge.simulator.app import RestApp
+from bridge.simulator.core import EmulatorCore
+from bridge.simulator.scenario import Scenario
+
+T = TypeVar("T")
+
+
+class Server:
+    """The HTTP server of one core on the running loop."""
+
+    def __init__(self, core: EmulatorCore) -> None:
+        self.core = core
+        self.runner = web.AppRunner(
+            RestApp(core).app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+        )
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        await self.core.startup()
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        self.port = int(self.runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        await self.core.shutdown()
+        await self.runner.cleanup()
+
+
+class Emulator:
+    """A local mbed Device Connector with virtual devices (see ``notes/interfaces.md``)."""
+
+    def __init__(
+        self,
+        token: str = "test-token",
+        scenario: Scenario | None = None,
+        devices: int | None = None,
+        pull_timeout: float = 30.0,
+        latency: float = 0.0,
+        callback_retry_period: float = 900.0,
+        seed: int | None = None,
+        drift: bool = True,
+        **options: Any,
+    ) -> None:
+        self.core = EmulatorCore(
+            token,
+            scenario,
+            devices,
+            pull_timeout=pull_timeout,
+            latency=latency,
+            callback_retry_period=callback_retry_period,
+            seed=seed,
+            drift=drift,
+            **options,
+        )
+        self.token = token
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> Emulator:
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        loop = asyncio.new_event_loop()
+        server = Server(self.core)
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(server.start(host, port))
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(server.stop())
+                loop.close()
+
+        thread = threading.Thread(target=run, name="connector-emulator", daemon=True)
+        thread.start()
+        ready.wait()
+        if failure:
+            thread.join()
+            raise failure[0]
+        self._loop, self._thread, self._server = loop, thread, server
+        self.host, self.port = host, server.port
+        return self
+
+    def stop(self) -> None:
+        """Stop the server and its thread; idempotent."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._loop = self._thread = None
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10.0)
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- running things on the emulator's loop ------------------------------------------
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        loop = self._loop
+        if loop is None or threading.current_thread() is self._thread:
+            return fn(*args, **kw)
+
+        async def run() -> T:
+            return fn(*args, **kw)
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=60.0)
+
+    def _await(self, coro_fn: Callable[..., Any], *args: Any, timeout: float = 300.0) -> Any:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the emulator is not started")
+        return asyncio.run_coroutine_threadsafe(coro_fn(*args), loop).result(timeout=timeout)
+
+    # --- control --------------------------------------------------------------------------
+
+    def register(
+        self,
+        ep: str,
+        ept: str = "Sensor",
+        resources: list[dict[str, Any]] | None = None,
+        q: bool = False,
+        lifetime: float | None = None,
+    ) -> None:
+        """A device registers (or re-registers): a ``registrations`` message."""
+        self._call(self.core.register, ep, ept, resources, q, lifetime)
+
+    def update(self, ep: str) -> None:
+        """A registration update: a ``reg-updates`` message; the lifetime restarts."""
+        self._call(self.core.update, ep)
+
+    def deregister(self, ep: str) -> None:
+        self._call(self.core.deregister, ep)
+
+    def expire(self, ep: str) -> None:
+        self._call(self.core.expire, ep)
+
+    def wake(self, ep: str) -> None:
+        """A queue-mode device wakes now and serves the requests waiting for it."""
+        self._call(self.core.wake, ep)
+
+    def set_value(self, ep: str, path: str, value: bytes | str) -> None:
+        raw = value.encode() if isinstance(value, str) else bytes(value)
+        self._call(self.core.set_value, ep, path, raw)
+
+    def get_value(self, ep: str, path: str) -> bytes:
+        return self._call(self.core.get_value, ep, path)
+
+    def burst(
+        self, n: int, ep: str | None = None, path: str | None = None, size: int | None = None
+    ) -> int:
+        """Emit ``n`` notifications quickly; returns how many were emitted."""
+        result: int = self._await(self.core.burst, n, ep, path, size)
+        return result
+
+    def endpoints(self) -> list[str]:
+        return self._call(self.core.registered_names)
+
+    def subscriptions(self) -> set[tuple[str, str]]:
+        return self._call(self.core.subscription_pairs)
+
+    def set_fault(self, **kw: Any) -> None:
+        self._call(self.core.faults.apply, **kw)
+
+    def clear_faults(self) -> None:
+        self._call(self.core.faults.clear)
+
+    def counters(self) -> dict[str, int]:
+        return self._call(self.core.snapshot_counters)
+
+    def reset_counters(self) -> None:
+        self._call(self.core.reset_counters)
+
+    def wait_channel(self, timeout: float = 10.0) -> bool:
+        """Block until a notification channel is set up (a pull open or a callback URL);
+        True when it is. Lets a test avoid a ``412 No notification channel`` race."""
+        result: bool = self._await(self.core.wait_channel, timeout, timeout=timeout + 5.0)
+        return result

@@ -1,0 +1,249 @@
+"""Switchable faults: what a flaky Connector or a misbehaving device does to a client.
+
+``Faults.apply(**kw)`` validates and switches faults on (a value of ``None`` switches
+one off); the request handlers ask the ``*_for`` methods whether a fault hits the
+request at hand. Counted faults (``force_status``, ``malformed``, ``hang``) hit the next
+``count`` matching requests and then switch themselves off.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+ROUTES = (
+    "version",
+    "rest-versions",
+    "limits",
+    "endpoints",
+    "endpoint",
+    "endpoint-delete",
+    "resource-get",
+    "resource-put",
+    "resource-post",
+    "resource-delete",
+    "subscription-put",
+    "subscription-get",
+    "subscription-delete",
+    "endpoint-subscriptions-get",
+    "endpoint-subscriptions-delete",
+    "subscriptions-delete-all",
+    "presubscription-put",
+    "presubscription-get",
+    "pull",
+    "callback-put",
+    "callback-get",
+    "callback-delete",
+)
+
+FAULT_NAMES = (
+    "latency",
+    "device_latency",
+    "error_rate",
+    "force_status",
+    "cut_polls",
+    "device_timeout",
+    "device_gone",
+    "malformed",
+    "hang",
+)
+
+
+def _route(value: Any) -> str:
+    if value != "*" and value not in ROUTES:
+        raise ValueError(f"unknown route {value!r}; one of {', '.join(ROUTES)} or '*'")
+    return str(value)
+
+
+def _count(spec: dict[str, Any]) -> int:
+    count = int(spec.get("count", 1))
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    return count
+
+
+def _share(value: Any, name: str) -> float:
+    share = float(value)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1")
+    return share
+
+
+@dataclass
+class Counted:
+    route: str
+    count: int
+    status: int = 0
+    body: str = ""
+
+    def hits(self, route: str) -> bool:
+        if self.count > 0 and self.route in ("*", route):
+            self.count -= 1
+            return True
+        return False
+
+
+@dataclass
+class ErrorRate:
+    route: str
+    rate: float
+    statuses: tuple[int, ...]
+
+
+@dataclass
+class DeviceFault:
+    ep: str
+    path: str | None
+
+    def hits(self, ep: str, path: str) -> bool:
+        return self.ep in ("*", ep) and (self.path is None or path.startswith(self.path))
+
+
+class Faults:
+    """The faults switched on now. Used on the emulator's event loop only."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self.clear()
+
+    def clear(self) -> None:
+        self.latency = 0.0
+        self.device_latency: float | None = None
+        self.error_rates: list[ErrorRate] = []
+        self.forced: list[Counted] = []
+        self.cut_polls = 0.0
+        self.device_timeouts: list[DeviceFault] = []
+        self.gone: set[str] = set()
+        self.malformed: list[Counted] = []
+        self.hangs: list[Counted] = []
+
+    def apply(self, **kw: Any) -> None:
+        """Switch faults on (or off with ``None``); raises ValueError naming a bad one."""
+        unknown = set(kw) - set(FAULT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown fault {sorted(unknown)}; known: {', '.join(FAULT_NAMES)}")
+        for name, value in kw.items():
+            try:
+                getattr(self, f"_set_{name}")(value)
+            except (TypeError, KeyError, AttributeError) as exc:
+                raise ValueError(f"fault {name}: {exc!r}") from exc
+            except ValueError as exc:
+                raise ValueError(f"fault {name}: {exc}") from exc
+
+    @staticmethod
+    def _many(value: Any) -> list[Any]:
+        return list(value) if isinstance(value, list | tuple) else [value]
+
+    def _set_latency(self, value: Any) -> None:
+        self.latency = 0.0 if value is None else max(0.0, float(value))
+
+    def _set_device_latency(self, value: Any) -> None:
+        self.device_latency = None if value is None else max(0.0, float(value))
+
+    def _set_cut_polls(self, value: Any) -> None:
+        self.cut_polls = 0.0 if value is None else _share(value, "cut_polls")
+
+    def _set_error_rate(self, value: Any) -> None:
+        self.error_rates = []
+        for spec in [] if value is None else self._many(value):
+            statuses = tuple(int(s) for s in spec.get("statuses", [500, 503, 429]))
+            if not statuses or any(not 100 <= s <= 599 for s in statuses):
+                raise ValueError("statuses must be HTTP status codes")
+            self.error_rates.append(
+                ErrorRate(_route(spec.get("route", "*")), _share(spec["rate"], "rate"), statuses)
+            )
+
+    def _set_force_status(self, value: Any) -> None:
+        self.forced = []
+        for spec in [] if value is None else self._many(value):
+            status = int(spec["status"])
+            if not 100 <= status <= 599:
+                raise ValueError(f"status {status} is not an HTTP status")
+            self.forced.append(
+                Counted(_route(spec["route"]), _count(spec), status, str(spec.get("body", "")))
+            )
+
+    def _set_malformed(self, value: Any) -> None:
+        self.malformed = [
+            Counted(_route(s["route"]), _count(s))
+            for s in ([] if value is None else self._many(value))
+        ]
+
+    def _set_hang(self, value: Any) -> None:
+        self.hangs = [
+            Counted(_route(s["route"]), _count(s))
+            for s in ([] if value is None else self._many(value))
+        ]
+
+    def _set_device_timeout(self, value: Any) -> None:
+        self.device_timeouts = []
+        for spec in [] if value is None else self._many(value):
+            if isinstance(spec, str):
+                spec = {"ep": spec}
+            path = spec.get("path")
+            self.device_timeouts.append(
+                DeviceFault(str(spec["ep"]), None if path is None else str(path))
+            )
+
+    def _set_device_gone(self, value: Any) -> None:
+        self.gone = set() if value is None else {str(v) for v in self._many(value)}
+
+    # --- questions the handlers ask -------------------------------------------------
+
+    def hang_for(self, route: str) -> bool:
+        return any(c.hits(route) for c in self.hangs)
+
+    def forced_for(self, route: str) -> Counted | None:
+        for c in self.forced:
+            if c.hits(route):
+                return c
+        return None
+
+    def error_for(self, route: str) -> int | None:
+        for er in self.error_rates:
+            if er.route in ("*", route) and self._rng.random() < er.rate:
+                return self._rng.choice(er.statuses)
+        return None
+
+    def malformed_for(self, route: str) -> bool:
+        return any(c.hits(route) for c in self.malformed)
+
+    def cut_poll(self) -> bool:
+        return self.cut_polls > 0 and self._rng.random() < self.cut_polls
+
+    def times_out(self, ep: str, path: str) -> bool:
+        return any(d.hits(ep, path) for d in self.device_timeouts)
+
+    def is_gone(self, ep: str) -> bool:
+        return ep in self.gone or "*" in self.gone
+
+    def describe(self) -> dict[str, Any]:
+        """The faults switched on, for ``GET /admin/faults``."""
+        out: dict[str, Any] = {}
+        if self.latency:
+            out["latency"] = self.latency
+        if self.device_latency is not None:
+            out["device_latency"] = self.device_latency
+        if self.error_rates:
+            out["error_rate"] = [
+                {"route": e.route, "rate": e.rate, "statuses": list(e.statuses)}
+                for e in self.error_rates
+            ]
+        live = [c for c in self.forced if c.count > 0]
+        if live:
+            out["force_status"] = [
+                {"route": c.route, "status": c.status, "count": c.count, "body": c.body}
+                for c in live
+            ]
+        if self.cut_polls:
+            out["cut_polls"] = self.cut_polls
+        if self.device_timeouts:
+            out["device_timeout"] = [{"ep": d.ep, "path": d.path} for d in self.device_timeouts]
+        if self.gone:
+            out["device_gone"] = sorted(self.gone)
+        for name, items in (("malformed", self.malformed), ("hang", self.hangs)):
+            live = [c for c in items if c.count > 0]
+            if live:
+                out[name] = [{"route": c.route, "count": c.count} for c in live]
+        return out
