@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bridge.simulator import Emulator
 from tests.support.broker import MosquittoBroker
 
 
@@ -21,3 +22,11 @@ def shared_broker() -> Iterator[MosquittoBroker]:
     """One Mosquitto for tests that only publish and subscribe (cheaper than one each)."""
     with MosquittoBroker() as b:
         yield b
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    """A Connector emulator on a free loopback port (default scenario, token "test-token",
+    1 s long-poll timeout, drifting sensors); stopped after the test."""
+    with Emulator(token="test-token", pull_timeout=1.0) as emu:
+        yield emu
