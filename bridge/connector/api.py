@@ -1,11 +1,12 @@
 """The :class:`connector` class: the seed API over HTTP.
 
 Every call goes through one :class:`requests.Session` (connection reuse, a pool sized
-for several threads calling at once), with a timeout, the ``Authorization: Bearer``
-header and the paths, query parameters and bodies of the REST page. A call never
-raises for what the network or the service did: it returns an :class:`asyncResult`
-whose ``error`` says what went wrong. Programming errors (an argument of the wrong
-type, an unknown handler name) raise ``TypeError``/``ValueError``.
+for several threads calling at once, see :mod:`bridge.connector.transport`), with a
+timeout, the ``Authorization: Bearer`` header and the paths, query parameters and
+bodies of the REST page. A call never raises for what the network or the service did:
+it returns an :class:`asyncResult` whose ``error`` says what went wrong. Programming
+errors (an argument of the wrong type, an unknown handler name) raise ``TypeError`` or
+``ValueError``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from bridge.connector.channel import LongPoller, Message, parse_message
 from bridge.connector.errors import (
@@ -31,6 +31,7 @@ from bridge.connector.errors import (
 )
 from bridge.connector.pending import PendingAsync
 from bridge.connector.result import Callback, asyncResult, decode_payload, value_of
+from bridge.connector.transport import make_session
 
 log = logging.getLogger("bridge.connector")
 
@@ -60,8 +61,6 @@ _LEVELS: Final = {
 # "?", "#", "%" or a space cannot change the meaning of the URL.
 _SEGMENT_SAFE: Final = "-._~!$&'()*+,;=:@"
 _PATH_SAFE: Final = _SEGMENT_SAFE + "/"
-
-_POOL_SIZE: Final = 32
 
 
 class _Secret:
@@ -122,12 +121,8 @@ class connector:
         self.asyncTimeout = float(asyncTimeout)
         self.pollTimeout = float(pollTimeout)
 
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=_POOL_SIZE, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers.update(
-            {"Authorization": f"Bearer {token}", "Accept": "application/json, text/plain, */*"}
+        self._session, self._pull_adapter = make_session(
+            token, self._url("/notification/pull", True)
         )
 
         self._pending: PendingAsync[asyncResult] = PendingAsync(
@@ -139,6 +134,7 @@ class connector:
             pull=self._pull,
             dispatch=self._dispatch,
             tick=self._expire_due,
+            abort=self._pull_adapter.abort,
             backoff_max=float(backoffMax),
         )
 
@@ -455,7 +451,9 @@ class connector:
         """The resources of ``ep`` (``GET /v2/endpoints/{ep}``); a list of dicts."""
         result = asyncResult()
         result.endpoint = ep
-        resp = self._request("GET", self._ep_path(ep), params=self._flags(noResp, cacheOnly))
+        resp = self._request(
+            "GET", "/endpoints" + self._ep_path(ep), params=self._flags(noResp, cacheOnly)
+        )
         return self._simple(result, "get_resources", resp, (200,), "json")
 
     def getResourceValue(
@@ -469,7 +467,9 @@ class connector:
         """Read ``res`` on ``ep``: 200 is a cached value, 202 an async answer to come."""
         result = asyncResult(callback=cbfn)
         result.endpoint, result.resource = ep, res
-        resp = self._request("GET", self._ep_path(ep, res), params=self._flags(noResp, cacheOnly))
+        resp = self._request(
+            "GET", "/endpoints" + self._ep_path(ep, res), params=self._flags(noResp, cacheOnly)
+        )
         return self._resource(result, "resource", resp, (200,))
 
     @staticmethod
@@ -494,7 +494,7 @@ class connector:
         body, ctype = self._body(data)
         resp = self._request(
             "PUT",
-            self._ep_path(ep, res),
+            "/endpoints" + self._ep_path(ep, res),
             body=body if body is not None else b"",
             content_type=ctype or "text/plain",
         )
@@ -507,14 +507,16 @@ class connector:
         result = asyncResult(callback=cbfn)
         result.endpoint, result.resource = ep, res
         body, ctype = self._body(data)
-        resp = self._request("POST", self._ep_path(ep, res), body=body, content_type=ctype)
+        resp = self._request(
+            "POST", "/endpoints" + self._ep_path(ep, res), body=body, content_type=ctype
+        )
         return self._resource(result, "resource", resp, (200, 201))
 
     def deleteEndpoint(self, ep: str, cbfn: Callback | str = "") -> asyncResult:
         """Send DELETE to an endpoint (``DELETE /v2/endpoints/{ep}``)."""
         result = asyncResult(callback=cbfn)
         result.endpoint = ep
-        resp = self._request("DELETE", self._ep_path(ep))
+        resp = self._request("DELETE", "/endpoints" + self._ep_path(ep))
         return self._resource(result, "resource", resp, (200,))
 
     # ---- subscriptions ------------------------------------------------------------------

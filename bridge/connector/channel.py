@@ -10,11 +10,11 @@ at once and says so plainly. Empty answers that come back at once (``noWait``, o
 server that ignores the long-poll hold) are paced to one pull per
 ``min_empty_interval`` for the same reason.
 
-Stopping sets an event and joins with a bound. A pull already in flight cannot be
-interrupted from outside without closing the shared session, so a thread that is still
-waiting for the server when the join gives up finishes that pull in the background,
-dispatches what it got (nothing the service handed over is lost) and exits. A new
-thread can be started meanwhile; it is independent of the old one.
+Stopping sets an event, aborts the pull in flight (``abort``: its socket is shut
+down, see :mod:`bridge.connector.transport`) and joins with a bound. Should a thread
+still be busy when the join gives up (a slow handler), it finishes in the background:
+a message already received is still dispatched, so nothing the service handed over is
+lost. A new thread can be started meanwhile; it is independent of the old one.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class LongPoller:
         pull: Callable[[bool], requests.Response],
         dispatch: Callable[[Message], object],
         tick: Callable[[], object],
+        abort: Callable[[], object] | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         min_empty_interval: float = 1.0,
@@ -98,6 +99,7 @@ class LongPoller:
         self._pull = pull
         self._dispatch = dispatch
         self._tick = tick
+        self._abort = abort
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.min_empty_interval = min_empty_interval
@@ -144,6 +146,11 @@ class LongPoller:
             log.debug("long polling is not active")
             return thread is None or not thread.is_alive()
         stop.set()
+        if self._abort is not None:
+            try:
+                self._abort()  # ends a pull in flight at once
+            except Exception:
+                log.exception("aborting the pull in flight failed")
         if thread is not threading.current_thread():
             thread.join(timeout)
         if thread.is_alive():
@@ -234,6 +241,8 @@ class LongPoller:
                     retry_after = _retry_after(resp)
                     if retry_after is not None:
                         delay = min(retry_after, self.backoff_max)
+            if problem is not None and stop.is_set():
+                break  # the pull was aborted by stop(): not a failure
             if problem is not None:
                 failures += 1
                 delay = max(delay, backoff_delay(failures, self.backoff_base, self.backoff_max))

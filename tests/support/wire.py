@@ -1,0 +1,160 @@
+"""Small real HTTP servers for wire-level client tests, where the emulator cannot tell.
+
+``RecordingServer`` records every request exactly as it came over the socket (method,
+raw path and query, headers, body bytes) and answers from a function the test sets, so a
+test can assert what the client really sent (raw PUT bytes, both query flags, the
+Bearer header) and count requests and TCP connections. ``ClosingServer`` accepts TCP
+connections and closes them at once, like a Connector that is down behind a load
+balancer, and counts them.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Recorded:
+    method: str
+    target: str  # the raw request target: path and query as sent
+    headers: dict[str, str]
+    body: bytes
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.target).query, keep_blank_values=True)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes | str = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Answer = Callable[[Recorded], Reply]
+
+
+class RecordingServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1 that records requests."""
+
+    def __init__(self, answer: Answer | None = None) -> None:
+        self.answer: Answer = answer or (lambda req: Reply(200, b"[]"))
+        self.requests: list[Recorded] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                rec = Recorded(self.command, self.path, dict(self.headers.items()), body)
+                with owner._cond:
+                    owner.requests.append(rec)
+                    owner._cond.notify_all()
+                reply = owner.answer(rec)
+                data = reply.body.encode() if isinstance(reply.body, str) else reply.body
+                self.send_response(reply.status)
+                if reply.status not in (204, 304):
+                    self.send_header("Content-Type", reply.content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                for k, v in reply.headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if reply.status not in (204, 304):
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = _handle
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def get_request(self) -> tuple[socket.socket, object]:
+                conn = super().get_request()
+                with owner._lock:
+                    owner.connections += 1
+                return conn
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> RecordingServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> list[Recorded]:
+        """Block until at least ``n`` requests arrived; returns them."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.requests) >= n, timeout)
+            return list(self.requests)
+
+    def __enter__(self) -> RecordingServer:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ClosingServer:
+    """Accepts TCP connections and closes them at once; counts them with their times."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(time.monotonic())
+            conn.close()
+
+    def __enter__(self) -> ClosingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._sock.close()
