@@ -2,8 +2,8 @@
 
 Home Assistant finds MQTT devices by reading retained JSON configs under
 ``<discovery prefix>/<component>/<node id>/<object id>/config``. This module turns what
-the bridge knows about one endpoint (its name, the escaped topic level of that name, its
-type, its resources and whatever values it has seen) into those configs, and into the
+the bridge knows about one endpoint (its name, its type, its resources and whatever
+values it has seen) into those configs, and into the
 empty messages that remove them again. It does no I/O: the bridge's discovery extension
 publishes what these functions return, retained, and publishes everything again when
 Home Assistant announces itself (:func:`is_ha_online` on :func:`ha_status_topic`).
@@ -12,8 +12,9 @@ IPSO objects become entities (see ``SENSORS``, ``BINARY_SENSORS``, ``SWITCHES``,
 ``NUMBERS``, the light 3311 and executable resources); every other resource is left
 out. Each entity
 
-- reads the bridge's value topic ``<prefix>/<escaped ep>/<path without leading />`` and
-  writes ``<value topic>/set`` (values) or ``<value topic>/post`` (buttons, executes);
+- reads the bridge's value topic ``<prefix>/<ep>/<path without leading />`` (escaped by
+  :mod:`bridge.topics`, like every topic of the contract) and writes
+  ``<value topic>/set`` (values) or ``<value topic>/post`` (buttons, executes);
 - belongs to one device per endpoint, reached ``via_device`` the bridge's own device;
 - is available only while both ``<prefix>/$bridge/state`` and ``<prefix>/<ep>/$state``
   say ``online`` (``offline``, ``expired`` or anything else means unavailable);
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import __version__
+from bridge.topics import Topics, validate_prefix
 
 DEFAULT_TOPIC_PREFIX = "connector"
 DEFAULT_DISCOVERY_PREFIX = "homeassistant"
@@ -99,17 +101,41 @@ class Resource:
 class Endpoint:
     """What the bridge knows about one endpoint.
 
-    ``escaped`` is the endpoint's single topic level as the bridge's topic escaping
-    makes it (``bridge.topics``); ``values`` holds the values seen so far by path
-    (``/3/0/0`` manufacturer, ``/3/0/1`` model, ``/3/0/2`` serial, ``/3/0/3`` firmware,
-    ``/<obj>/<inst>/5701`` a sensor's units...). Missing values just leave fields out.
+    ``name`` is the raw endpoint name (topics escape it themselves); ``values`` holds
+    the values seen so far by path (``/3/0/0`` manufacturer, ``/3/0/1`` model, ``/3/0/2``
+    serial, ``/3/0/3`` firmware, ``/<obj>/<inst>/5701`` a sensor's units...). Missing
+    values just leave fields out.
     """
 
     name: str
-    escaped: str
     ept: str = ""
     resources: Sequence[Resource] = ()
     values: Mapping[str, str | bytes] = field(default_factory=dict)
+
+
+def endpoint_from_resources_document(
+    name: str,
+    document: Mapping[str, Any] | bytes | str,
+    values: Mapping[str, str | bytes] | None = None,
+) -> Endpoint:
+    """An :class:`Endpoint` from the bridge's retained ``<prefix>/<ep>/$resources`` document.
+
+    The document is ``{"type": ..., "q": ..., "resources": [{"path", "rt", "ct", "obs"}]}``
+    (:func:`bridge.topics.encode_resources`), as JSON text or already decoded.
+    """
+    if isinstance(document, (bytes, str)):
+        document = json.loads(document)
+    if not isinstance(document, Mapping):
+        raise ValueError("a $resources document is a JSON object")
+    entries = document.get("resources") or []
+    if not isinstance(entries, list):
+        raise ValueError("$resources: 'resources' must be a list")
+    return Endpoint(
+        name=name,
+        ept=str(document.get("type") or ""),
+        resources=tuple(Resource.from_dict(e) for e in entries if isinstance(e, Mapping)),
+        values=dict(values or {}),
+    )
 
 
 @dataclass(frozen=True)
@@ -124,10 +150,10 @@ class DiscoverySettings:
     def __post_init__(self) -> None:
         for name in ("topic_prefix", "discovery_prefix"):
             value: str = getattr(self, name)
-            if not value or value.startswith("/") or value.endswith("/") or "//" in value:
-                raise ValueError(f"{name} must be a topic without empty levels: {value!r}")
-            if any(ch in value for ch in "+#\0"):
-                raise ValueError(f"{name} must not hold + # or NUL: {value!r}")
+            try:
+                validate_prefix(value)
+            except ValueError as exc:
+                raise ValueError(f"{name} {value!r}: {exc}") from None
         if self.support_url is not None and not re.match(r"https?://\S+$", self.support_url):
             raise ValueError(f"support_url must be an http(s) URL: {self.support_url!r}")
 
@@ -270,7 +296,9 @@ def id_token(text: str) -> str:
     ``node-001`` stays ``node-001``; ``my_dev`` becomes ``my_5Fdev``; ``a/b`` becomes
     ``a_2Fb``. An underscore is always followed by two hex digits, so ``__`` never occurs.
     """
-    return "".join(chr(b) if b in _KEEP else f"_{b:02X}" for b in text.encode("utf-8"))
+    return "".join(
+        chr(b) if b in _KEEP else f"_{b:02X}" for b in text.encode("utf-8", "surrogatepass")
+    )
 
 
 def path_token(path: str) -> str:
@@ -328,11 +356,13 @@ def discovery_messages(
     match no entity kind produce nothing; an endpoint with none gives an empty list.
     """
     settings = settings or DiscoverySettings()
-    _check_escaped(endpoint.escaped)
-    entities = _entities(endpoint, settings)
+    if not endpoint.name:
+        raise ValueError("endpoint name must not be empty")
+    topics = Topics(settings.topic_prefix)
+    entities = _entities(endpoint, topics)
     device = _device(endpoint, settings)
     origin = _origin(settings)
-    availability = _availability(endpoint, settings)
+    availability = _availability(endpoint, topics)
     node = node_id(endpoint.name, settings.topic_prefix)
     messages: list[DiscoveryMessage] = []
     for entity in entities:
@@ -393,7 +423,7 @@ def bridge_discovery_messages(settings: DiscoverySettings | None = None) -> list
         "origin": _origin(settings),
         "device_class": "connectivity",
         "entity_category": "diagnostic",
-        "state_topic": _bridge_state_topic(settings),
+        "state_topic": Topics(settings.topic_prefix).bridge_state,
         "payload_on": ONLINE,
         "payload_off": OFFLINE,
     }
@@ -446,7 +476,7 @@ class _Entity:
     config: Config
 
 
-def _entities(endpoint: Endpoint, settings: DiscoverySettings) -> list[_Entity]:
+def _entities(endpoint: Endpoint, topics: Topics) -> list[_Entity]:
     """The entities of an endpoint, in resource-path order."""
     by_path: dict[str, Resource] = {}
     for resource in endpoint.resources:
@@ -456,7 +486,7 @@ def _entities(endpoint: Endpoint, settings: DiscoverySettings) -> list[_Entity]:
     entities: list[_Entity] = []
     for path in sorted(by_path, key=_path_sort_key):
         resource = by_path[path]
-        value_topic = _value_topic(endpoint, settings, path)
+        value_topic = topics.value(endpoint.name, path)
         ids = _numeric_ids(path)
         # An executable resource cannot be read: it is a button and nothing else.
         if ids is not None and len(ids) == 3 and resource.executable is not True:
@@ -594,6 +624,7 @@ def _light(path: str, name: str, value_topic: str, dims: bool) -> _Entity:
         "state_value_template": BOOLEAN_TEMPLATE,
     }
     if dims:
+        # 3311 paths are numeric, which topic escaping leaves as they are.
         brightness_topic = value_topic.rsplit("/", 1)[0] + f"/{LIGHT_DIMMER}"
         config.update(
             brightness_command_topic=f"{brightness_topic}/set",
@@ -653,7 +684,7 @@ def _origin(settings: DiscoverySettings) -> Config:
     return origin
 
 
-def _availability(endpoint: Endpoint, settings: DiscoverySettings) -> list[Config]:
+def _availability(endpoint: Endpoint, topics: Topics) -> list[Config]:
     return [
         {
             "topic": topic,
@@ -661,24 +692,8 @@ def _availability(endpoint: Endpoint, settings: DiscoverySettings) -> list[Confi
             "payload_not_available": OFFLINE,
             "value_template": AVAILABILITY_TEMPLATE,
         }
-        for topic in (
-            _bridge_state_topic(settings),
-            f"{settings.topic_prefix}/{endpoint.escaped}/$state",
-        )
+        for topic in (topics.bridge_state, topics.state(endpoint.name))
     ]
-
-
-def _bridge_state_topic(settings: DiscoverySettings) -> str:
-    return f"{settings.topic_prefix}/$bridge/state"
-
-
-def _value_topic(endpoint: Endpoint, settings: DiscoverySettings, path: str) -> str:
-    return f"{settings.topic_prefix}/{endpoint.escaped}/{path.lstrip('/')}"
-
-
-def _check_escaped(escaped: str) -> None:
-    if not escaped or any(ch in escaped for ch in "/+#\0") or escaped.startswith("$"):
-        raise ValueError(f"escaped endpoint must be one topic level: {escaped!r}")
 
 
 def _normalise_path(path: str) -> str:
