@@ -63,7 +63,7 @@ class CertKey:
 
 
 @dataclass(frozen=True)
-class TestPki:
+class Pki:
     """One CA and the certificates it signed, all in ``directory``."""
 
     directory: Path
@@ -132,7 +132,7 @@ def make_test_pki(
     ca_name: str = "connector-bridge test CA",
     client_name: str = "connector-bridge",
     server_hosts: tuple[str, ...] = SERVER_HOSTS,
-) -> TestPki:
+) -> Pki:
     """A fresh CA with a server certificate for ``server_hosts`` and one client certificate.
 
     ``directory`` defaults to a new temporary directory, which the caller removes.
@@ -142,4 +142,4 @@ def make_test_pki(
     ca = make_ca(directory, ca_name)
     server = issue(ca, directory, "server", server_hosts[0], server_hosts=server_hosts)
     client = issue(ca, directory, "client", client_name)
-    return TestPki(directory, ca, server, client)
+    return Pki(directory, ca, server, client)
