@@ -194,6 +194,10 @@ class RestApp:
                 if request.transport is not None:
                     request.transport.abort()
                 raise asyncio.CancelledError
+            # Let the loop deliver a reset or close that is already on its way, so that a
+            # client which died before its pull was read cannot take messages with it.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
             transport = request.transport
             if core.callback is not None or transport is None or transport.is_closing():
                 core.count("pulls_empty")
@@ -210,6 +214,9 @@ class RestApp:
                 await resp.prepare(request)
                 await resp.write(body)
                 await resp.write_eof()
+                # A failed socket write does not raise: the transport closes itself.
+                if request.transport is None or request.transport.is_closing():
+                    raise ConnectionResetError("the pulling client went away")
             except BaseException:
                 core.outbox.put_back(batch)
                 core.count("redelivered", len(batch))

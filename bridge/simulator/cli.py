@@ -86,8 +86,10 @@ def main(argv: Sequence[str]) -> int:
     try:
         asyncio.run(_serve(core, args.host, args.port))
     except OSError as exc:
-        print(f"connector-bridge simulate: cannot listen on {args.host}:{args.port}: {exc}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"connector-bridge simulate: cannot listen on {args.host}:{args.port}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

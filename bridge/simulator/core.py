@@ -406,9 +406,11 @@ class EmulatorCore:
     def _burst_targets(
         self, ep: str | None, path: str | None
     ) -> list[tuple[Device, int, str, str, str]]:
-        devices = [self.registered_device(ep)] if ep is not None else [
-            d for d in self.devices.values() if d.registered
-        ]  # fmt: skip
+        devices = (
+            [self.registered_device(ep)]
+            if ep is not None
+            else [d for d in self.devices.values() if d.registered]
+        )
         any_subs = any(d.subs for d in devices)
         targets = []
         for dev in devices:
@@ -704,8 +706,14 @@ class EmulatorCore:
         else:
             self.loop.call_soon(self._run_job, job)
 
-    def _answer(self, job: Job, status: int, payload: bytes | None = None, ct: str = "",
-                error: str | None = None) -> None:  # fmt: skip
+    def _answer(
+        self,
+        job: Job,
+        status: int,
+        payload: bytes | None = None,
+        ct: str = "",
+        error: str | None = None,
+    ) -> None:
         if job.aid is not None:
             self.emit(ch.async_response(job.aid, status, payload, ct or "text/plain", error))
 

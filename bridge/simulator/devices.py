@@ -85,8 +85,13 @@ class ResourceSpec:
 
     def registration(self) -> dict[str, Any]:
         """The entry of a ``registrations`` message."""
-        return {"path": self.path, "if": self.interface, "rt": self.rt, "ct": self.ct,
-                "obs": self.obs}  # fmt: skip
+        return {
+            "path": self.path,
+            "if": self.interface,
+            "rt": self.rt,
+            "ct": self.ct,
+            "obs": self.obs,
+        }
 
 
 def _r(path: str, rt: str, kind: str, value: str, **kw: Any) -> ResourceSpec:
@@ -139,8 +144,20 @@ def device_object(model: str) -> list[ResourceSpec]:
 
 def resource_from_dict(data: Mapping[str, Any]) -> ResourceSpec:
     """A resource described in a scenario file or a ``register(resources=...)`` call."""
-    unknown = set(data) - {"path", "rt", "ct", "obs", "value", "writable", "executable",
-                           "kind", "min", "max", "drift", "if"}  # fmt: skip
+    unknown = set(data) - {
+        "path",
+        "rt",
+        "ct",
+        "obs",
+        "value",
+        "writable",
+        "executable",
+        "kind",
+        "min",
+        "max",
+        "drift",
+        "if",
+    }
     if unknown:
         raise ValueError(f"unknown resource keys {sorted(unknown)}")
     path = data.get("path")
