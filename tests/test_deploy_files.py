@@ -1,0 +1,578 @@
+"""What can be checked about deploy/ without a container engine or a cluster.
+
+No Docker daemon, compose plugin or Kubernetes runs here, so these tests check what the
+files promise against the rest of the project: the YAML parses; the Kubernetes objects
+are locked down (non-root, read-only root file system, no privilege escalation) and
+probe the health port the image and the settings use; compose refers to files that
+exist and wires the services to each other; the image's entry point is the console
+script and sub-command the tests run; the systemd unit passes `systemd-analyze verify`
+and its sandbox scores "OK" in `systemd-analyze security`. Secrets travel as files
+everywhere, never as environment values.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.cli import COMMANDS
+from tests.support.broker import MosquittoBroker
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as vendored by pip
+    from pip._vendor import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+COMPOSE = DEPLOY / "compose.yaml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+UNIT = DEPLOY / "systemd" / "connector-bridge.service"
+ENV_EXAMPLE = DEPLOY / "systemd" / "bridge.env.example"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+SECRET_SETTINGS = {"BRIDGE_CONNECTOR_TOKEN", "BRIDGE_MQTT_PASSWORD"}
+SECRET_FILE_SETTINGS = {"BRIDGE_CONNECTOR_TOKEN_FILE", "BRIDGE_MQTT_PASSWORD_FILE"}
+# Names deploy/ uses that bridge/settings.py does not define yet (issue 7's brief):
+# the secrets-as-files settings and the health endpoint's port. The lead reconciles.
+ASSUMED_SETTINGS = {*SECRET_FILE_SETTINGS, "BRIDGE_HEALTH_PORT"}
+
+
+def load_yaml(path: Path) -> list[Any]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+# --- YAML -------------------------------------------------------------------------------
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for ext in ("yaml", "yml") for p in DEPLOY.rglob(f"*.{ext}"))
+
+
+def test_deploy_has_the_expected_yaml_files() -> None:
+    names = {p.relative_to(DEPLOY).as_posix() for p in yaml_files()}
+    assert {"compose.yaml", "k8s/deployment.yaml", "k8s/kustomization.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: p.relative_to(DEPLOY).as_posix())
+def test_every_yaml_file_parses_to_mappings(path: Path) -> None:
+    docs = load_yaml(path)
+    assert docs, f"{path} is empty"
+    assert all(isinstance(d, dict) for d in docs)
+
+
+# --- Kubernetes ------------------------------------------------------------------------
+
+
+def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, name) -> object, for the kustomization's resources and the Secret example."""
+    kustomization = load_yaml(K8S / "kustomization.yaml")[0]
+    files = [K8S / f for f in kustomization["resources"]] + [K8S / "secret.example.yaml"]
+    objects = {}
+    for f in files:
+        for obj in load_yaml(f):
+            objects[(obj["kind"], obj["metadata"]["name"])] = obj
+    return objects
+
+
+def deployment() -> dict[str, Any]:
+    return k8s_objects()[("Deployment", "connector-bridge")]
+
+
+def bridge_container() -> dict[str, Any]:
+    containers = deployment()["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+def test_kustomization_lists_existing_files_but_never_the_secret() -> None:
+    kustomization = load_yaml(K8S / "kustomization.yaml")[0]
+    assert kustomization["kind"] == "Kustomization"
+    for name in kustomization["resources"]:
+        assert (K8S / name).is_file(), name
+    kinds = {obj["kind"] for f in kustomization["resources"] for obj in load_yaml(K8S / f)}
+    assert "Secret" not in kinds  # applying a placeholder would overwrite the real one
+
+
+def test_k8s_objects_have_the_expected_kinds() -> None:
+    objects = k8s_objects()
+    assert set(objects) == {
+        ("Namespace", "connector-bridge"),
+        ("ConfigMap", "connector-bridge"),
+        ("ConfigMap", "connector-bridge-broker-ca"),
+        ("Secret", "connector-bridge"),
+        ("Deployment", "connector-bridge"),
+        ("Service", "connector-bridge"),
+        ("NetworkPolicy", "connector-bridge"),
+    }
+    for (kind, _), obj in objects.items():
+        assert obj["apiVersion"] == {"Deployment": "apps/v1"}.get(
+            kind, "networking.k8s.io/v1" if kind == "NetworkPolicy" else "v1"
+        )
+
+
+def test_the_namespace_enforces_the_restricted_pod_security_standard() -> None:
+    ns = k8s_objects()[("Namespace", "connector-bridge")]
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_deployment_runs_exactly_one_bridge_and_replaces_it_stop_first() -> None:
+    spec = deployment()["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["type"] == "Recreate"
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_deployment_security_context_is_locked_down() -> None:
+    pod = deployment()["spec"]["template"]["spec"]
+    c = bridge_container()["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == dockerfile_user()[0] != 0
+    assert pod["securityContext"]["runAsGroup"] == dockerfile_user()[1] != 0
+    assert c["allowPrivilegeEscalation"] is False
+    assert c["readOnlyRootFilesystem"] is True
+    assert c.get("privileged", False) is False
+    assert c["capabilities"]["drop"] == ["ALL"] and "add" not in c["capabilities"]
+    for ctx in (pod["securityContext"], c):
+        assert ctx["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    assert not any(k in pod for k in ("hostNetwork", "hostPID", "hostIPC"))
+    assert all("hostPath" not in v for v in pod["volumes"])
+
+
+def test_deployment_probes_ask_the_health_port_that_the_settings_and_the_image_use() -> None:
+    container = bridge_container()
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    settings = k8s_objects()[("ConfigMap", "connector-bridge")]["data"]
+    assert ports["health"] == int(settings["BRIDGE_HEALTH_PORT"])
+    assert ports["health"] == int(dockerfile_env()["BRIDGE_HEALTH_PORT"])
+    expected = {
+        "livenessProbe": "/healthz",
+        "readinessProbe": "/readyz",
+        "startupProbe": "/healthz",
+    }
+    for probe, path in expected.items():
+        get = container[probe]["httpGet"]
+        assert (get["path"], get["port"]) == (path, "health"), probe
+
+
+def test_deployment_runs_the_image_sub_command_the_tests_run() -> None:
+    container = bridge_container()
+    assert "command" not in container  # keeps the image's ENTRYPOINT
+    assert container["args"] == dockerfile_json("CMD") == ["run"]
+    assert container["image"].rpartition(":")[2] == PYPROJECT["project"]["version"]
+
+
+def test_k8s_secrets_reach_the_bridge_as_files_only() -> None:
+    objects = k8s_objects()
+    pod = deployment()["spec"]["template"]["spec"]
+    container = bridge_container()
+    secret = objects[("Secret", "connector-bridge")]
+    env = {e["name"]: e for e in container["env"]}
+    assert SECRET_SETTINGS.isdisjoint(env), "secrets must not be environment values"
+    assert all("valueFrom" not in e for e in env.values()), "no secretKeyRef/configMapKeyRef"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    secret_mount = next(m for m in mounts.values() if "secret" in volumes[m["name"]])
+    assert secret_mount["readOnly"] is True
+    secret_volume = volumes[secret_mount["name"]]["secret"]
+    assert secret_volume["secretName"] == secret["metadata"]["name"]
+    # Mode 0440 with fsGroup: root owns the files, the bridge's group may read them.
+    assert secret_volume["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    for name in SECRET_FILE_SETTINGS:
+        path = Path(env[name]["value"])
+        assert path.parent == Path(secret_mount["mountPath"]), name
+        assert path.name in secret["stringData"], name
+    config = objects[("ConfigMap", "connector-bridge")]["data"]
+    assert not any(re.search("TOKEN|PASSWORD|SECRET|_KEY$", k) for k in config)
+
+
+def test_k8s_references_resolve() -> None:
+    objects = k8s_objects()
+    pod = deployment()["spec"]["template"]["spec"]
+    container = bridge_container()
+    for source in container["envFrom"]:
+        assert ("ConfigMap", source["configMapRef"]["name"]) in objects
+    for volume in pod["volumes"]:
+        if "configMap" in volume:
+            assert ("ConfigMap", volume["configMap"]["name"]) in objects
+    mounted = {m["name"] for m in container["volumeMounts"]}
+    assert mounted == {v["name"] for v in pod["volumes"]}
+    ca = next(e["value"] for e in container["env"] if e["name"] == "BRIDGE_MQTT_TLS_CA")
+    ca_mount = next(m for m in container["volumeMounts"] if ca.startswith(m["mountPath"] + "/"))
+    ca_volume = next(v for v in pod["volumes"] if v["name"] == ca_mount["name"])
+    ca_map = objects[("ConfigMap", ca_volume["configMap"]["name"])]
+    assert Path(ca).name in ca_map["data"]
+
+
+def test_service_and_network_policy_select_the_bridge_and_its_health_port() -> None:
+    objects = k8s_objects()
+    labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    service = objects[("Service", "connector-bridge")]["spec"]
+    assert service["selector"].items() <= labels.items()
+    assert {p["targetPort"] for p in service["ports"]} == {"health"}
+    policy = objects[("NetworkPolicy", "connector-bridge")]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    ingress_ports = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
+    assert ingress_ports == {"health"}
+    mqtt_port = int(objects[("ConfigMap", "connector-bridge")]["data"]["BRIDGE_MQTT_PORT"])
+    egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    assert {53, mqtt_port, 443} <= egress_ports
+
+
+# --- Dockerfile ---------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with comments dropped and continuation lines joined."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        instruction, _, args = (pending + line).partition(" ")
+        out.append((instruction.upper(), args.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return out
+
+
+def dockerfile_json(instruction: str) -> list[str]:
+    """The last ENTRYPOINT/CMD, which must use the exec (JSON) form."""
+    args = [a for i, a in dockerfile_instructions() if i == instruction][-1]
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+def dockerfile_stages() -> list[str]:
+    """The base image of each stage, with ARG defaults substituted."""
+    args: dict[str, str] = {}
+    images = []
+    for instruction, rest in dockerfile_instructions():
+        if instruction == "ARG" and not images:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif instruction == "FROM":
+            image = rest.split()[0]
+            images.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image))
+    return images
+
+
+def dockerfile_final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (ins, _) in enumerate(instructions) if ins == "FROM")
+    return instructions[last_from:]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction, rest in dockerfile_final_stage():
+        if instruction == "ENV":
+            env.update(dict(item.split("=", 1) for item in shlex.split(rest)))
+    return env
+
+
+def dockerfile_user() -> tuple[int, int]:
+    users = [rest for ins, rest in dockerfile_final_stage() if ins == "USER"]
+    assert users, "the final stage must switch to an unprivileged user"
+    uid, _, gid = users[-1].partition(":")
+    return int(uid), int(gid)
+
+
+def test_dockerfile_entrypoint_is_the_console_script_and_cmd_the_run_sub_command() -> None:
+    entrypoint = dockerfile_json("ENTRYPOINT")
+    cmd = dockerfile_json("CMD")
+    assert entrypoint == ["connector-bridge"]
+    assert PYPROJECT["project"]["scripts"][entrypoint[0]] == "bridge.cli:main"
+    assert cmd == ["run"] and cmd[0] in COMMANDS
+    # The same console script the tests run, installed from this checkout.
+    script = Path(sys.executable).parent / entrypoint[0]
+    shown = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
+    assert re.search(rf"^\s+{cmd[0]}\s", shown.stdout, re.M), shown.stdout
+
+
+def test_dockerfile_is_a_two_stage_slim_build_running_as_non_root() -> None:
+    assert dockerfile_stages() == ["python:3.11-slim", "python:3.11-slim"]
+    final = dockerfile_final_stage()
+    assert not any(ins in ("COPY", "ADD") and "/wheels" in rest for ins, rest in final)
+    uid, gid = dockerfile_user()
+    assert uid >= 1000 and gid >= 1000
+    creates = " ".join(rest for ins, rest in final if ins == "RUN")
+    assert f"--uid {uid}" in creates and f"--gid {gid}" in creates
+    # The user is set before the entry point and never switched back.
+    order = [ins for ins, _ in final]
+    assert order.index("USER") < order.index("ENTRYPOINT")
+
+
+def test_dockerfile_build_context_holds_what_the_wheel_build_needs() -> None:
+    """Every COPY source exists, survives the .dockerignore, and covers what pyproject
+    needs to build the wheel (the readme, the packages)."""
+    copied = []
+    for ins, rest in dockerfile_instructions():
+        if ins == "COPY" and not rest.startswith("--from"):
+            *sources, _dest = rest.split()
+            copied += sources
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert "*" in ignore
+    for source in copied:
+        assert (ROOT / source).exists(), source
+        assert source.rstrip("/") in allowed, f"{source} is excluded by Dockerfile.dockerignore"
+    assert PYPROJECT["project"]["readme"] in copied
+    packages = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {p.rstrip("*") for p in packages} <= set(copied)
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[int, list[int]]]:
+    """A stand-in /healthz: answers with the status at the head of the list."""
+    statuses = [200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(statuses[0] if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], statuses
+    server.shutdown()
+    server.server_close()
+
+
+def test_dockerfile_healthcheck_command_passes_on_200_and_fails_otherwise(
+    health_server: tuple[int, list[int]],
+) -> None:
+    port, statuses = health_server
+    (check,) = [rest for ins, rest in dockerfile_final_stage() if ins == "HEALTHCHECK"]
+    options, _, command = check.partition(" CMD ")
+    assert "--interval" in options and "--timeout" in options
+    # Docker runs the shell form with /bin/sh -c; "python" is the image's interpreter.
+    command = command.replace("python ", f"{shlex.quote(sys.executable)} ", 1)
+    env = {**os.environ, "BRIDGE_HEALTH_PORT": str(port)}
+
+    def run() -> int:
+        return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True).returncode
+
+    assert run() == 0
+    statuses[0] = 503
+    assert run() != 0
+
+
+# --- compose --------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = load_yaml(COMPOSE)[0]
+    return doc
+
+
+def test_compose_starts_the_broker_the_emulator_and_the_bridge() -> None:
+    services = compose()["services"]
+    assert set(services) == {"mosquitto", "emulator", "bridge"}
+    assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:2")
+    bridge = services["bridge"]
+    assert bridge["command"] == dockerfile_json("CMD")
+    for dependency in ("mosquitto", "emulator"):
+        assert bridge["depends_on"][dependency]["condition"] == "service_healthy"
+        assert "healthcheck" in services[dependency]
+
+
+def test_compose_refers_to_files_that_exist() -> None:
+    doc = compose()
+    base = COMPOSE.parent
+    for name, service in doc["services"].items():
+        if "build" in service:
+            context = (base / service["build"]["context"]).resolve()
+            assert context == ROOT, name
+            assert (context / service["build"]["dockerfile"]).resolve() == DOCKERFILE
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (base / source).is_file(), f"{name}: {source}"
+    for secret in doc["secrets"].values():
+        assert (base / secret["file"]).is_file(), secret["file"]
+
+
+def test_compose_emulator_runs_the_simulate_sub_command_on_all_interfaces() -> None:
+    from bridge.simulator.cli import build_parser
+
+    command = compose()["services"]["emulator"]["command"]
+    assert command[0] == "simulate" and command[0] in COMMANDS
+    args = build_parser().parse_args(command[1:])  # the emulator's own parser accepts it
+    assert args.host == "0.0.0.0"
+    assert args.port == 8080
+    token_file = COMPOSE.parent / compose()["secrets"]["connector_token"]["file"]
+    assert args.token == token_file.read_text().strip()
+
+
+def test_compose_bridge_points_at_the_other_services_and_gets_its_token_as_a_file() -> None:
+    services = compose()["services"]
+    env = services["bridge"]["environment"]
+    assert SECRET_SETTINGS.isdisjoint(env)
+    url = urlsplit(env["BRIDGE_CONNECTOR_URL"])
+    emulator = services["emulator"]["command"]
+    assert (url.hostname, url.port) == ("emulator", int(emulator[emulator.index("--port") + 1]))
+    assert env["BRIDGE_MQTT_HOST"] == "mosquitto"
+    demo_conf = (DEPLOY / "mosquitto" / "demo.conf").read_text()
+    assert f"listener {env['BRIDGE_MQTT_PORT']}\n" in demo_conf
+    assert env["BRIDGE_CONNECTOR_TOKEN_FILE"] == "/run/secrets/connector_token"
+    assert services["bridge"]["secrets"] == ["connector_token"]
+
+
+def test_compose_publishes_ports_on_loopback_only_and_hardens_our_containers() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name}: {port}"
+        if name != "mosquitto":
+            assert service["read_only"] is True
+            assert service["cap_drop"] == ["ALL"]
+            assert "no-new-privileges:true" in service["security_opt"]
+
+
+def test_the_compose_demo_broker_config_runs() -> None:
+    """deploy/mosquitto/demo.conf starts (port moved to a free loopback one) and takes
+    an anonymous client, as the demo's mosquitto_sub line needs."""
+    text = (DEPLOY / "mosquitto" / "demo.conf").read_text()
+    assert text.startswith("# DEMO ONLY")
+    broker = MosquittoBroker(listener=False)
+    broker.extra_config = text.replace("listener 1883\n", f"listener {broker.port} 127.0.0.1\n")
+    with broker.start():
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.connect("127.0.0.1", broker.port)
+        try:
+            client.loop_start()
+            info = client.publish("connector/node-001/3303/0/5700", b"21", qos=1)
+            info.wait_for_publish(timeout=10)
+            assert info.is_published()
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+
+# --- systemd ---------------------------------------------------------------------------
+
+
+def unit_directives() -> list[tuple[str, str]]:
+    """(key, value) for every directive of the unit, in order (keys may repeat)."""
+    pairs = []
+    for line in UNIT.read_text().splitlines():
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, _, value = line.partition("=")
+            pairs.append((key, value))
+    return pairs
+
+
+@pytest.fixture
+def verifiable_unit(tmp_path: Path) -> Path:
+    """A copy of the unit whose ExecStart is this checkout's console script: verify
+    checks that the binary exists and is executable."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (package systemd): cannot verify the unit")
+    script = Path(sys.executable).parent / "connector-bridge"
+    text = UNIT.read_text()
+    assert "ExecStart=/opt/connector-bridge/bin/connector-bridge run" in text
+    copy = tmp_path / UNIT.name
+    copy.write_text(text.replace("/opt/connector-bridge/bin/connector-bridge", str(script)))
+    return copy
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(verifiable_unit: Path) -> None:
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(verifiable_unit)], capture_output=True, text=True
+    )
+    # verify exits 0 even for unknown keys or bad values; it says so on stderr.
+    about_unit = [line for line in done.stderr.splitlines() if verifiable_unit.name in line]
+    assert done.returncode == 0 and not about_unit, done.stderr
+
+
+def test_systemd_unit_sandbox_exposure_is_ok(verifiable_unit: Path) -> None:
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(verifiable_unit)],
+        capture_output=True,
+        text=True,
+    )
+    level = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout)
+    assert level, done.stdout[-500:] + done.stderr
+    print(f"systemd-analyze security: exposure {level.group(1)} (0 = best, 10 = worst)")
+    assert done.returncode == 0, f"exposure {level.group(1)} is above 2.0"
+
+
+def test_systemd_unit_sandboxes_the_service() -> None:
+    directives = dict(unit_directives())
+    expected = {
+        "DynamicUser": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "CapabilityBoundingSet": "",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "MemoryDenyWriteExecute": "yes",
+    }
+    assert {k: directives.get(k) for k in expected} == expected
+    filters = [v for k, v in unit_directives() if k == "SystemCallFilter"]
+    assert "@system-service" in filters
+    assert directives["ExecStart"].split()[-1] == dockerfile_json("CMD")[0]
+
+
+def test_systemd_secrets_are_credentials_read_through_the_file_settings() -> None:
+    directives = unit_directives()
+    credentials = {v.split(":", 1)[0] for k, v in directives if k == "LoadCredential"}
+    environment = dict(
+        item.split("=", 1) for k, v in directives if k == "Environment" for item in v.split()
+    )
+    for name in SECRET_FILE_SETTINGS:
+        value = environment[name]
+        assert value.startswith("%d/") and value[3:] in credentials, name
+    assert SECRET_SETTINGS.isdisjoint(environment)
+    example = [line for line in ENV_EXAMPLE.read_text().splitlines() if "=" in line]
+    settings = {line.lstrip("#").split("=", 1)[0] for line in example}
+    assert settings and SECRET_SETTINGS.isdisjoint(settings)
+    env_file = next(v for k, v in directives if k == "EnvironmentFile")
+    assert env_file.startswith("/etc/connector-bridge/")
+
+
+# --- the settings deploy/ uses exist ------------------------------------------------------
+
+
+def test_every_bridge_setting_named_in_deploy_exists_or_is_a_listed_assumption() -> None:
+    from bridge.settings import Settings, env_name
+
+    known = {env_name(field) for field in Settings.model_fields}
+    used = set()
+    for path in DEPLOY.rglob("*"):
+        if path.is_file():
+            used |= set(re.findall(r"\bBRIDGE_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
+    unknown = used - known - ASSUMED_SETTINGS
+    assert not unknown, f"deploy/ uses settings the bridge does not define: {sorted(unknown)}"
