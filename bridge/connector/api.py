@@ -112,8 +112,11 @@ class connector:
         backoffMax: float = 30.0,
         pollTimeout: float = 40.0,
     ) -> None:
-        if not isinstance(token, str) or not token:
+        if not isinstance(token, str) or not token.strip():
             raise TypeError("token must be a non-empty string (the Connector access key)")
+        if token != token.strip() or not token.isprintable() or not token.isascii():
+            # requests would refuse it later, quoting the header (and the key) in its error
+            raise ValueError("token holds whitespace or characters not allowed in a header")
         self._token = _Secret(token)
         self.address = self._base_url(webAddress, port)
         self.port = port
@@ -126,7 +129,7 @@ class connector:
         )
 
         self._pending: PendingAsync[asyncResult] = PendingAsync(
-            ttl=self.asyncTimeout, early_ttl=min(30.0, max(self.asyncTimeout, 1.0))
+            ttl=self.asyncTimeout, early_ttl=min(30.0, self.asyncTimeout)
         )
         self._handlers: dict[str, Callable[[Message], object]] = {}
         self._handlers_lock = threading.Lock()
@@ -165,8 +168,12 @@ class connector:
         return path
 
     def _redact(self, text: str) -> str:
+        """``text`` without the access key (as is, or escaped as in a repr)."""
         token = self._token.get()
-        return text.replace(token, "<secret>") if token else text
+        for form in {token, repr(token)[1:-1], token.strip()}:
+            if form:
+                text = text.replace(form, "<secret>")
+        return text
 
     def _request(
         self,

@@ -146,18 +146,28 @@ class LongPoller:
             log.debug("long polling is not active")
             return thread is None or not thread.is_alive()
         stop.set()
-        if self._abort is not None:
-            try:
-                self._abort()  # ends a pull in flight at once
-            except Exception:
-                log.exception("aborting the pull in flight failed")
         if thread is not threading.current_thread():
-            thread.join(timeout)
+            # Abort until the thread is gone: a pull that was about to start when the
+            # event was set is in flight a moment later and gets aborted then.
+            end = time.monotonic() + timeout
+            while thread.is_alive():
+                self._abort_pull()
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                thread.join(min(0.05, left))
         if thread.is_alive():
             log.info("long-poll thread still waits for its pull; it exits when the pull ends")
             return False
         log.info("long polling stopped")
         return True
+
+    def _abort_pull(self) -> None:
+        if self._abort is not None:
+            try:
+                self._abort()  # ends a pull in flight at once
+            except Exception:
+                log.exception("aborting the pull in flight failed")
 
     @property
     def thread(self) -> threading.Thread | None:

@@ -61,6 +61,7 @@ class RecordingServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go in two writes
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -89,6 +90,9 @@ class RecordingServer:
         class Server(ThreadingHTTPServer):
             daemon_threads = True
 
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client that went away mid-answer (aborted pulls) is normal here
+
             def get_request(self) -> tuple[socket.socket, object]:
                 conn = super().get_request()
                 with owner._lock:
@@ -98,7 +102,9 @@ class RecordingServer:
         self._server = Server(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def start(self) -> RecordingServer:
         self._thread.start()
