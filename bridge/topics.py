@@ -396,8 +396,8 @@ def payload_fields(payload: bytes | None) -> tuple[str | None, str | None]:
 
 def encode_reply(
     *,
-    endpoint: str,
-    path: str,
+    endpoint: str | None,
+    path: str | None,
     verb: str,
     status: int | None,
     ok: bool,

@@ -1,0 +1,223 @@
+"""The Connector side: the client, its notification channel, and typed events out.
+
+It owns the :class:`~bridge.connector.connector` (one HTTP session) and the channel
+(long polling, or the callback receiver), and turns every channel message into events
+on the bus (:mod:`bridge.events`), keeping the endpoint registry up to date first. It
+knows nothing about MQTT.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from bridge.callback_receiver import CallbackReceiver
+from bridge.connector import connector
+from bridge.counters import Counters
+from bridge.events import (
+    EndpointRegistered,
+    EndpointRemoved,
+    EndpointResources,
+    EventBus,
+    NotificationsReceived,
+    Resource,
+    Source,
+)
+from bridge.registry import Registry
+from bridge.settings import Settings, env_name
+
+log = logging.getLogger("bridge.connector_side")
+
+# Async answers the client still waits for after the bridge's own time-outs gave up
+# are dropped this much later (the bridge keeps its own, shorter, deadlines).
+ASYNC_GRACE = 60.0
+
+
+class StartupError(Exception):
+    """The bridge cannot start: the message says which setting to look at."""
+
+
+def parse_resources(items: Any) -> tuple[Resource, ...]:
+    """Resources from a registration (``path``) or an endpoint listing (``uri``)."""
+    if not isinstance(items, list):
+        return ()
+    out = []
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        path = item.get("path") or item.get("uri")
+        if not isinstance(path, str) or not path:
+            continue
+        rt, ct = item.get("rt"), item.get("ct")
+        out.append(
+            Resource(
+                path=path,
+                rt=rt if isinstance(rt, str) else None,
+                ct=ct if isinstance(ct, str) else None,
+                obs=bool(item.get("obs", False)),
+            )
+        )
+    return tuple(out)
+
+
+class ConnectorSide:
+    def __init__(
+        self, settings: Settings, bus: EventBus, registry: Registry, counters: Counters
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.registry = registry
+        self.counters = counters
+        self.client = connector(
+            settings.connector_token.get_secret_value(),
+            settings.connector_url,
+            timeout=settings.connector_timeout,
+            asyncTimeout=max(settings.queue_mode_timeout, settings.command_timeout) + ASYNC_GRACE,
+        )
+        self._receiver: CallbackReceiver | None = None
+        handlers = {
+            "registrations": self._on_registrations,
+            "reg-updates": self._on_reg_updates,
+            "notifications": self._on_notifications,
+            "de-registrations": self._on_deregistrations,
+            "registrations-expired": self._on_expirations,
+        }
+        for name, fn in handlers.items():
+            self.client.setHandler(name, fn)
+
+    # ---- start-up checks ----------------------------------------------------------------
+
+    def version(self) -> str:
+        """The Connector's version text; raises StartupError (401) or ConnectionError."""
+        r = self.client.getConnectorVersion()
+        if r.error:
+            if r.error.status_code in (401, 403):
+                raise StartupError(
+                    f"the Connector at {self.settings.connector_url} refused the access key "
+                    f"(HTTP {r.error.status_code}): check {env_name('connector_token')}"
+                )
+            raise ConnectionError(
+                f"the Connector at {self.settings.connector_url} "
+                f"({env_name('connector_url')}) did not answer: {r.error.error}"
+            )
+        return str(r.result).strip()
+
+    def put_presubscriptions(self, rules: Sequence[Mapping[str, Any]]) -> None:
+        r = self.client.putPreSubscription([dict(x) for x in rules])
+        if r.error:
+            raise StartupError(
+                f"the Connector refused the pre-subscription rules "
+                f"({env_name('presubscriptions')}): {r.error.status_code} {r.error.error} "
+                f"{r.result if isinstance(r.result, str) else ''}".strip()
+            )
+
+    # ---- the channel -----------------------------------------------------------------------
+
+    def start_channel(self) -> None:
+        s = self.settings
+        if s.notification_channel == "longpoll":
+            # One channel per access key: a callback left behind would refuse our pulls.
+            r = self.client.deleteCallback()
+            if not r.error:
+                log.info("removed a callback URL left on the Connector (long polling now)")
+            self.client.startLongPolling()
+            return
+        assert s.callback_url is not None
+        host, port = s.listen_address()
+        secret = secrets.token_urlsafe(24)
+        try:
+            self._receiver = CallbackReceiver(self.client.handler, secret, host, port).start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {host}:{port} for callbacks "
+                f"({env_name('callback_listen')}): {exc.strerror or exc}"
+            ) from None
+        r = self.client.putCallback(s.callback_url, {"Authorization": f"Bearer {secret}"})
+        if r.error:
+            self._receiver.stop()
+            self._receiver = None
+            raise StartupError(
+                f"the Connector refused the callback URL {s.callback_url} "
+                f"({env_name('callback_url')}): {r.error.status_code} "
+                f"{r.result if isinstance(r.result, str) and r.result else r.error.error}"
+            )
+        log.info("notification channel: callback %s", s.callback_url)
+
+    def stop_channel(self) -> None:
+        if self.settings.notification_channel == "longpoll":
+            self.client.stopLongPolling(timeout=2.0)
+            return
+        if self._receiver is not None:
+            self.client.deleteCallback()
+            self._receiver.stop()
+            self._receiver = None
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ---- inventory ---------------------------------------------------------------------------
+
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        """The registered endpoints; raises ConnectionError when the Connector fails."""
+        r = self.client.getEndpoints()
+        if r.error or not isinstance(r.result, list):
+            raise ConnectionError(f"listing endpoints failed: {r.error or r.result!r}")
+        return [e for e in r.result if isinstance(e, dict) and isinstance(e.get("name"), str)]
+
+    def describe(self, name: str) -> tuple[Resource, ...] | None:
+        """An endpoint's resources, or None when the Connector cannot say."""
+        r = self.client.getResources(name)
+        if r.error:
+            log.warning("cannot list the resources of %r: %s", name, r.error)
+            return None
+        return parse_resources(r.result)
+
+    # ---- channel messages -> events (long-poll thread or callback receiver) -----------------
+
+    def _registered(self, message: Mapping[str, Any], key: str) -> None:
+        source: Source = "registration" if key == "registrations" else "reg-update"
+        for entry in message.get(key) or ():
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("ep"), str):
+                log.warning("%s entry without an endpoint name ignored: %.200r", key, entry)
+                continue
+            name = entry["ep"]
+            ept = entry.get("ept") if isinstance(entry.get("ept"), str) else None
+            q = bool(entry.get("q", False))
+            resources = parse_resources(entry.get("resources"))
+            # A reg-update with no resource list leaves the resources as they were.
+            known = resources if (resources or source == "registration") else None
+            self.registry.put(name, ept, q, known)
+            self.counters.add(source.replace("-", "_") + "s")
+            self.bus.emit(EndpointRegistered(name, ept, q, source))
+            if known is not None:
+                self.bus.emit(EndpointResources(name, ept, q, known, source))
+
+    def _on_registrations(self, message: Mapping[str, Any]) -> None:
+        self._registered(message, "registrations")
+
+    def _on_reg_updates(self, message: Mapping[str, Any]) -> None:
+        self._registered(message, "reg-updates")
+
+    def _on_notifications(self, message: Mapping[str, Any]) -> None:
+        entries = message.get("notifications")
+        if isinstance(entries, list) and entries:
+            self.bus.emit(NotificationsReceived(entries))
+
+    def _removed(
+        self, message: Mapping[str, Any], key: str, state: Literal["offline", "expired"]
+    ) -> None:
+        for name in message.get(key) or ():
+            if not isinstance(name, str):
+                log.warning("%s entry is not an endpoint name: %.200r", key, name)
+                continue
+            self.registry.remove(name, state)
+            self.counters.add(key.replace("-", "_"))
+            self.bus.emit(EndpointRemoved(name, state))
+
+    def _on_deregistrations(self, message: Mapping[str, Any]) -> None:
+        self._removed(message, "de-registrations", "offline")
+
+    def _on_expirations(self, message: Mapping[str, Any]) -> None:
+        self._removed(message, "registrations-expired", "expired")

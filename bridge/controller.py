@@ -1,0 +1,257 @@
+"""The bridge: wires the Connector side and the MQTT side to the extensions.
+
+::
+
+    Connector --channel--> ConnectorSide --events--> extensions --> MqttLink --> broker
+    broker --> MqttLink --> extensions (commands) --REST--> Connector
+                                 (async response / time-out) --> MqttLink (reply)
+
+:class:`Bridge` owns every long-lived part and thread: paho's network thread and the
+outbox thread (:mod:`bridge.mqtt_link`), the long-poll thread or the callback receiver
+(:mod:`bridge.connector_side`), a fixed pool of command workers, a small background pool
+(start-up descriptions, initial reads), one deadline thread, and the start-up thread.
+
+Start-up, on its own thread so that ``start()`` returns at once: check the Connector
+(retrying with back-off while it does not answer; a refused token is fatal), open the
+notification channel, put the pre-subscription rules (one call for the whole fleet),
+list the registered endpoints and announce each (``$state``), then describe each
+(``$resources``) and read its observed values, with bounded concurrency.
+``ready`` is set when that is done; ``failed`` (with ``failure``) if it cannot be.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from bridge.connector_side import ConnectorSide, StartupError
+from bridge.counters import Counters
+from bridge.events import (
+    BridgeStarted,
+    BridgeStopping,
+    EndpointRegistered,
+    EndpointResources,
+    EndpointsListed,
+    EventBus,
+    MqttConnected,
+    MqttDisconnected,
+)
+from bridge.extensions import DEFAULT_EXTENSIONS, BridgeContext, Extension
+from bridge.mqtt_link import MqttLink
+from bridge.registry import Registry
+from bridge.settings import Settings
+from bridge.topics import Topics
+from bridge.workers import Deadlines, WorkerPool
+
+log = logging.getLogger("bridge")
+
+T = TypeVar("T")
+BACKGROUND_WORKERS = 4
+BACKGROUND_QUEUE = 10_000
+RETRY_BASE = 0.5
+RETRY_MAX = 30.0
+
+
+class _Stopped(Exception):
+    pass
+
+
+class Bridge:
+    """One bridge between one Connector and one MQTT broker."""
+
+    def __init__(
+        self, settings: Settings, extensions: Sequence[type[Extension]] | None = None
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.bus = EventBus()
+        self.registry = Registry()
+        self.counters = Counters()
+        self.connector_side = ConnectorSide(settings, self.bus, self.registry, self.counters)
+        self.mqtt = MqttLink(
+            settings,
+            state_topic=self.topics.bridge_state,
+            on_connect=lambda first, present: self.bus.emit(MqttConnected(first, present)),
+            on_disconnect=lambda reason: self.bus.emit(MqttDisconnected(reason)),
+        )
+        self.deadlines = Deadlines()
+        self.ctx = BridgeContext(
+            settings=settings,
+            topics=self.topics,
+            bus=self.bus,
+            mqtt=self.mqtt,
+            connector=self.connector_side.client,
+            registry=self.registry,
+            counters=self.counters,
+            commands=WorkerPool("bridge-command", settings.command_workers, settings.command_queue),
+            background=WorkerPool("bridge-background", BACKGROUND_WORKERS, BACKGROUND_QUEUE),
+            deadlines=self.deadlines,
+            rules=[dict(r) for r in settings.presubscriptions],
+        )
+        classes = DEFAULT_EXTENSIONS if extensions is None else extensions
+        self.extensions = [cls(self.ctx) for cls in classes if cls.enabled(settings)]
+        self.ctx.info["extensions"] = {e.name: e.info for e in self.extensions}
+        self.ready = threading.Event()
+        self.failed = threading.Event()
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._startup_thread: threading.Thread | None = None
+        self._started = False
+        self._stopped = False
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Bridge:
+        """Start everything; returns at once (see ``ready`` / :meth:`wait_ready`)."""
+        if self._started:
+            return self
+        self._started = True
+        self.deadlines.start()
+        self.ctx.commands.start()
+        self.ctx.background.start()
+        for ext in self.extensions:
+            ext.start()
+        self.mqtt.start()
+        self._startup_thread = threading.Thread(
+            target=self._startup, name="bridge-startup", daemon=True
+        )
+        self._startup_thread.start()
+        return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until start-up is done; raises StartupError if it failed (or the broker
+        refused our credentials); False on time-out."""
+        end = time.monotonic() + timeout
+        while True:
+            if self.failed.is_set():
+                raise StartupError(self.failure or "start-up failed")
+            if self.mqtt.auth_failure:
+                raise StartupError(self.mqtt.auth_failure)
+            if self.ready.is_set():
+                return True
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self.ready.wait(min(left, 0.1))
+
+    def stop(self) -> None:
+        """Stop cleanly: answer commands under way, close the channel, publish offline."""
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        log.info("bridge stopping")
+        self.bus.emit(BridgeStopping())
+        for ext in reversed(self.extensions):
+            try:
+                ext.stop()
+            except Exception:
+                log.exception("extension %s failed to stop", ext.name)
+        self.connector_side.stop_channel()
+        if self._startup_thread is not None:
+            self._startup_thread.join(timeout=5.0)
+        self.ctx.commands.stop(timeout=2.0)
+        self.ctx.background.stop(timeout=2.0)
+        self.deadlines.stop()
+        self.mqtt.stop()
+        self.connector_side.close()
+        log.info("bridge stopped")
+
+    def __enter__(self) -> Bridge:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- start-up --------------------------------------------------------------------------
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Call ``fn`` until it works, with capped exponential back-off and jitter."""
+        failures = 0
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                return fn()
+            except ConnectionError as exc:
+                failures += 1
+                delay = min(RETRY_MAX, RETRY_BASE * 2 ** min(failures - 1, 16))
+                delay = delay / 2 + random.random() * delay / 2
+                log.warning("%s failed (%s); retry %d in %.1f s", what, exc, failures, delay)
+                if self._stop.wait(delay):
+                    raise _Stopped from None
+
+    def _startup(self) -> None:
+        try:
+            self._run_startup()
+        except _Stopped:
+            return
+        except StartupError as exc:
+            self.failure = str(exc)
+            log.error("cannot start: %s", exc)
+            self.failed.set()
+        except Exception as exc:
+            self.failure = f"start-up failed: {exc}"
+            log.exception("start-up failed")
+            self.failed.set()
+
+    def _run_startup(self) -> None:
+        side = self.connector_side
+        version = self._retry("connecting to the Connector", side.version)
+        self.ctx.info["connector_version"] = version
+        log.info("Connector at %s: %s", self.settings.connector_url, version.splitlines()[0])
+        side.start_channel()
+        side.put_presubscriptions(self.ctx.rules)
+        mark = self.registry.mark()
+        listed = self._retry("listing endpoints", side.list_endpoints)
+        fresh = [e for e in listed if not self.registry.changed_since(e["name"], mark)]
+        for e in fresh:
+            name, ept, q = e["name"], e.get("type"), bool(e.get("q", False))
+            self.registry.put(name, ept if isinstance(ept, str) else None, q, None)
+            self.bus.emit(EndpointRegistered(name, ept, q, "startup"))
+        # From here on, a channel event for an endpoint makes its start-up description stale.
+        mark = self.registry.mark()
+        self.ctx.listed.set()
+        self.bus.emit(EndpointsListed(len(listed)))
+        log.info("%d endpoint(s) registered at start-up", len(listed))
+
+        remaining = [len(fresh)]
+        all_described = threading.Event()
+        lock = threading.Lock()
+        if not fresh:
+            all_described.set()
+
+        def describe(name: str) -> None:
+            try:
+                if self._stop.is_set():
+                    return
+                resources = side.describe(name)
+                if resources is None or self.registry.changed_since(name, mark):
+                    return
+                ep = self.registry.set_resources(name, resources)
+                if ep is not None:
+                    self.bus.emit(
+                        EndpointResources(name, ep.type, ep.queue_mode, resources, "startup")
+                    )
+            finally:
+                with lock:
+                    remaining[0] -= 1
+                    if remaining[0] == 0:
+                        all_described.set()
+
+        for e in fresh:
+            task = functools.partial(describe, e["name"])
+            while not self.ctx.background.submit_wait(task, timeout=0.5):
+                if self._stop.is_set():
+                    raise _Stopped
+        while not all_described.wait(0.5):
+            if self._stop.is_set():
+                raise _Stopped
+        self.ready.set()
+        self.bus.emit(BridgeStarted(len(listed)))
+        log.info("bridge ready: %d endpoint(s) announced", len(listed))

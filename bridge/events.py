@@ -1,0 +1,161 @@
+"""The typed event bus between the Connector side and the extensions.
+
+The Connector side (:mod:`bridge.connector_side`) turns channel messages into the
+events below; the MQTT link reports its connection changes the same way. Extensions
+subscribe to the events they care about; they never call each other, and the two
+protocol sides never import each other.
+
+Handlers run synchronously on the thread that emitted the event: the long-poll thread
+(or the callback receiver) for Connector events, paho's network thread for MQTT events,
+the start-up thread for endpoints found at start-up. So a handler must be quick and must
+never block waiting for something the emitting thread delivers; slow work (REST calls)
+goes to a worker pool. A handler that raises is logged and the others still run.
+
+Notifications travel as one event per channel message (a batch), not one per value, so
+the bus costs nothing measurable on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+log = logging.getLogger("bridge.events")
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One resource of an endpoint, as registrations and listings describe it."""
+
+    path: str
+    rt: str | None = None
+    ct: str | None = None
+    obs: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "rt": self.rt, "ct": self.ct, "obs": self.obs}
+
+
+Source = Literal["registration", "reg-update", "startup"]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRegistered:
+    """An endpoint is there (state online): it registered, updated its registration,
+    or was listed at start-up (``source``)."""
+
+    name: str
+    type: str | None
+    queue_mode: bool
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointResources:
+    """The resources of an endpoint are known: from its registration, or described at
+    start-up. Emitted after :class:`EndpointRegistered` for the same endpoint.
+
+    With ``source="startup"`` the event is emitted on a background worker thread, where
+    a handler may block for a bounded time (the initial reads use that); otherwise it
+    comes from the channel thread and handlers must not block.
+    """
+
+    name: str
+    type: str | None
+    queue_mode: bool
+    resources: tuple[Resource, ...]
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRemoved:
+    """An endpoint left: de-registered (``offline``) or its registration expired."""
+
+    name: str
+    state: Literal["offline", "expired"]
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationsReceived:
+    """The ``notifications`` entries of one channel message (payloads still base64)."""
+
+    entries: Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueRead:
+    """A resource value the bridge read itself (initial read, a get command)."""
+
+    endpoint: str
+    path: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConnected:
+    """The link (re)connected; subscriptions are renewed. ``first``: the first time."""
+
+    first: bool
+    session_present: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MqttDisconnected:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointsListed:
+    """Start-up: every endpoint registered at start has had its EndpointRegistered."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeStarted:
+    """Start-up finished: every endpoint known at start has been announced."""
+
+    endpoints: int
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeStopping:
+    """The bridge is about to stop: last chance to publish."""
+
+    reason: str = "stop"
+
+
+E = TypeVar("E")
+Handler = Callable[[Any], None]
+
+
+@dataclass
+class EventBus:
+    """Handlers by event type; ``emit`` calls them in subscription order."""
+
+    _handlers: dict[type, list[Handler]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def subscribe(self, event_type: type[E], handler: Callable[[E], None]) -> None:
+        with self._lock:
+            # Copy-on-write: emit() reads the list without taking the lock.
+            self._handlers[event_type] = [*self._handlers.get(event_type, ()), handler]
+
+    def unsubscribe(self, event_type: type[E], handler: Callable[[E], None]) -> None:
+        with self._lock:
+            self._handlers[event_type] = [
+                h for h in self._handlers.get(event_type, ()) if h != handler
+            ]
+
+    def emit(self, event: object) -> None:
+        for handler in self._handlers.get(type(event), ()):
+            try:
+                handler(event)
+            except Exception:
+                log.exception("handler %r failed on %s", handler, type(event).__name__)
+
+    def has_handlers(self, event_type: type) -> bool:
+        return bool(self._handlers.get(event_type))

@@ -1,0 +1,25 @@
+"""The bridge's capabilities, one file each (see :mod:`bridge.extensions.base`).
+
+``DEFAULT_EXTENSIONS`` is what :class:`bridge.controller.Bridge` loads, in this order
+(events reach extensions in the order they subscribed, so availability announces an
+endpoint before values reads it). A new capability is a new file here with an
+:class:`Extension` subclass, added to this list.
+"""
+
+from bridge.extensions.availability import Availability
+from bridge.extensions.base import BridgeContext, Extension
+from bridge.extensions.bridge_requests import BridgeRequests
+from bridge.extensions.commands import Commands
+from bridge.extensions.values import Values
+
+DEFAULT_EXTENSIONS: list[type[Extension]] = [Availability, Values, Commands, BridgeRequests]
+
+__all__ = [
+    "DEFAULT_EXTENSIONS",
+    "Availability",
+    "BridgeContext",
+    "BridgeRequests",
+    "Commands",
+    "Extension",
+    "Values",
+]

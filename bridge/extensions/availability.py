@@ -1,0 +1,65 @@
+"""Availability: the retained ``<prefix>/<ep>/$state`` and ``<prefix>/<ep>/$resources``.
+
+``$state`` is ``online`` from a registration (or the start-up listing), ``offline`` after a
+de-registration and ``expired`` when the registration lapsed. ``$resources`` is the
+endpoint's type, queue mode and resource list (path, rt, ct, obs) as JSON. Both are
+retained, so a client that subscribes later learns the fleet at once, and both are
+published again after the broker connection comes back.
+"""
+
+from __future__ import annotations
+
+from bridge.events import (
+    EndpointRegistered,
+    EndpointRemoved,
+    EndpointResources,
+    MqttConnected,
+)
+from bridge.extensions.base import Extension
+from bridge.topics import encode_resources
+
+
+class Availability(Extension):
+    name = "availability"
+
+    def start(self) -> None:
+        bus = self.ctx.bus
+        bus.subscribe(EndpointRegistered, self._on_registered)
+        bus.subscribe(EndpointResources, self._on_resources)
+        bus.subscribe(EndpointRemoved, self._on_removed)
+        bus.subscribe(MqttConnected, self._on_connected)
+
+    def _publish_state(self, name: str, state: str) -> None:
+        s = self.ctx.settings
+        self.ctx.mqtt.publish(self.ctx.topics.state(name), state, qos=s.value_qos, retain=True)
+
+    def _publish_resources(self, event: EndpointResources) -> None:
+        body = encode_resources(
+            event.type, event.queue_mode, (r.as_dict() for r in event.resources)
+        )
+        s = self.ctx.settings
+        self.ctx.mqtt.publish(self.ctx.topics.resources(event.name), body, s.value_qos, True)
+
+    def _on_registered(self, event: EndpointRegistered) -> None:
+        self._publish_state(event.name, "online")
+
+    def _on_resources(self, event: EndpointResources) -> None:
+        self._publish_resources(event)
+
+    def _on_removed(self, event: EndpointRemoved) -> None:
+        self._publish_state(event.name, event.state)
+
+    def _on_connected(self, event: MqttConnected) -> None:
+        # Retained messages normally survive on the broker, but a broker that lost its
+        # store (or a new one) must not leave clients without states. This runs on paho's
+        # network thread, so the republishing goes to a background worker.
+        if not event.first:
+            self.ctx.background.submit(self._republish_all)
+
+    def _republish_all(self) -> None:
+        for ep in self.ctx.registry.all():
+            self._publish_state(ep.name, ep.state)
+            if ep.resources is not None:
+                self._publish_resources(
+                    EndpointResources(ep.name, ep.type, ep.queue_mode, ep.resources, "startup")
+                )

@@ -1,0 +1,94 @@
+"""What every extension gets (:class:`BridgeContext`) and what it is (:class:`Extension`).
+
+An extension is one capability of the bridge in one file (values, availability,
+commands, bridge requests; later Home Assistant discovery, health...). It reacts to
+events on the bus and to MQTT messages on the topics it subscribes to, and acts through
+the context: publish with ``ctx.mqtt``, call the Connector with ``ctx.connector``, look
+endpoints up in ``ctx.registry``. Extensions never import or call each other; when one
+has something for others it emits an event.
+
+Writing one::
+
+    class Health(Extension):
+        name = "health"
+
+        def start(self) -> None:
+            self.ctx.bus.subscribe(MqttConnected, self._on_connected)
+
+        def _on_connected(self, event: MqttConnected) -> None:
+            self.ctx.mqtt.publish(f"{self.ctx.topics.prefix}/$bridge/health", b"...")
+
+and add the class to ``DEFAULT_EXTENSIONS`` in ``bridge/extensions/__init__.py`` (or
+pass ``extensions=[...]`` to :class:`bridge.controller.Bridge`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from bridge.connector import connector
+from bridge.counters import Counters
+from bridge.events import EventBus
+from bridge.mqtt_link import Inbound, MqttLink
+from bridge.registry import Registry
+from bridge.settings import Settings
+from bridge.topics import Topics
+from bridge.workers import Deadlines, WorkerPool
+
+REPLY_QOS = 1
+
+
+@dataclass
+class BridgeContext:
+    """The bridge's shared parts, handed to every extension."""
+
+    settings: Settings
+    topics: Topics
+    bus: EventBus
+    mqtt: MqttLink
+    connector: connector
+    registry: Registry
+    counters: Counters
+    commands: WorkerPool  # REST calls for commands and bridge requests
+    background: WorkerPool  # start-up descriptions and initial reads
+    deadlines: Deadlines
+    rules: list[dict[str, Any]]  # the pre-subscription rules in force
+    listed: threading.Event = field(default_factory=threading.Event)  # start-up listing done
+    started_at: float = field(default_factory=time.time)
+    info: dict[str, Any] = field(default_factory=dict)  # facts for the `info` request
+
+    def respond(self, request: Inbound, default_topic: str, body: bytes) -> None:
+        """Publish ``body`` as the answer to ``request``: on its MQTT 5 Response Topic
+        with its Correlation Data when it has one, else on ``default_topic``."""
+        topic = request.response_topic
+        if not topic or any(ch in topic for ch in "+#\x00") or topic.startswith("$"):
+            topic = default_topic
+        props = self.mqtt.properties(request.correlation_data, "application/json")
+        self.mqtt.publish(topic, body, qos=REPLY_QOS, retain=False, properties=props)
+
+
+class Extension:
+    """One capability of the bridge; see the module docstring."""
+
+    name: ClassVar[str] = "extension"
+
+    def __init__(self, ctx: BridgeContext) -> None:
+        self.ctx = ctx
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        """Whether the bridge should load this extension with these settings."""
+        return True
+
+    def start(self) -> None:
+        """Subscribe to events and topics. Called once, before the Connector side starts."""
+
+    def stop(self) -> None:
+        """Stop taking new work and answer what is under way. Called once, in reverse order."""
+
+    def info(self) -> dict[str, Any]:
+        """Figures for the bridge ``info`` request (under the extension's name)."""
+        return {}

@@ -1,0 +1,233 @@
+"""Bridge requests: ``<prefix>/$bridge/request/<action>`` -> ``.../$bridge/response/<action>``.
+
+The body is empty or a JSON object; its ``transaction`` member (any JSON value) is echoed
+in the response, which is ``{"action", "ok", "status", "data", "error", "transaction"}``.
+MQTT 5 requests with a Response Topic get the response there, with their Correlation
+Data. Actions:
+
+====================== ================================== ===============================
+action                 body members                       ``data`` of a success
+====================== ================================== ===============================
+endpoints              ``type`` (optional filter)         list of {name, type, q, status,
+                                                          state}
+resources              ``endpoint``                       list of {path, rt, ct, obs,
+                                                          topic}
+subscribe              ``endpoint``, ``path``             {endpoint, path, status}
+unsubscribe            ``endpoint``, ``path``             {endpoint, path, status}
+get-presubscriptions                                      the rules (list)
+set-presubscriptions   ``rules`` (list, Connector form)   the rules now in force
+info                                                      version, uptime, Connector,
+                                                          counters, ...
+====================== ================================== ===============================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bridge import __version__
+from bridge.async_calls import AsyncCalls, Outcome
+from bridge.connector import asyncResult
+from bridge.connector_side import parse_resources
+from bridge.extensions.base import BridgeContext, Extension
+from bridge.mqtt_link import Inbound
+from bridge.rules import check_rules
+from bridge.settings import env_name
+from bridge.topics import PayloadError, encode_bridge_response, parse_bridge_request
+
+log = logging.getLogger("bridge.requests")
+
+Respond = Callable[[Outcome], None]
+
+
+class _BadRequest(Exception):
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def _text_field(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise _BadRequest(f"{key!r} is required (a non-empty string)")
+    return value
+
+
+class BridgeRequests(Extension):
+    name = "bridge_requests"
+
+    def __init__(self, ctx: BridgeContext) -> None:
+        super().__init__(ctx)
+        self._calls = AsyncCalls(ctx.deadlines)
+        self._actions: dict[str, Callable[[dict[str, Any], Respond], None]] = {
+            "endpoints": self._endpoints,
+            "resources": self._resources,
+            "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
+            "get-presubscriptions": self._get_presubscriptions,
+            "set-presubscriptions": self._set_presubscriptions,
+            "info": self._info,
+        }
+
+    def start(self) -> None:
+        self.ctx.mqtt.subscribe(self.ctx.topics.bridge_request_filter, self._on_message, qos=1)
+
+    # ---- arrival (network thread) -> a command worker ---------------------------------
+
+    def _on_message(self, msg: Inbound) -> None:
+        action = self.ctx.topics.bridge_action(msg.topic)
+        if action is None or msg.retain:
+            msg.ack()
+            return
+        self.ctx.counters.add("bridge_requests")
+        transaction: Any = None
+
+        def respond(outcome: Outcome) -> None:
+            data = outcome.result if outcome.ok else None
+            body = encode_bridge_response(
+                action,
+                ok=outcome.ok,
+                data=data,
+                error=outcome.error,
+                status=outcome.status,
+                transaction=transaction,
+            )
+            self.ctx.respond(msg, self.ctx.topics.bridge_response(action), body)
+            msg.ack()
+
+        try:
+            request = parse_bridge_request(msg.payload)
+        except PayloadError as exc:
+            respond(Outcome(False, 400, None, exc.reason))
+            return
+        transaction = request.get("transaction")
+        handler = self._actions.get(action)
+        if handler is None:
+            known = ", ".join(self._actions)
+            respond(Outcome(False, 404, None, f"unknown action {action!r}; known: {known}"))
+            return
+
+        def run() -> None:
+            try:
+                handler(request, respond)
+            except _BadRequest as exc:
+                respond(Outcome(False, exc.status, None, exc.reason))
+            except Exception as exc:
+                log.exception("bridge request %r failed", action)
+                respond(Outcome(False, 500, None, f"bridge error: {exc}"))
+
+        if not self.ctx.commands.submit(run):
+            respond(Outcome(False, 503, None, f"bridge busy ({env_name('command_queue')})"))
+
+    # ---- actions (command worker threads) ---------------------------------------------
+
+    @staticmethod
+    def _sync(r: asyncResult, respond: Respond, data: Any) -> None:
+        """Answer from a call that completed at once."""
+        if r.error:
+            respond(Outcome(False, r.error.status_code or 502, None, r.error.error))
+        else:
+            respond(Outcome(True, r.status_code, None, None, data))
+
+    def _endpoints(self, body: dict[str, Any], respond: Respond) -> None:
+        ept = body.get("type", "")
+        if not isinstance(ept, str):
+            raise _BadRequest("'type' must be a string")
+        r = self.ctx.connector.getEndpoints(ept)
+        data = None
+        if not r.error and isinstance(r.result, list):
+            data = []
+            for e in r.result:
+                if isinstance(e, dict) and isinstance(e.get("name"), str):
+                    known = self.ctx.registry.get(e["name"])
+                    data.append(
+                        {
+                            "name": e["name"],
+                            "type": e.get("type"),
+                            "q": bool(e.get("q", False)),
+                            "status": e.get("status"),
+                            "state": known.state if known else None,
+                        }
+                    )
+        self._sync(r, respond, data)
+
+    def _resources(self, body: dict[str, Any], respond: Respond) -> None:
+        ep = _text_field(body, "endpoint")
+        r = self.ctx.connector.getResources(ep)
+        data = None
+        if not r.error:
+            data = [
+                {**res.as_dict(), "topic": self.ctx.topics.value(ep, res.path)}
+                for res in parse_resources(r.result)
+            ]
+        self._sync(r, respond, data)
+
+    def _subscribe(self, body: dict[str, Any], respond: Respond) -> None:
+        ep, path = _text_field(body, "endpoint"), _text_field(body, "path")
+        known = self.ctx.registry.get(ep)
+        s = self.ctx.settings
+        timeout = s.queue_mode_timeout if known and known.queue_mode else s.command_timeout
+
+        def done(outcome: Outcome) -> None:
+            data = {"endpoint": ep, "path": path, "status": outcome.status}
+            respond(Outcome(outcome.ok, outcome.status, None, outcome.error, data))
+
+        def call(cb: Callable[[asyncResult], None]) -> asyncResult:
+            return self.ctx.connector.putResourceSubscription(ep, path, cbfn=cb)
+
+        self._calls.start(call, timeout, done, f"no answer within {timeout:g} s")
+
+    def _unsubscribe(self, body: dict[str, Any], respond: Respond) -> None:
+        ep, path = _text_field(body, "endpoint"), _text_field(body, "path")
+        r = self.ctx.connector.deleteResourceSubscription(ep, path)
+        self._sync(r, respond, {"endpoint": ep, "path": path, "status": r.status_code})
+
+    def _get_presubscriptions(self, body: dict[str, Any], respond: Respond) -> None:
+        r = self.ctx.connector.getPreSubscription()
+        self._sync(r, respond, r.result if not r.error else None)
+
+    def _set_presubscriptions(self, body: dict[str, Any], respond: Respond) -> None:
+        if "rules" not in body:
+            raise _BadRequest("'rules' is required (a list of pre-subscription rules)")
+        try:
+            rules = check_rules(body["rules"])
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
+        r = self.ctx.connector.putPreSubscription(rules)
+        if not r.error:
+            self.ctx.rules[:] = rules
+        self._sync(r, respond, rules)
+
+    def _info(self, body: dict[str, Any], respond: Respond) -> None:
+        ctx = self.ctx
+        limits = ctx.connector.getLimits()
+        extensions = ctx.info.get("extensions", {})
+        data = {
+            "version": __version__,
+            "uptime": round(time.time() - ctx.started_at, 3),
+            "started_at": ctx.started_at,
+            "connector": {
+                "url": ctx.settings.connector_url,
+                "version": ctx.info.get("connector_version"),
+                "limits": None if limits.error else limits.result,
+                "channel": ctx.settings.notification_channel,
+                "long_poll": ctx.connector.longPollStats(),
+                "async_pending": ctx.connector.pendingCount(),
+            },
+            "mqtt": {
+                "protocol": ctx.settings.mqtt_protocol,
+                "connected": ctx.mqtt.connected,
+                "outbox": ctx.mqtt.outbox_size(),
+                **ctx.mqtt.stats,
+            },
+            "endpoints": ctx.registry.counts(),
+            "counters": ctx.counters.snapshot(),
+            "extensions": {name: fn() for name, fn in extensions.items()},
+            "prefix": ctx.topics.prefix,
+            "presubscriptions": list(ctx.rules),
+        }
+        respond(Outcome(True, 200, None, None, data))

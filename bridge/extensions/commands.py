@@ -1,0 +1,245 @@
+"""Commands: ``.../set`` -> PUT, ``.../post`` -> POST, ``.../get`` -> GET, one reply each.
+
+A command arrives on paho's network thread; everything that can be decided without the
+Connector is decided there (topic well-formed, payload within ``max_payload`` and a
+valid envelope, endpoint known and online) and answered at once. The rest goes through
+a bounded queue to the fixed pool of command workers, which make the REST call; the
+answer comes back on the channel thread (async response) or from the deadline heap
+(time-out), and whichever comes first publishes the one reply:
+
+- on ``<command topic>/reply``, or on the MQTT 5 Response Topic with its Correlation
+  Data when the command had one;
+- JSON with endpoint, path, verb, method, status, ok, payload (+ encoding), error and the
+  envelope's ``transaction`` (see :func:`bridge.topics.parse_command_payload`).
+
+A successful ``get`` also republishes the value on the value topic. Commands that arrive
+before the start-up listing of endpoints is done wait for it (bounded), so that a
+persistent session's queued commands are not refused as "unknown endpoint".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.async_calls import AsyncCalls, Outcome
+from bridge.connector import asyncResult
+from bridge.events import EndpointsListed, ValueRead
+from bridge.extensions.base import BridgeContext, Extension
+from bridge.mqtt_link import Inbound
+from bridge.settings import env_name
+from bridge.topics import (
+    BRIDGE_LEVEL,
+    Command,
+    CommandPayload,
+    PayloadError,
+    TopicError,
+    check_size,
+    encode_reply,
+    parse_command_payload,
+)
+
+log = logging.getLogger("bridge.commands")
+
+STOP_GRACE = 5.0  # seconds stop() waits for answers still under way
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    command: Command
+    body: CommandPayload
+    request: Inbound
+
+
+class Commands(Extension):
+    name = "commands"
+
+    def __init__(self, ctx: BridgeContext) -> None:
+        super().__init__(ctx)
+        self._calls = AsyncCalls(ctx.deadlines)
+        self._bridge_space = f"{ctx.topics.prefix}/{BRIDGE_LEVEL}/"
+        self._lock = threading.Lock()
+        self._listed = False
+        self._early: deque[_Job] = deque()
+        self._stopping = False
+        self._warned_retained: set[str] = set()
+
+    def start(self) -> None:
+        for topic_filter in self.ctx.topics.command_filters(self.ctx.settings.max_path_depth):
+            self.ctx.mqtt.subscribe(topic_filter, self._on_message, qos=1)
+        self.ctx.bus.subscribe(EndpointsListed, self._on_listed)
+
+    # ---- arrival (paho's network thread) --------------------------------------------
+
+    def _on_message(self, msg: Inbound) -> None:
+        if msg.topic.startswith(self._bridge_space):
+            return  # bridge requests have their own extension
+        if msg.retain:
+            # A retained command is replayed by the broker at every (re)subscription:
+            # carrying it out again each time would be wrong (MQTT 5 already asks the
+            # broker not to send it: Retain Handling 2).
+            if msg.topic not in self._warned_retained and len(self._warned_retained) < 1000:
+                self._warned_retained.add(msg.topic)
+                log.warning("retained command on %r ignored (send commands unretained)", msg.topic)
+            msg.ack()
+            return
+        self.ctx.counters.add("commands_received")
+        try:
+            cmd = self.ctx.topics.parse_command(msg.topic)
+        except TopicError as exc:
+            self._reject_topic(msg, exc)
+            return
+        try:
+            check_size(msg.payload, self.ctx.settings.max_payload)
+            body = parse_command_payload(cmd.verb, msg.payload)
+        except PayloadError as exc:
+            self._reply(cmd, msg, Outcome(False, exc.status, None, exc.reason), exc.transaction)
+            return
+        job = _Job(cmd, body, msg)
+        with self._lock:
+            if not self._listed:
+                if len(self._early) < self.ctx.settings.command_queue:
+                    self._early.append(job)
+                    return
+                early_full = True
+            else:
+                early_full = False
+        if early_full:
+            self._finish(job, Outcome(False, 503, None, "bridge is starting; try again"))
+            return
+        self._dispatch(job)
+
+    def _on_listed(self, event: EndpointsListed) -> None:
+        with self._lock:
+            self._listed = True
+            early = list(self._early)
+            self._early.clear()
+        for job in early:
+            self._dispatch(job)
+
+    def _dispatch(self, job: _Job) -> None:
+        if self._stopping:
+            self._finish(job, Outcome(False, 503, None, "bridge is stopping"))
+            return
+        cmd = job.command
+        ep = self.ctx.registry.get(cmd.endpoint)
+        if ep is None:
+            self._finish(job, Outcome(False, 404, None, f"unknown endpoint {cmd.endpoint!r}"))
+            return
+        if ep.state != "online":
+            self._finish(job, Outcome(False, 410, None, f"endpoint is {ep.state}"))
+            return
+        queue_mode = ep.queue_mode
+        if not self.ctx.commands.submit(lambda: self._call(job, queue_mode)):
+            self.ctx.counters.add("commands_busy")
+            self._finish(
+                job,
+                Outcome(
+                    False,
+                    503,
+                    None,
+                    f"bridge busy: {self.ctx.settings.command_queue} commands already wait "
+                    f"({env_name('command_queue')})",
+                ),
+            )
+
+    # ---- the REST call (a command worker) ---------------------------------------------
+
+    def _call(self, job: _Job, queue_mode: bool) -> None:
+        s = self.ctx.settings
+        if queue_mode:
+            timeout = s.queue_mode_timeout
+            text = (
+                f"no answer within {timeout:g} s ({env_name('queue_mode_timeout')}); "
+                "the endpoint is in queue mode and answers when it wakes"
+            )
+        else:
+            timeout = s.command_timeout
+            text = f"no answer from the device within {timeout:g} s ({env_name('command_timeout')})"
+        cmd, body, c = job.command, job.body, self.ctx.connector
+
+        def call(cb: Callable[[asyncResult], None]) -> asyncResult:
+            if cmd.verb == "set":
+                return c.putResourceValue(cmd.endpoint, cmd.path, body.value, cbfn=cb)
+            if cmd.verb == "post":
+                return c.postResource(cmd.endpoint, cmd.path, body.value, cbfn=cb)
+            return c.getResourceValue(cmd.endpoint, cmd.path, cbfn=cb, cacheOnly=body.cache_only)
+
+        self._calls.start(call, timeout, lambda outcome: self._finish(job, outcome), text)
+        # The Connector has answered the HTTP call (accepted, or refused and replied):
+        # with manual acknowledgements this is when the broker may forget the command.
+        job.request.ack()
+
+    # ---- the one reply -----------------------------------------------------------------
+
+    def _finish(self, job: _Job, outcome: Outcome) -> None:
+        cmd = job.command
+        self.ctx.counters.add("commands_ok" if outcome.ok else "commands_failed")
+        self._reply(cmd, job.request, outcome, job.body.transaction)
+        if outcome.ok and cmd.verb == "get" and outcome.payload is not None:
+            self.ctx.bus.emit(ValueRead(cmd.endpoint, cmd.path, outcome.payload))
+        if not outcome.ok:
+            log.info(
+                "%s %s%s failed: %s %s",
+                cmd.method, cmd.endpoint, cmd.path, outcome.status, outcome.error,
+            )  # fmt: skip
+
+    def _reply(self, cmd: Command, msg: Inbound, outcome: Outcome, transaction: object) -> None:
+        body = encode_reply(
+            endpoint=cmd.endpoint,
+            path=cmd.path,
+            verb=cmd.verb,
+            status=outcome.status,
+            ok=outcome.ok,
+            payload=outcome.payload if outcome.ok else None,
+            error=outcome.error,
+            transaction=transaction,
+        )
+        self.ctx.respond(msg, cmd.reply_topic, body)
+        msg.ack()
+
+    def _reject_topic(self, msg: Inbound, exc: TopicError) -> None:
+        """A command topic that is not well-formed: an error reply where one can go."""
+        self.ctx.counters.add("commands_failed")
+        if exc.reply_topic is None and not msg.response_topic:
+            log.warning("command on %r ignored: %s", msg.topic[:200], exc.reason)
+            msg.ack()
+            return
+        verb = msg.topic.rsplit("/", 1)[-1]
+        body = encode_reply(
+            endpoint=None,
+            path=None,
+            verb=verb,
+            status=400,
+            ok=False,
+            error=f"bad command topic: {exc.reason}",
+        )
+        self.ctx.respond(msg, exc.reply_topic or "", body)
+        msg.ack()
+
+    # ---- shutdown ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Refuse new commands, wait a little for answers under way, answer the rest."""
+        self._stopping = True
+        with self._lock:
+            early = list(self._early)
+            self._early.clear()
+            self._listed = True
+        for job in early:
+            self._finish(job, Outcome(False, 503, None, "bridge is stopping"))
+        end = time.monotonic() + min(STOP_GRACE, self.ctx.settings.command_timeout)
+        while len(self._calls) and time.monotonic() < end:
+            time.sleep(0.02)
+        n = self._calls.finish_all(
+            Outcome(False, 503, None, "bridge stopped before the device answered")
+        )
+        if n:
+            log.warning("%d command(s) answered as not done: the bridge is stopping", n)
+
+    def info(self) -> dict[str, object]:
+        return {"under_way": len(self._calls), "waiting": self.ctx.commands.pending()}

@@ -1,0 +1,162 @@
+"""Values: Connector notifications to ``<prefix>/<ep>/<res>``, and the initial reads.
+
+The hot path of the bridge: one event per channel message carries its notifications;
+each becomes base64 decoding, a cached topic look-up and a publish, on the thread that
+delivered the message (paho's publish is thread-safe, and waits when paho is full, which
+slows the channel down instead of growing memory).
+
+Initial reads: when the bridge learns an endpoint's resources (at start-up, or from a
+registration) it reads every observed resource once (``initial_read``), so retained
+values exist before the first change. At most ``initial_read_concurrency`` reads are
+under way at once. A read refused with 412 (the notification channel is still being set
+up) is tried again a few times.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import threading
+from collections.abc import Callable
+
+from bridge.async_calls import AsyncCalls, Outcome
+from bridge.connector import asyncResult, decode_payload
+from bridge.events import EndpointResources, NotificationsReceived, ValueRead
+from bridge.extensions.base import BridgeContext, Extension
+from bridge.rules import observed_paths
+from bridge.settings import env_name
+from bridge.topics import fits
+
+log = logging.getLogger("bridge.values")
+
+READ_RETRIES = 5
+READ_RETRY_DELAY = 0.5
+
+
+class Values(Extension):
+    name = "values"
+
+    def __init__(self, ctx: BridgeContext) -> None:
+        super().__init__(ctx)
+        self._calls = AsyncCalls(ctx.deadlines)
+        self._slots = threading.Semaphore(ctx.settings.initial_read_concurrency)
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        bus = self.ctx.bus
+        bus.subscribe(NotificationsReceived, self._on_notifications)
+        bus.subscribe(ValueRead, self._on_value_read)
+        if self.ctx.settings.initial_read:
+            bus.subscribe(EndpointResources, self._on_resources)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # ---- notifications (the hot path) -------------------------------------------------
+
+    def _on_notifications(self, event: NotificationsReceived) -> None:
+        publish = self.ctx.mqtt.publish
+        value_topic = self.ctx.topics.value
+        qos = self.ctx.settings.value_qos
+        retain = self.ctx.settings.value_retain
+        a2b = binascii.a2b_base64
+        sent = bad = 0
+        for entry in event.entries:
+            try:
+                raw = entry.get("payload")
+                try:
+                    payload = a2b(raw) if raw else b""
+                except (binascii.Error, ValueError):
+                    payload = decode_payload(entry)  # tolerates missing padding
+                topic = value_topic(entry["ep"], entry["path"])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                bad += 1
+                log.warning("notification ignored (%s): %.200r", exc, entry)
+                continue
+            if not fits(topic):
+                bad += 1
+                log.warning("notification ignored: topic longer than MQTT allows")
+                continue
+            publish(topic, payload, qos, retain)
+            sent += 1
+        self.ctx.counters.add("notifications_published", sent)
+        if bad:
+            self.ctx.counters.add("notifications_bad", bad)
+
+    def _on_value_read(self, event: ValueRead) -> None:
+        self.publish_value(event.endpoint, event.path, event.payload)
+
+    def publish_value(self, endpoint: str, path: str, payload: bytes) -> None:
+        s = self.ctx.settings
+        topic = self.ctx.topics.value(endpoint, path)
+        if fits(topic):
+            self.ctx.mqtt.publish(topic, payload, s.value_qos, s.value_retain)
+
+    # ---- initial reads ----------------------------------------------------------------
+
+    def _on_resources(self, event: EndpointResources) -> None:
+        if event.source == "reg-update":
+            return
+        paths = observed_paths(
+            self.ctx.rules, event.name, event.type, ((r.path, r.obs) for r in event.resources)
+        )
+        if not paths:
+            return
+        if event.source == "startup":
+            # On a background worker: waiting for a free slot is the back-pressure.
+            self._read_all(event.name, paths, event.queue_mode)
+        elif not self.ctx.background.submit(
+            lambda: self._read_all(event.name, paths, event.queue_mode)
+        ):
+            self.ctx.counters.add("initial_reads_skipped", len(paths))
+            log.warning("initial read of %r skipped: background queue full", event.name)
+
+    def _read_all(self, name: str, paths: list[str], queue_mode: bool) -> None:
+        for path in paths:
+            while not self._slots.acquire(timeout=0.5):
+                if self._stopping.is_set():
+                    return
+            if self._stopping.is_set():
+                self._slots.release()
+                return
+            self._read(name, path, queue_mode, attempt=1)
+
+    def _read(self, name: str, path: str, queue_mode: bool, attempt: int) -> None:
+        """One read; the caller holds a slot, released when the read ends."""
+        s = self.ctx.settings
+        timeout = s.queue_mode_timeout if queue_mode else s.command_timeout
+        setting = env_name("queue_mode_timeout" if queue_mode else "command_timeout")
+
+        def call(cb: Callable[[asyncResult], None]) -> asyncResult:
+            return self.ctx.connector.getResourceValue(name, path, cbfn=cb)
+
+        def done(outcome: Outcome) -> None:
+            if outcome.ok:
+                self._slots.release()
+                self.ctx.counters.add("initial_reads_ok")
+                if outcome.payload is not None:
+                    self.publish_value(name, path, outcome.payload)
+                return
+            if outcome.status == 412 and attempt < READ_RETRIES and not self._stopping.is_set():
+                # No notification channel yet: try again shortly, keeping the slot.
+                self.ctx.deadlines.schedule(
+                    READ_RETRY_DELAY * attempt,
+                    lambda: self._retry(name, path, queue_mode, attempt + 1),
+                )
+                return
+            self._slots.release()
+            self.ctx.counters.add("initial_reads_failed")
+            log.info(
+                "initial read of %s%s failed: %s %s", name, path, outcome.status, outcome.error
+            )
+
+        self._calls.start(call, timeout, done, f"no answer within {timeout:g} s ({setting})")
+
+    def _retry(self, name: str, path: str, queue_mode: bool, attempt: int) -> None:
+        # Runs on the deadlines thread: the REST call goes to a worker.
+        if not self.ctx.background.submit(lambda: self._read(name, path, queue_mode, attempt)):
+            self._slots.release()
+            self.ctx.counters.add("initial_reads_skipped")
+
+    def info(self) -> dict[str, object]:
+        return {"initial_reads_under_way": len(self._calls)}

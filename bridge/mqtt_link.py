@@ -1,0 +1,495 @@
+"""The MQTT side: one thin layer over paho-mqtt 2.x.
+
+What it adds to paho, and why:
+
+- **Availability.** The retained will ``<prefix>/$bridge/state`` = ``offline``; ``online``
+  published (retained) on every connect; ``offline`` published on a clean stop.
+- **Reconnects.** paho's own loop thread reconnects with back-off (1 s doubling to
+  30 s); every subscription made through :meth:`MqttLink.subscribe` is renewed on every
+  connect, so extensions subscribe once and forget about reconnects.
+- **Back-pressure instead of unbounded memory.** A publisher waits while paho holds
+  ``mqtt_max_queued`` messages (QoS 1/2: paho's queue; QoS 0: its socket write queue), so
+  a burst from the Connector slows the channel down instead of growing the heap.
+- **A buffer while the broker is away.** Messages published while disconnected go to a
+  bounded outbox (``mqtt_buffer``; the oldest are dropped and counted when it is full)
+  and are sent, in order, by the outbox thread after the next connect.
+- **Never blocking paho's network thread.** Callbacks (``on_message``, ``on_connect``)
+  may publish; from that thread a publish never waits (it goes to the outbox when paho
+  is full), because the thread it would wait for is itself.
+- **MQTT 5 and 3.1.1** behind one API: on MQTT 5 subscriptions use No Local (the bridge
+  never gets its own publications back) and Retain Handling 2 (commands retained on the
+  broker are not replayed at each connect); on 3.1.1 a retained command is ignored.
+
+Threads: paho's network thread (``loop_start``) and one outbox thread. Publishing is
+thread-safe; handlers run on the network thread and must not block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from bridge.settings import Settings, env_name
+
+log = logging.getLogger("bridge.mqtt")
+
+RECONNECT_MIN = 1
+RECONNECT_MAX = 30
+_WAIT_SLICE = 0.05  # longest single wait for room; a missed wake-up costs at most this
+
+# CONNACK reasons that retrying will not fix.
+_AUTH_FAILURES = frozenset((134, 135, 4, 5))  # v5 bad user/pw, not authorized; v3 4, 5
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message from the broker, reduced to what handlers need."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    mid: int = 0
+    _ack: Callable[[], object] | None = field(default=None, repr=False)
+
+    def ack(self) -> None:
+        """Acknowledge to the broker (only does something with manual acks, QoS >= 1)."""
+        if self._ack is not None:
+            self._ack()
+
+
+InboundHandler = Callable[[Inbound], None]
+_Msg = tuple[str, bytes, int, bool, Properties | None]
+
+
+class MqttLink:
+    """The bridge's one MQTT connection."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        state_topic: str,
+        on_connect: Callable[[bool, bool], None] | None = None,
+        on_disconnect: Callable[[str], None] | None = None,
+        manual_ack: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.state_topic = state_topic
+        self.is_v5 = settings.mqtt_protocol == "5"
+        self._on_connect_cb = on_connect
+        self._on_disconnect_cb = on_disconnect
+        self._manual_ack = manual_ack
+        self._max_queued = settings.mqtt_max_queued
+        self._buffer_cap = settings.mqtt_buffer
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.mqtt_client_id,
+            protocol=mqtt.MQTTv5 if self.is_v5 else mqtt.MQTTv311,
+            clean_session=None if self.is_v5 else True,
+            manual_ack=manual_ack,
+        )
+        if settings.mqtt_username:
+            password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+            client.username_pw_set(settings.mqtt_username, password)
+        if settings.tls_enabled:
+            client.tls_set(
+                ca_certs=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
+                certfile=str(settings.mqtt_tls_cert) if settings.mqtt_tls_cert else None,
+                keyfile=str(settings.mqtt_tls_key) if settings.mqtt_tls_key else None,
+                cert_reqs=ssl.CERT_REQUIRED if settings.mqtt_tls_verify else ssl.CERT_NONE,
+            )
+            if not settings.mqtt_tls_verify:
+                client.tls_insecure_set(True)
+        client.will_set(state_topic, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
+        client.max_inflight_messages_set(settings.mqtt_max_inflight)
+        client.max_queued_messages_set(settings.mqtt_max_queued)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish
+        client.on_message = self._handle_unrouted
+        if log.isEnabledFor(logging.DEBUG):
+            client.enable_logger(logging.getLogger("bridge.mqtt.paho"))
+        self._client = client
+
+        self._subs: dict[str, int] = {}  # filter -> qos
+        self._subs_lock = threading.Lock()
+        self._connected = False
+        self._stopping = False
+        self._started = False
+        self._ever_connected = False
+        self._net_ident: int | None = None
+        self.connected_event = threading.Event()
+        self.auth_failure: str | None = None
+        self.auth_failed_event = threading.Event()
+
+        self._send_lock = threading.Lock()  # keeps the order of producers' messages
+        self._room = threading.Condition()  # outbox state; on_publish wakes waiters
+        self._waiters = 0
+        self._outbox: deque[_Msg] = deque()
+        self._outbox_thread = threading.Thread(
+            target=self._run_outbox, name="mqtt-outbox", daemon=True
+        )
+        self.stats: dict[str, int] = {
+            "published": 0,
+            "published_from_callbacks": 0,
+            "buffered": 0,
+            "dropped_buffer_full": 0,
+            "dropped_errors": 0,
+            "connects": 0,
+            "disconnects": 0,
+            "received": 0,
+        }
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background (retrying with back-off until it works)."""
+        if self._started:
+            return
+        self._started = True
+        self._outbox_thread.start()
+        s = self.settings
+        log.info(
+            "connecting to MQTT broker %s:%d (MQTT %s%s) as %r",
+            s.mqtt_host,
+            s.mqtt_port,
+            s.mqtt_protocol,
+            ", TLS" if s.tls_enabled else "",
+            s.mqtt_client_id,
+        )
+        self._client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=s.mqtt_keepalive)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected_event.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish ``offline``, send what is queued (bounded by ``timeout``), disconnect."""
+        if not self._started or self._stopping:
+            return
+        if self._connected:
+            self.drain(timeout)
+        self._stopping = True
+        with self._room:
+            self._room.notify_all()
+        if self._connected:
+            info = self._client.publish(self.state_topic, "offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(min(timeout, 2.0))
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._outbox_thread.join(timeout=1.0)
+        self._connected = False
+        self.connected_event.clear()
+        log.info("MQTT link stopped")
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the outbox is empty and paho has sent everything (QoS 1: acked)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not self._outbox and not self._client._out_messages and not self._client._out_packet:
+                return True
+            with self._room:
+                self._waiters += 1
+                self._room.wait(_WAIT_SLICE)
+                self._waiters -= 1
+        return False
+
+    # ---- subscriptions -----------------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, handler: InboundHandler, qos: int = 1) -> None:
+        """Route messages matching ``topic_filter`` to ``handler``; renewed on reconnects."""
+
+        def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            self._deliver(msg, handler)
+
+        self._client.message_callback_add(topic_filter, on_message)
+        with self._subs_lock:
+            self._subs[topic_filter] = qos
+        if self._connected:
+            self._client.subscribe([self._sub_entry(topic_filter, qos)])
+
+    def _sub_entry(self, topic_filter: str, qos: int) -> tuple[str, Any]:
+        if self.is_v5:
+            # No Local: never our own publications; Retain Handling 2: no retained replay.
+            return topic_filter, SubscribeOptions(qos=qos, noLocal=True, retainHandling=2)
+        return topic_filter, qos
+
+    def _deliver(self, msg: mqtt.MQTTMessage, handler: InboundHandler) -> None:
+        self.stats["received"] += 1
+        props = msg.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        ack: Callable[[], object] | None = None
+        if self._manual_ack and msg.qos > 0:
+            mid, qos = msg.mid, msg.qos
+            ack = lambda: self._client.ack(mid, qos)  # noqa: E731
+        inbound = Inbound(
+            topic=msg.topic,
+            payload=bytes(msg.payload),
+            qos=msg.qos,
+            retain=bool(msg.retain),
+            response_topic=response_topic or None,
+            correlation_data=bytes(correlation) if correlation is not None else None,
+            mid=msg.mid,
+            _ack=ack,
+        )
+        handler(inbound)
+
+    def _handle_unrouted(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        log.debug("message on %r matched no handler; ignored", msg.topic)
+
+    # ---- publishing ----------------------------------------------------------------------
+
+    def properties(
+        self, correlation_data: bytes | None = None, content_type: str | None = None
+    ) -> Properties | None:
+        """MQTT 5 PUBLISH properties (None on 3.1.1, where there are none)."""
+        if not self.is_v5 or (correlation_data is None and content_type is None):
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if correlation_data is not None:
+            props.CorrelationData = correlation_data
+        if content_type is not None:
+            props.ContentType = content_type
+        return props
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish; waits while paho is full (back-pressure) unless called from a paho
+        callback; buffers while disconnected. Never raises for connection problems."""
+        msg: _Msg = (
+            topic,
+            payload.encode("utf-8") if isinstance(payload, str) else payload,
+            qos,
+            retain,
+            properties,
+        )
+        if self._outbox or not self._connected:
+            self._enqueue(msg)
+        elif threading.get_ident() == self._net_ident:
+            self._send_nowait(msg)
+        else:
+            with self._send_lock:
+                self._send(msg, front=False)
+
+    def _send(self, msg: _Msg, front: bool) -> None:
+        """Hand one message to paho, waiting for room; requeue it if the link is down."""
+        topic, payload, qos, retain, props = msg
+        client = self._client
+        while True:
+            if self._stopping and not self._connected:
+                self._count_drop("dropped_errors", topic)
+                return
+            if not self._connected:
+                self._enqueue(msg, front=front)
+                return
+            if qos == 0 and len(client._out_packet) >= self._max_queued:
+                self._wait_room()
+                continue
+            try:
+                rc = client.publish(topic, payload, qos, retain, props).rc
+            except ValueError as exc:  # bad topic or payload: a bug, not the network
+                log.error("cannot publish on %r: %s", topic, exc)
+                self._count_drop("dropped_errors", topic)
+                return
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                self.stats["published"] += 1
+                return
+            if rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                self._wait_room()
+                continue
+            if rc == mqtt.MQTT_ERR_NO_CONN:
+                if qos > 0:
+                    self.stats["published"] += 1  # paho keeps it and sends it on reconnect
+                else:
+                    self._enqueue(msg, front=front)
+                return
+            log.error("publish on %r failed: %s", topic, mqtt.error_string(rc))
+            self._count_drop("dropped_errors", topic)
+            return
+
+    def _send_nowait(self, msg: _Msg) -> None:
+        topic, payload, qos, retain, props = msg
+        try:
+            rc = self._client.publish(topic, payload, qos, retain, props).rc
+        except ValueError as exc:
+            log.error("cannot publish on %r: %s", topic, exc)
+            self._count_drop("dropped_errors", topic)
+            return
+        if rc == mqtt.MQTT_ERR_SUCCESS or (rc == mqtt.MQTT_ERR_NO_CONN and qos > 0):
+            self.stats["published_from_callbacks"] += 1
+        else:
+            self._enqueue(msg)
+
+    def _wait_room(self) -> None:
+        with self._room:
+            self._waiters += 1
+            self._room.wait(_WAIT_SLICE)
+            self._waiters -= 1
+
+    def _enqueue(self, msg: _Msg, front: bool = False) -> None:
+        """Put a message in the outbox (sent in order by the outbox thread)."""
+        on_net_thread = threading.get_ident() == self._net_ident
+        with self._room:
+            while len(self._outbox) >= self._buffer_cap:
+                if self._connected and not on_net_thread and not self._stopping:
+                    # The outbox thread is draining: wait for it (back-pressure).
+                    self._waiters += 1
+                    self._room.wait(_WAIT_SLICE)
+                    self._waiters -= 1
+                    continue
+                if self._connected and on_net_thread:
+                    break  # never block the network thread; the cap is soft here
+                if not self._outbox:
+                    self._count_drop("dropped_buffer_full", msg[0])
+                    return
+                dropped = self._outbox.popleft()
+                self._count_drop("dropped_buffer_full", dropped[0])
+            if front:
+                self._outbox.appendleft(msg)
+            else:
+                self._outbox.append(msg)
+            self.stats["buffered"] += 1
+            self._room.notify_all()
+
+    def _count_drop(self, what: str, topic: str) -> None:
+        self.stats[what] += 1
+        n = self.stats[what]
+        if n == 1 or n % 1000 == 0:
+            log.warning("MQTT message on %r dropped (%s, %d so far)", topic, what, n)
+
+    def outbox_size(self) -> int:
+        return len(self._outbox)
+
+    def _run_outbox(self) -> None:
+        while True:
+            with self._room:
+                while not self._stopping and not (self._outbox and self._connected):
+                    self._room.wait()
+                if self._stopping:
+                    return
+            with self._send_lock:
+                while True:
+                    with self._room:
+                        if not self._outbox or not self._connected or self._stopping:
+                            break
+                        msg = self._outbox.popleft()
+                        self._room.notify_all()
+                    self._send(msg, front=True)
+
+    # ---- paho callbacks (network thread) -------------------------------------------------
+
+    def _handle_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._net_ident = threading.get_ident()
+        if reason_code.is_failure:
+            text = str(reason_code)
+            if reason_code.value in _AUTH_FAILURES:
+                self.auth_failure = (
+                    f"the MQTT broker refused the connection: {text} (check "
+                    f"{env_name('mqtt_username')} / {env_name('mqtt_password')})"
+                )
+                log.error("%s", self.auth_failure)
+                self.auth_failed_event.set()
+            else:
+                log.error("the MQTT broker refused the connection: %s", text)
+            return
+        first = not self._ever_connected
+        self._ever_connected = True
+        self.stats["connects"] += 1
+        if client.publish(self.state_topic, "online", qos=1, retain=True).rc not in (
+            mqtt.MQTT_ERR_SUCCESS,
+            mqtt.MQTT_ERR_NO_CONN,
+        ):
+            self._enqueue((self.state_topic, b"online", 1, True, None), front=True)
+        with self._subs_lock:
+            entries = [self._sub_entry(f, q) for f, q in self._subs.items()]
+        if entries:
+            client.subscribe(entries)
+        with self._room:
+            self._connected = True
+            self._room.notify_all()
+        self.connected_event.set()
+        log.info(
+            "MQTT connected to %s:%d%s",
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            "" if first else " (reconnected)",
+        )
+        if self._on_connect_cb is not None:
+            self._on_connect_cb(first, bool(flags.session_present))
+
+    def _handle_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was = self._connected
+        with self._room:
+            self._connected = False
+            self._room.notify_all()
+        self.connected_event.clear()
+        if not was:
+            return
+        self.stats["disconnects"] += 1
+        if self._stopping:
+            return
+        log.warning(
+            "MQTT connection lost (%s); reconnecting with back-off up to %d s",
+            reason_code,
+            RECONNECT_MAX,
+        )
+        if self._on_disconnect_cb is not None:
+            self._on_disconnect_cb(str(reason_code))
+
+    def _handle_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # Runs with paho's message lock held: only wake waiters, never publish here.
+        if self._waiters:
+            with self._room:
+                self._room.notify_all()

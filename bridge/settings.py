@@ -1,0 +1,355 @@
+"""The bridge's settings: environment (``BRIDGE_*``), a ``.env`` file and command-line flags.
+
+Precedence, highest first: command-line flags, environment variables, the ``.env`` file,
+the defaults below. Every setting is named after what it controls; the environment name
+is ``BRIDGE_`` + the field name in upper case and the flag is ``--`` + the field name
+with ``-`` for ``_`` (``mqtt_port``: ``BRIDGE_MQTT_PORT``, ``--mqtt-port``).
+
+A wrong or missing setting stops start-up with :class:`SettingsError`, whose message
+names each offending setting by its environment name and flag. Secrets
+(``connector_token``, ``mqtt_password``) are :class:`~pydantic.SecretStr`: they never
+appear in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
+
+from bridge.rules import check_rules
+from bridge.topics import validate_prefix
+
+ENV_PREFIX = "BRIDGE_"
+SECRET_FIELDS = frozenset(("connector_token", "mqtt_password"))
+DEFAULT_PRESUBSCRIPTIONS: list[dict[str, Any]] = [{"endpoint-name": "*"}]
+
+
+class SettingsError(Exception):
+    """Start-up cannot go on: the message names every wrong or missing setting."""
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+class Settings(BaseSettings):
+    """Everything the bridge can be told. See the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_exit_on_error=False,
+        cli_prog_name="connector-bridge run",
+        validate_default=True,
+    )
+
+    # ---- the Connector
+    connector_url: str = Field(
+        description="base URL of the Connector REST API (no /v2), e.g. http://127.0.0.1:8080"
+    )
+    connector_token: SecretStr = Field(description="the Connector access key (secret)")
+    connector_timeout: float = Field(10.0, gt=0, description="seconds per HTTP request")
+
+    # ---- the MQTT broker
+    mqtt_host: str = Field("localhost", min_length=1, description="broker host name or address")
+    mqtt_port: int = Field(1883, ge=1, le=65535, description="broker port")
+    mqtt_username: str | None = Field(None, description="broker user name")
+    mqtt_password: SecretStr | None = Field(None, description="broker password (secret)")
+    mqtt_client_id: str = Field(
+        "connector-bridge", min_length=1, max_length=256, description="MQTT client id"
+    )
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT protocol version: 5 or 3.1.1"
+    )
+    mqtt_keepalive: int = Field(60, ge=5, le=65535, description="MQTT keep-alive, seconds")
+    mqtt_tls: bool = Field(
+        False, description="use TLS with the system's CA certificates (implied by mqtt_tls_ca)"
+    )
+    mqtt_tls_ca: Path | None = Field(None, description="CA certificate file (PEM) for TLS")
+    mqtt_tls_cert: Path | None = Field(None, description="client certificate file (PEM)")
+    mqtt_tls_key: Path | None = Field(None, description="client private key file (PEM)")
+    mqtt_tls_verify: bool = Field(
+        True, description="verify the broker's certificate and host name (off: insecure)"
+    )
+    mqtt_max_inflight: int = Field(
+        100, ge=1, le=65535, description="QoS 1/2 messages in flight before paho queues"
+    )
+    mqtt_max_queued: int = Field(
+        1000, ge=1, description="messages queued in paho before publishers wait (back-pressure)"
+    )
+    mqtt_buffer: int = Field(
+        100_000, ge=0, description="messages kept while the broker is unreachable (oldest dropped)"
+    )
+
+    # ---- topics and values
+    topic_prefix: str = Field("connector", description="first level(s) of every topic")
+    value_qos: Literal[0, 1, 2] = Field(1, description="QoS of value, $state and $resources")
+    value_retain: bool = Field(True, description="retain value topics")
+
+    # ---- the notification channel
+    notification_channel: Literal["longpoll", "callback"] = Field(
+        "longpoll", description="how the Connector delivers: longpoll or callback"
+    )
+    callback_url: str | None = Field(
+        None, description="URL the Connector calls (callback channel), e.g. http://host:8081/n"
+    )
+    callback_listen: str | None = Field(
+        None, description="host:port the callback receiver listens on (default 0.0.0.0:<url port>)"
+    )
+
+    # ---- what to observe
+    presubscriptions: list[dict[str, Any]] = Field(
+        default_factory=lambda: [dict(r) for r in DEFAULT_PRESUBSCRIPTIONS],
+        description="pre-subscription rules, JSON in the Connector's form "
+        '(default [{"endpoint-name":"*"}]: every observable resource)',
+    )
+    initial_read: bool = Field(True, description="read each observed resource once at start-up")
+    initial_read_concurrency: int = Field(
+        32, ge=1, le=10_000, description="initial reads under way at once"
+    )
+
+    # ---- commands
+    command_timeout: float = Field(30.0, gt=0, description="seconds to wait for a device answer")
+    queue_mode_timeout: float = Field(
+        300.0, gt=0, description="the same for queue-mode (sleeping) endpoints"
+    )
+    max_payload: int = Field(
+        65536, ge=0, le=268_435_455, description="largest command payload, bytes"
+    )
+    max_path_depth: int = Field(
+        8, ge=1, le=64, description="deepest resource path (segments) commands are accepted for"
+    )
+    command_workers: int = Field(8, ge=1, le=256, description="threads making command REST calls")
+    command_queue: int = Field(1000, ge=1, description="commands waiting for a worker, at most")
+
+    # ---- logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="log level"
+    )
+
+    # ---- validation --------------------------------------------------------------------
+
+    @field_validator("connector_url", "callback_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+    @field_validator("connector_token")
+    @classmethod
+    def _token_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("mqtt_protocol", mode="before")
+    @classmethod
+    def _protocol_aliases(cls, value: Any) -> Any:
+        aliases = {"5": "5", "5.0": "5", "v5": "5", "mqttv5": "5",
+                   "3.1.1": "3.1.1", "311": "3.1.1", "v311": "3.1.1", "mqttv311": "3.1.1",
+                   "4": "3.1.1"}  # fmt: skip
+        if isinstance(value, int | float):
+            value = str(value)
+        if isinstance(value, str):
+            return aliases.get(value.strip().lower(), value)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("value_qos", mode="before")
+    @classmethod
+    def _qos_int(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return validate_prefix(value)
+
+    @field_validator("mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        if not os.access(value, os.R_OK):
+            raise ValueError(f"file not readable: {value}")
+        return value
+
+    @field_validator("callback_listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parse_listen(value)
+        return value
+
+    @field_validator("presubscriptions", mode="before")
+    @classmethod
+    def _rules_json(cls, value: Any) -> Any:
+        if isinstance(value, str | bytes):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON: {exc}") from None
+        if isinstance(value, dict):
+            value = [value]
+        return check_rules(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.notification_channel == "callback" and not self.callback_url:
+            raise ValueError(
+                f"{env_name('callback_url')} ({flag_name('callback_url')}) is required when "
+                f"{env_name('notification_channel')}=callback"
+            )
+        if self.mqtt_tls_key is not None and self.mqtt_tls_cert is None:
+            raise ValueError(
+                f"{env_name('mqtt_tls_key')} is set but {env_name('mqtt_tls_cert')} is not: "
+                "a client key needs its certificate"
+            )
+        if self.mqtt_password is not None and not self.mqtt_username:
+            raise ValueError(
+                f"{env_name('mqtt_password')} is set but {env_name('mqtt_username')} is not"
+            )
+        if self.queue_mode_timeout < self.command_timeout:
+            raise ValueError(
+                f"{env_name('queue_mode_timeout')} must not be shorter than "
+                f"{env_name('command_timeout')}"
+            )
+        return self
+
+    # ---- derived values ----------------------------------------------------------------
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.mqtt_tls or self.mqtt_tls_ca is not None or self.mqtt_tls_cert is not None
+
+    def listen_address(self) -> tuple[str, int]:
+        """Where the callback receiver listens (only meaningful for the callback channel)."""
+        if self.callback_listen:
+            return parse_listen(self.callback_listen)
+        assert self.callback_url is not None
+        parts = urlsplit(self.callback_url)
+        return "0.0.0.0", parts.port or (443 if parts.scheme == "https" else 80)
+
+    def public_summary(self) -> dict[str, Any]:
+        """Every setting with the secrets masked: safe to log and to publish."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS:
+                value = None if value is None else "***"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``, or a bare port) as a tuple; ValueError if bad."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        host, port_text = "0.0.0.0", text.strip()
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not host:port") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return host, port
+
+
+def describe_error(exc: ValidationError) -> str:
+    """A start-up message naming each bad setting; never shows a secret's value."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = err.get("loc") or ()
+        field = str(loc[0]) if loc else ""
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        if err.get("type") == "missing":
+            msg = "is required"
+        if not field or field not in Settings.model_fields:
+            lines.append(msg)
+            continue
+        shown = ""
+        if field not in SECRET_FIELDS and err.get("type") != "missing" and "input" in err:
+            value = err["input"]
+            if isinstance(value, str | int | float | bool | Path) or value is None:
+                text = repr(str(value) if isinstance(value, Path) else value)
+                shown = f" (got {text[:80]})"
+        where = f"{env_name(field)} ({flag_name(field)})"
+        if len(loc) > 1:
+            where += " at " + "/".join(str(x) for x in loc[1:])
+        lines.append(f"{where}: {msg}{shown}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    argv: Sequence[str] | None = None,
+    *,
+    env_file: str | Path | None = ".env",
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the settings (flags over environment over ``env_file``) or raise SettingsError.
+
+    ``argv`` are the command-line flags (``None``: no flags). ``overrides`` win over
+    everything (the demo uses them for the emulator it starts).
+    """
+    kwargs: dict[str, Any] = dict(overrides or {})
+    try:
+        return Settings(
+            _env_file=env_file,
+            _cli_parse_args=list(argv) if argv is not None else None,
+            **kwargs,
+        )
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc)) from None
+    except PydanticSettingsError as exc:
+        raise SettingsError(_redact_cli(str(exc), argv)) from None
+
+
+def _redact_cli(text: str, argv: Sequence[str] | None) -> str:
+    """A command-line parsing error with every value from the command line masked.
+
+    Only flags (``--name``) are shown: a value might be a secret given to a misspelt
+    flag, and a parser's message has no way to know it.
+    """
+    values = {arg for arg in argv or () if not arg.startswith("-")}
+    values |= {arg.partition("=")[2] for arg in argv or () if arg.startswith("--") and "=" in arg}
+    words = [("***" if w in values else w) for w in text.split(" ")]
+    masked = " ".join(w if "=" not in w else w.partition("=")[0] + "=***" for w in words)
+    return f"invalid command line: {masked}"
