@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -191,9 +192,7 @@ class RestApp:
                 await core.outbox.wait(core.pull_timeout)
             if core.faults.cut_poll():
                 core.count("pulls_cut")
-                if request.transport is not None:
-                    request.transport.abort()
-                raise asyncio.CancelledError
+                _drop_connection(request)
             # Let the loop deliver a reset or close that is already on its way, so that a
             # client which died before its pull was read cannot take messages with it.
             await asyncio.sleep(0)
@@ -217,14 +216,24 @@ class RestApp:
                 # A failed socket write does not raise: the transport closes itself.
                 if request.transport is None or request.transport.is_closing():
                     raise ConnectionResetError("the pulling client went away")
-            except BaseException:
+            except BaseException as exc:
                 core.outbox.put_back(batch)
                 core.count("redelivered", len(batch))
-                raise
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                _drop_connection(request, exc)
             core.count("delivered", len(batch))
             return resp
         finally:
             core.pull_ended()
+
+
+def _drop_connection(request: web.Request, cause: BaseException | None = None) -> NoReturn:
+    """Close the connection without an answer; aiohttp treats the cancellation as a client
+    that went away (no error log, no 500 attempt on a dead socket)."""
+    if request.transport is not None:
+        request.transport.abort()
+    raise asyncio.CancelledError from cause
 
 
 def _ct(reply: Reply) -> dict[str, str]:
