@@ -211,13 +211,31 @@ def node_red_cmd() -> list[str]:
 
 
 @pytest.fixture
-def demo(node_red_cmd: list[str], broker: MosquittoBroker) -> Iterator[Any]:
-    """The real bridge between the emulator and ``broker``; yields the emulator."""
+def demo(node_red_cmd: list[str], broker: MosquittoBroker, emulator: Any) -> Iterator[Any]:
+    """The real bridge between the emulator (default scenario) and ``broker``.
+
+    Yields the emulator, whose devices the test inspects.
+    """
     try:
-        from bridge import demo as bridge_demo  # noqa: F401  (the bridge service)
-    except ImportError:
-        pytest.skip("needs the bridge service (bridge.demo), which is not there yet")
-    raise NotImplementedError("wire the demo here")
+        from bridge.controller import Bridge
+        from bridge.settings import load_settings
+    except ImportError as exc:
+        pytest.skip(f"needs the bridge service (bridge.controller): {exc}")
+    settings = load_settings(
+        env_file=None,
+        overrides={
+            "connector_url": emulator.url,
+            "connector_token": emulator.token,
+            "mqtt_host": "127.0.0.1",
+            "mqtt_port": broker.port,
+        },
+    )
+    bridge = Bridge(settings).start()
+    try:
+        assert bridge.wait_ready(WAIT), f"bridge not ready: {bridge.failure}"
+        yield emulator
+    finally:
+        bridge.stop()
 
 
 @pytest.fixture
