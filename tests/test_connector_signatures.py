@@ -8,11 +8,13 @@ positional parameter, name or default that differs is a failure.
 from __future__ import annotations
 
 import inspect
+import textwrap
 from typing import Any
 
 import pytest
 
 from bridge.connector import asyncResult, connector, response_codes
+from bridge.simulator import Emulator
 
 _ = object()  # "no default"
 
@@ -108,3 +110,23 @@ def test_interface_extras_are_keyword_only() -> None:
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
         assert params[name].default == default
     assert _positional(asyncResult.wait) == [("timeout", None)]
+
+
+def test_module_docstring_example_runs(
+    emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The usage example in ``bridge.connector``'s docstring works as written."""
+    import bridge.connector
+
+    doc = bridge.connector.__doc__ or ""
+    block: list[str] = []
+    for line in doc.split("::\n", 1)[1].splitlines():
+        if line.strip() and not line.startswith("    "):
+            break  # the first unindented line ends the literal block
+        block.append(line)
+    code = textwrap.dedent("\n".join(block))
+    assert "getEndpoints" in code and "getResourceValue" in code
+    code = code.replace("ACCESS-KEY", emulator.token).replace("http://127.0.0.1:8080", emulator.url)
+    exec(compile(code, "bridge.connector docstring", "exec"), {})
+    out = capsys.readouterr().out
+    assert "node-001 TempSensor" in out and "temperature: " in out

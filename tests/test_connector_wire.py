@@ -231,6 +231,19 @@ def test_long_poll_request(server: RecordingServer) -> None:
     assert req.headers["Authorization"] == "Bearer k"
 
 
+def test_first_pull_answers_at_once_then_long_polls(server: RecordingServer) -> None:
+    """The opening pull uses noWait, so startLongPolling can return once the service
+    knows the channel; the pulls after it are real long polls."""
+    with connector("k", server.url) as c:
+        c.startLongPolling()
+        assert len(server.requests) >= 1  # returned after the first pull was answered
+        server.wait_for(2)
+        c.stopLongPolling()
+    first, second = server.requests[:2]
+    assert first.query == {"noWait": ["true"]} and second.query == {}
+    assert first.path == second.path == "/v2/notification/pull"
+
+
 def test_one_connection_for_many_calls(server: RecordingServer) -> None:
     with connector("k", server.url) as c:
         for _ in range(20):

@@ -682,8 +682,14 @@ class connector:
                 self._handlers.pop(handler, None)
 
     def startLongPolling(self, noWait: bool = False) -> threading.Thread:
-        """Start the long-poll thread (or return the running one)."""
-        return self._poller.start(noWait)
+        """Start the long-poll thread (or return the running one).
+
+        Returns once the first pull was answered (at most ``timeout`` seconds): from
+        then on the service knows the channel, so a resource call made right away does
+        not get ``412 No notification channel``. ``noWait=True`` pulls with
+        ``?noWait=true`` throughout (answers come at once; empty ones are paced).
+        """
+        return self._poller.start(noWait, first_pull_wait=self.timeout)
 
     def stopLongPolling(self, *, timeout: float = 5.0) -> None:
         """Stop the long-poll thread; waits up to ``timeout`` s for it to end."""

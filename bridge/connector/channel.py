@@ -25,6 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -79,6 +80,16 @@ def _retry_after(resp: requests.Response) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What one pull gave: a message, nothing (``problem is None``), or a problem."""
+
+    message: Message | None = None
+    problem: str | None = None
+    refused: int | None = None  # 401/403: the access key was refused
+    retry_after: float | None = None
+
+
 class LongPoller:
     """The long-poll thread of one connector.
 
@@ -118,8 +129,14 @@ class LongPoller:
 
     # ---- control -------------------------------------------------------------------
 
-    def start(self, noWait: bool = False) -> threading.Thread:
-        """Start the thread (or return the running one)."""
+    def start(self, noWait: bool = False, first_pull_wait: float = 0.0) -> threading.Thread:
+        """Start the thread (or return the running one).
+
+        The thread's first pull asks with ``noWait`` so that the service answers at once;
+        ``start`` waits up to ``first_pull_wait`` seconds for that answer. Once it came,
+        the service knows the channel, and a resource call made right after ``start``
+        does not meet ``412 No notification channel``.
+        """
         with self._lock:
             running = self._thread is not None and self._thread.is_alive()
             if running and self._stop is not None and not self._stop.is_set():
@@ -127,15 +144,18 @@ class LongPoller:
                 log.warning("long polling is already active")
                 return self._thread
             stop = threading.Event()
+            first = threading.Event()
             thread = threading.Thread(
                 target=self._run,
-                args=(stop, noWait),
+                args=(stop, noWait, first),
                 name="connector-longpoll",
                 daemon=True,
             )
             self._stop, self._thread = stop, thread
             thread.start()
         log.info("long polling started")
+        if first_pull_wait > 0:
+            first.wait(first_pull_wait)
         return thread
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -198,72 +218,71 @@ class LongPoller:
                 else:
                     self._stats[key] = value
 
-    def _run(self, stop: threading.Event, noWait: bool) -> None:
+    def _pull_once(self, noWait: bool) -> _Outcome:
+        """One pull, classified."""
+        try:
+            resp = self._pull(noWait)
+        except requests.Timeout:
+            return _Outcome(problem="no answer before the read timeout (server hangs?)")
+        except requests.RequestException as exc:
+            return _Outcome(problem=f"connection failed ({type(exc).__name__})")
+        status = resp.status_code
+        self._count(pulls=1, last_status=status)
+        if status == 204:
+            return _Outcome()
+        if status == 200:
+            try:
+                return _Outcome(message=parse_message(resp.content))
+            except ValueError as exc:
+                return _Outcome(problem=f"HTTP 200 with a bad body: {exc}")
+        if status in (401, 403):
+            return _Outcome(problem=f"HTTP {status}", refused=status)
+        return _Outcome(problem=f"HTTP {status}", retry_after=_retry_after(resp))
+
+    def _run(self, stop: threading.Event, noWait: bool, first: threading.Event) -> None:
         failures = 0
         while not stop.is_set():
             self._safe_tick()
             started = time.monotonic()
-            problem: str | None = None
-            delay = 0.0
-            try:
-                resp = self._pull(noWait)
-            except requests.Timeout:
-                problem = "no answer before the read timeout (server hangs?)"
-            except requests.RequestException as exc:
-                problem = f"connection failed ({type(exc).__name__})"
-            else:
-                self._count(pulls=1, last_status=resp.status_code)
-                status = resp.status_code
-                if status == 200:
-                    try:
-                        message = parse_message(resp.content)
-                    except ValueError as exc:
-                        problem = f"HTTP 200 with a bad body: {exc}"
-                    else:
-                        if failures:
-                            log.info("notification channel back after %d failure(s)", failures)
-                        failures = 0
-                        self._count(consecutive_failures=0)
-                        if message:
-                            self._count(messages=1)
-                            self._safe_dispatch(message)
-                            continue
-                        self._count(empty=1)
-                elif status == 204:
-                    if failures:
-                        log.info("notification channel back after %d failure(s)", failures)
+            opening = not first.is_set()
+            outcome = self._pull_once(noWait or opening)
+            first.set()
+            if outcome.problem is None:
+                if failures:
+                    log.info("notification channel back after %d failure(s)", failures)
                     failures = 0
-                    self._count(empty=1, consecutive_failures=0)
-                elif status in (401, 403):
-                    failures += 1
-                    delay = self.backoff_max
-                    log.error(
-                        "Connector refused the access key on the notification channel "
-                        "(HTTP %d): check the token; next try in %.1f s",
-                        status,
-                        delay,
-                    )
-                    self._count(failures=1, consecutive_failures=failures, last_error=status)
-                    stop.wait(delay)
-                    continue
-                else:
-                    problem = f"HTTP {status}"
-                    retry_after = _retry_after(resp)
-                    if retry_after is not None:
-                        delay = min(retry_after, self.backoff_max)
-            if problem is not None and stop.is_set():
-                break  # the pull was aborted by stop(): not a failure
-            if problem is not None:
-                failures += 1
-                delay = max(delay, backoff_delay(failures, self.backoff_base, self.backoff_max))
-                self._count(failures=1, consecutive_failures=failures, last_error=problem)
-                log.warning("long poll failed: %s; retry %d in %.2f s", problem, failures, delay)
-                stop.wait(delay)
+                    self._count(consecutive_failures=0)
+                if outcome.message:
+                    self._count(messages=1)
+                    self._safe_dispatch(outcome.message)
+                    continue  # there may be more: pull again at once
+                self._count(empty=1)
+                # Pace empty answers that come back at once (not the opening pull).
+                rest = self.min_empty_interval - (time.monotonic() - started)
+                if rest > 0 and not opening:
+                    stop.wait(rest)
                 continue
-            # An empty answer: pace pulls that come back at once.
-            rest = self.min_empty_interval - (time.monotonic() - started)
-            if rest > 0:
-                stop.wait(rest)
+            if stop.is_set():
+                break  # the pull was aborted by stop(): not a failure
+            failures += 1
+            self._count(failures=1, consecutive_failures=failures, last_error=outcome.problem)
+            if outcome.refused:
+                delay = self.backoff_max  # a wrong key will not fix itself
+                log.error(
+                    "Connector refused the access key on the notification channel "
+                    "(HTTP %d): check the token; next try in %.1f s",
+                    outcome.refused,
+                    delay,
+                )
+            else:
+                delay = backoff_delay(failures, self.backoff_base, self.backoff_max)
+                if outcome.retry_after is not None:
+                    delay = max(delay, min(outcome.retry_after, self.backoff_max))
+                log.warning(
+                    "long poll failed: %s; retry %d in %.2f s", outcome.problem, failures, delay
+                )
+            stop.wait(delay)
+        first.set()
         log.info("long-poll thread ends")
 
     def _safe_tick(self) -> None:

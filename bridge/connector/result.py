@@ -146,15 +146,16 @@ class asyncResult:
             step = None if end is None else end - now
             if step is not None and step <= 0:
                 break
-            deadline = self._deadline
-            if deadline is not None and not expiry_checked:
+            deadline, expire = self._deadline, self._expire
+            if deadline is not None and expire is not None and not expiry_checked:
                 until_expiry = max(deadline - now, 0.0) + 0.01
                 step = until_expiry if step is None else min(step, until_expiry)
+            else:
+                deadline = expire = None
             if self._event.wait(step):
                 break
-            expire = self._expire
-            if deadline is not None and expire and time.monotonic() >= deadline:
-                expire()  # completes this result with its timeout error (once)
+            if deadline is not None and expire is not None and time.monotonic() >= deadline:
+                expire()  # completes this result with its timeout error
                 expiry_checked = True
         return self._event.is_set()
 
