@@ -326,3 +326,21 @@ def test_pull_open_when_callback_set_returns_empty(emulator: Emulator, receiver:
         receiver.wait(lambda: len(receiver.entries("notifications")) == 1)
         t.join(timeout=15)
         assert result[0].status_code == 204
+
+
+def test_stop_and_start_again_at_the_same_url_keeps_state() -> None:
+    emu = Emulator(token="t", pull_timeout=1.0, drift=False).start()
+    try:
+        api = Api(emu)
+        url = emu.url
+        api.put("/subscriptions/light-001/3311/0/5850")
+        emu.stop()
+        with pytest.raises(requests.ConnectionError):
+            api.get("/endpoints")
+        emu.set_value("light-001", "/3311/0/5850", "1")  # works while stopped, too
+        emu.start()
+        assert emu.url == url
+        api.wait_for(lambda s: api.notifications("light-001", "/3311/0/5850") == [b"1"])
+        assert emu.wait_channel(5)
+    finally:
+        emu.stop()

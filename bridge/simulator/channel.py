@@ -99,6 +99,12 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._queue)
 
+    def rebind(self) -> None:
+        """A fresh wake-up event for a new event loop (an emulator started again)."""
+        self._ready = asyncio.Event()
+        if self._queue:
+            self._ready.set()
+
     def put(self, entry: Entry) -> None:
         self._queue.append(entry)
         if len(self._queue) > self.max_pending:

@@ -114,17 +114,18 @@ async def _serve(core: EmulatorCore, host: str, port: int) -> None:
 
 
 def _banner(url: str, token: str, endpoints: int, host: str) -> str:
-    auth = f'-H "Authorization: Bearer {token}"'
+    curl = f'curl -H "Authorization: Bearer {token}"'
     lines = [
         f"Connector emulator listening on {url} ({endpoints} endpoints)",
         f"  access key:  {token}",
-        f"  REST base:   {url}/v2",
+        f"  REST API:    {url}/v2   (also unversioned; admin routes under {url}/admin/)",
         "",
-        "Try it:",
-        f"  curl {auth} {url}/v2/endpoints",
-        f"  curl {auth} {url}/v2/notification/pull?noWait=true    # opens the channel",
-        f"  curl {auth} {url}/v2/endpoints/node-001/3303/0/5700   # -> async-response-id",
-        f"  curl {auth} {url}/v2/notification/pull                # -> the value (base64)",
+        "Try it in another terminal:",
+        f"  {curl} '{url}/v2/endpoints'",
+        f"  {curl} '{url}/v2/notification/pull?noWait=true'   # opens the channel",
+        f"  {curl} '{url}/v2/endpoints/node-001/3303/0/5700'  # -> async-response-id",
+        f"  {curl} '{url}/v2/notification/pull'               # -> its async-response",
+        '  (the value is the base64 "payload": echo <payload> | base64 -d)',
         "",
         "Ctrl-C stops it.",
     ]

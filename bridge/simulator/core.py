@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from bridge.simulator import channel as ch
+from bridge.simulator import webhook
 from bridge.simulator.devices import (
     IPSO_OBJECTS,
     REBOOT_PATH,
@@ -39,7 +40,6 @@ from bridge.simulator.scenario import Scenario, default_scenario
 
 VERSION_TEXT = "DeviceServer v3.0.0-520\nREST version = v2"
 MAX_INFLIGHT = 256  # requests under way to one awake endpoint before 429
-MAX_CALLBACK_CHARS = 400
 TICK = 0.05
 
 
@@ -151,8 +151,13 @@ class EmulatorCore:
 
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.outbox.rebind()
+        self._channel_waiters.clear()
+        self.pull_open = False
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0))
         self._ticker = asyncio.create_task(self._tick_forever())
+        if self.callback is not None:  # started again: the webhook carries on
+            self._start_webhook()
 
     async def shutdown(self) -> None:
         for task in (self._ticker, self._webhook_task):
@@ -507,51 +512,34 @@ class EmulatorCore:
 
     async def set_callback(self, body: bytes) -> Reply:
         try:
-            data = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            return text(400, "callback body must be JSON {url, headers}")
-        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-            return text(400, 'callback body must be {"url": "...", "headers": {...}}')
-        url: str = data["url"]
-        headers = data.get("headers") or {}
-        if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            return text(400, "callback headers must be an object of strings")
-        if not url.startswith(("http://", "https://")):
-            return text(400, "callback url must be http:// or https://")
-        if len(url) + sum(len(v) for v in headers.values()) > MAX_CALLBACK_CHARS:
-            return text(
-                400, f"callback url plus header values exceed {MAX_CALLBACK_CHARS} characters"
-            )
-        problem = await self._check_reachable(url, headers)
+            url, headers = webhook.parse_callback(body)
+        except ValueError as exc:
+            return text(400, str(exc))
+        assert self.http is not None
+        problem = await webhook.check_reachable(self.http, url, headers)
         if problem:
             return text(400, f"callback url is not reachable: {problem}")
         self.stop_webhook()
-        self.callback = {"url": url, "headers": dict(headers)}
-        assert self.loop is not None
-        self._webhook_task = self.loop.create_task(self._webhook_forever(url, dict(headers)))
+        self.callback = {"url": url, "headers": headers}
+        self._start_webhook()
         for fut in self._channel_waiters:
             if not fut.done():
                 fut.set_result(None)
         self._channel_waiters.clear()
         return Reply(204)
 
-    async def _check_reachable(self, url: str, headers: dict[str, str]) -> str | None:
-        assert self.http is not None
-        try:
-            async with self.http.put(
-                url,
-                data=b"{}",
-                headers={**headers, "Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=5.0),
-            ) as resp:
-                await resp.read()
-                if 200 <= resp.status < 300:
-                    return None
-                return f"it answered {resp.status} to a test message"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-            return type(exc).__name__
+    def _start_webhook(self) -> None:
+        assert self.loop is not None and self.http is not None and self.callback is not None
+        self._webhook_task = self.loop.create_task(
+            webhook.deliver_forever(
+                self.outbox,
+                self.http,
+                self.callback["url"],
+                self.callback["headers"],
+                self.callback_retry_period,
+                self.count,
+            )
+        )
 
     def stop_webhook(self) -> None:
         if self._webhook_task is not None:
@@ -565,47 +553,6 @@ class EmulatorCore:
         self.stop_webhook()
         self.last_pull_end = -1e18  # the channel is gone until a pull or a new callback
         return Reply(204)
-
-    async def _webhook_forever(self, url: str, headers: dict[str, str]) -> None:
-        """Deliver batches to the callback URL in order; retry each with back-off for
-        ``callback_retry_period`` seconds, then drop it (counted) and go on."""
-        send_headers = {**headers, "Content-Type": "application/json"}
-        while True:
-            await self.outbox.wait(None)
-            batch = self.outbox.take()
-            if not batch:
-                continue
-            body = ch.encode(batch)
-            first_failure: float | None = None
-            delay = 0.05
-            try:
-                while True:
-                    if await self._post(url, body, send_headers):
-                        self.count("delivered", len(batch))
-                        break
-                    now = self.now()
-                    if first_failure is None:
-                        first_failure = now
-                    remaining = first_failure + self.callback_retry_period - now
-                    if remaining <= 0:
-                        self.count("dropped", len(batch))
-                        break
-                    self.count("retried")
-                    await asyncio.sleep(min(delay, remaining))
-                    delay = min(delay * 2, 5.0)
-            except asyncio.CancelledError:
-                self.outbox.put_back(batch)
-                raise
-
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
-        assert self.http is not None
-        self.count("webhook_posts")
-        try:
-            async with self.http.put(url, data=body, headers=headers) as resp:
-                await resp.read()
-                return 200 <= resp.status < 300
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return False
 
     # --- REST operations ----------------------------------------------------------------
 

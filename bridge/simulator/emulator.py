@@ -37,7 +37,11 @@ class Server:
         await self.core.startup()
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
         self.port = int(self.runner.addresses[0][1])
         return self.port
 
@@ -85,9 +89,14 @@ class Emulator:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> Emulator:
+    def start(self, host: str = "127.0.0.1", port: int | None = None) -> Emulator:
+        """Listen on host:port (port 0: any free port; None: the port of the previous run,
+        if any, so that a test can stop the emulator and start it again at the same URL,
+        with the same devices and pending messages)."""
         if self._thread is not None:
             return self
+        if port is None:
+            port = self.port
         ready = threading.Event()
         failure: list[BaseException] = []
         loop = asyncio.new_event_loop()
