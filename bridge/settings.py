@@ -45,7 +45,8 @@ def flag_name(field: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Everything the bridge can be told. See the README's settings table."""
+    """Settings of the bridge: flags here, else BRIDGE_<NAME> environment variables, else a
+    .env file (--env-file PATH reads another one). See the README's settings table."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
