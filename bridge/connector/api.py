@@ -97,6 +97,11 @@ class connector:
     with an ``async_timeout`` error), ``backoffMax`` (cap of the long-poll back-off, in
     seconds) and ``pollTimeout`` (read timeout of one long poll; keep it above the
     service's hold time of about 30 s).
+
+    Expired async ids are found without a timer thread: the long-poll thread checks
+    between pulls, every new async call and every ``handler()`` call checks, and
+    ``asyncResult.wait()`` checks at its result's deadline. So an unanswered result
+    ends at most one pull (about 30 s) after ``asyncTimeout`` even if nobody waits.
     """
 
     apiVersion: str = "/v2"

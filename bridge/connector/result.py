@@ -93,8 +93,10 @@ class asyncResult:
     :var endpoint, resource: what the call was about (``""`` if not applicable).
 
     ``cbfn`` (``callback``) is called exactly once, with this object, when it is done:
-    on the calling thread for an immediate answer, on the thread that delivered the
-    async response otherwise (the long-poll thread, or the caller of ``handler()``).
+    on the calling thread for an immediate answer (or an async answer that arrived
+    before the 202 returned), on the thread that delivered the async response otherwise
+    (the long-poll thread, or the caller of ``handler()``); an expiry calls it on the
+    thread that found the id overdue.
     """
 
     error: Literal[False] | response_codes
