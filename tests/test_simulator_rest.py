@@ -242,3 +242,22 @@ def test_execute_reboot_deregisters_and_registers_again(api: Api, emulator: Emul
     assert ("light-001", "/3311/0/5850") not in emulator.subscriptions()
     assert emulator.get_value("light-001", "/3311/0/5850") == b"0"
     assert "light-001" in emulator.endpoints()
+
+
+def test_device_requests_later_api(api: Api, emulator: Emulator) -> None:
+    api.open_channel()
+    body = {"method": "PUT", "uri": "/3311/0/5851", "payload-b64": "NjA="}
+    r = api.post("/device-requests/light-001", params={"async-id": "my-id-1"}, json=body)
+    assert r.status_code == 202
+    assert api.async_response("my-id-1")["status"] == 200
+    assert emulator.get_value("light-001", "/3311/0/5851") == b"60"
+    r = api.post(
+        "/device-requests/light-001",
+        params={"async-id": "my-id-2"},
+        json={"method": "GET", "uri": "/3311/0/5851"},
+    )
+    assert decode(api.async_response("my-id-2")) == b"60"
+    assert api.post("/device-requests/light-001", json=body).status_code == 400
+    bad = {"method": "PATCH", "uri": "/3311/0/5851"}
+    assert api.post("/device-requests/light-001?async-id=x", json=bad).status_code == 400
+    assert api.post("/device-requests/nobody?async-id=x", json=body).status_code == 404

@@ -72,6 +72,8 @@ def resolve(method: str, parts: list[str]) -> tuple[str | None, bool]:
                 "GET": "subscription-get",
                 "DELETE": "subscription-delete",
             }
+    elif head == "device-requests" and n == 2:
+        table = {"POST": "device-requests"}
     elif head == "notification" and n == 2 and parts[1] == "pull":
         table = {"GET": "pull"}
     elif head == "notification" and n == 2 and parts[1] == "callback":
@@ -156,6 +158,8 @@ class RestApp:
         res = "/" + "/".join(parts[2:])
         if route == "endpoint":
             return core.endpoint_resources(ep)
+        if route == "device-requests":
+            return core.device_request(ep, q.get("async-id"), await request.read())
         if route == "endpoint-delete":
             return core.delete_endpoint(ep)
         if route.startswith("resource-"):

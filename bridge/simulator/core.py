@@ -12,6 +12,8 @@ wake up) is driven by one timer task over all devices, whatever their number.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import heapq
 import json
@@ -607,6 +609,32 @@ class EmulatorCore:
             return Reply(200, cached, template.resources[index].ct)
         return self._submit(Job(verb, dev, path, index, body, None), no_resp)
 
+    def device_request(self, ep: str, async_id: str | None, body: bytes) -> Reply:
+        """``POST /v2/device-requests/{ep}?async-id=ID`` (the later Pelion API): one JSON
+        request whose answer comes back as an async response with the caller's id."""
+        if not async_id:
+            return text(400, "async-id is required")
+        try:
+            req = json.loads(body or b"null")
+            if not isinstance(req, dict):
+                raise ValueError("body must be a JSON object")
+            verb, uri = req.get("method"), req.get("uri")
+            if verb not in ("GET", "PUT", "POST", "DELETE"):
+                raise ValueError("method must be GET, PUT, POST or DELETE")
+            if not isinstance(uri, str) or not uri.startswith("/"):
+                raise ValueError("uri must be a resource path")
+            payload = base64.b64decode(req.get("payload-b64") or "", validate=True)
+        except (ValueError, binascii.Error) as exc:
+            return text(400, f"malformed device request: {exc}")
+        dev = self._lookup(ep)
+        if isinstance(dev, Reply):
+            return dev
+        index = dev.template.index.get(uri, -1)
+        if index < 0 and (verb != "GET" or not dev.template.object_indexes(uri)):
+            return text(404, f"Resource {uri} not found on {ep}")
+        reply = self._submit(Job(verb, dev, uri, index, payload, async_id), False)
+        return Reply(202) if reply.status == 202 else reply
+
     def delete_endpoint(self, ep: str) -> Reply:
         dev = self._lookup(ep)
         if isinstance(dev, Reply):
@@ -630,9 +658,11 @@ class EmulatorCore:
         aid = None
         if not no_resp:
             self.count("async_requests")
-            aid = f"{self._next_id}#{dev.name}@domain{job.path}"
-            self._next_id += 1
-            job = job._replace(aid=aid)
+            aid = job.aid
+            if aid is None:
+                aid = f"{self._next_id}#{dev.name}@domain{job.path}"
+                self._next_id += 1
+                job = job._replace(aid=aid)
         dev.inflight += 1
         if asleep:
             assert dev.queue is not None

@@ -35,6 +35,7 @@ ROUTES = (
     "callback-put",
     "callback-get",
     "callback-delete",
+    "device-requests",
 )
 
 FAULT_NAMES = (
