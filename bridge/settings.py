@@ -29,6 +29,10 @@ from bridge.topics import validate_prefix
 
 ENV_PREFIX = "BRIDGE_"
 SECRET_FIELDS = frozenset(("connector_token", "mqtt_password"))
+SECRET_FILE_FIELDS = {
+    "connector_token": "connector_token_file",
+    "mqtt_password": "mqtt_password_file",
+}
 DEFAULT_PRESUBSCRIPTIONS: list[dict[str, Any]] = [{"endpoint-name": "*"}]
 
 
@@ -65,6 +69,9 @@ class Settings(BaseSettings):
         description="base URL of the Connector REST API (no /v2), e.g. http://127.0.0.1:8080"
     )
     connector_token: SecretStr = Field(description="the Connector access key (secret)")
+    connector_token_file: Path | None = Field(
+        None, description="file holding the access key, instead of connector_token"
+    )
     connector_timeout: float = Field(10.0, gt=0, description="seconds per HTTP request")
 
     # ---- the MQTT broker
@@ -72,6 +79,9 @@ class Settings(BaseSettings):
     mqtt_port: int = Field(1883, ge=1, le=65535, description="broker port")
     mqtt_username: str | None = Field(None, description="broker user name")
     mqtt_password: SecretStr | None = Field(None, description="broker password (secret)")
+    mqtt_password_file: Path | None = Field(
+        None, description="file holding the broker password, instead of mqtt_password"
+    )
     mqtt_client_id: str = Field(
         "connector-bridge", min_length=1, max_length=256, description="MQTT client id"
     )
@@ -145,6 +155,23 @@ class Settings(BaseSettings):
     )
 
     # ---- validation --------------------------------------------------------------------
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """``*_file`` settings: read the secret from a file (container secrets)."""
+        if not isinstance(data, dict):
+            return data
+        for field, file_field in SECRET_FILE_FIELDS.items():
+            path = data.get(file_field)
+            if path in (None, ""):
+                continue
+            if data.get(field) not in (None, ""):
+                raise ValueError(
+                    f"{env_name(field)} and {env_name(file_field)} are both set; set one"
+                )
+            data = {**data, field: read_secret_file(Path(str(path)), file_field)}
+        return data
 
     @field_validator("connector_url", "callback_url")
     @classmethod
@@ -276,6 +303,23 @@ class Settings(BaseSettings):
                 value = str(value)
             out[name] = value
         return out
+
+
+def read_secret_file(path: Path, field: str) -> str:
+    """A secret from a file, without one trailing newline; errors name the setting only."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{env_name(field)}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{env_name(field)}: {path} is not UTF-8 text") from None
+    if text.endswith("\n"):
+        text = text[:-1]
+        if text.endswith("\r"):
+            text = text[:-1]
+    if not text:
+        raise ValueError(f"{env_name(field)}: {path} is empty")
+    return text
 
 
 def parse_listen(text: str) -> tuple[str, int]:

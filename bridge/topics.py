@@ -42,6 +42,7 @@ REPLY_LEVEL = "reply"
 STATE_LEVEL = "$state"
 RESOURCES_LEVEL = "$resources"
 BRIDGE_LEVEL = "$bridge"
+REPLY_AREA = "$reply"  # <prefix>/$reply/...: where MQTT 5 requesters may ask for answers
 MAX_TOPIC_BYTES = 65535
 """An MQTT topic is a length-prefixed UTF-8 string: at most 65,535 bytes."""
 
@@ -258,6 +259,32 @@ class Topics:
             for depth in range(max_depth + 1)
             for verb in VERBS
         ]
+
+    def response_topic_problem(self, topic: str) -> str | None:
+        """Why an MQTT 5 Response Topic may not be used, or None when it may.
+
+        The bridge publishes with its own rights, so a requester must not be able to make
+        it write on the bridge's own topics (values, ``$state``, ``$resources``,
+        ``$bridge``...): under the prefix, only ``<prefix>/$reply/...`` and topics whose
+        last level is ``reply`` are accepted. Elsewhere the broker's ACL decides.
+        """
+        if not topic:
+            return "empty"
+        if any(ch in topic for ch in "+#") or "\x00" in topic:
+            return "contains a wildcard or NUL"
+        if topic.startswith("$"):
+            return "starts with '$' (reserved for the broker)"
+        if not fits(topic):
+            return "too long"
+        if topic == self.prefix or topic.startswith(self._base):
+            rest = topic[len(self._base) :]
+            if rest.startswith(REPLY_AREA + "/") or topic.rsplit("/", 1)[-1] == REPLY_LEVEL:
+                return None
+            return (
+                f"under {self.prefix!r} only {self._base}{REPLY_AREA}/... or a topic ending "
+                f"in /{REPLY_LEVEL} may be a response topic"
+            )
+        return None
 
     def bridge_action(self, topic: str) -> str | None:
         """The action of a bridge request topic, or None if it is not one."""

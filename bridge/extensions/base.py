@@ -60,11 +60,19 @@ class BridgeContext:
     started_at: float = field(default_factory=time.time)
     info: dict[str, Any] = field(default_factory=dict)  # facts for the `info` request
 
+    def response_topic_problem(self, request: Inbound) -> str | None:
+        """Why the request's MQTT 5 Response Topic is refused (None: fine or absent)."""
+        if request.response_topic is None:
+            return None
+        problem = self.topics.response_topic_problem(request.response_topic)
+        return None if problem is None else f"response topic refused: {problem}"
+
     def respond(self, request: Inbound, default_topic: str, body: bytes) -> None:
         """Publish ``body`` as the answer to ``request``: on its MQTT 5 Response Topic
-        with its Correlation Data when it has one, else on ``default_topic``."""
+        with its Correlation Data when it has an acceptable one, else on
+        ``default_topic`` (with the Correlation Data all the same)."""
         topic = request.response_topic
-        if not topic or any(ch in topic for ch in "+#\x00") or topic.startswith("$"):
+        if topic is None or self.topics.response_topic_problem(topic) is not None:
             topic = default_topic
         props = self.mqtt.properties(request.correlation_data, "application/json")
         self.mqtt.publish(topic, body, qos=REPLY_QOS, retain=False, properties=props)

@@ -105,6 +105,10 @@ class BridgeRequests(Extension):
             respond(Outcome(False, 400, None, exc.reason))
             return
         transaction = request.get("transaction")
+        problem = self.ctx.response_topic_problem(msg)
+        if problem is not None:
+            respond(Outcome(False, 400, None, problem))
+            return
         handler = self._actions.get(action)
         if handler is None:
             known = ", ".join(self._actions)

@@ -99,6 +99,10 @@ class Commands(Extension):
         except PayloadError as exc:
             self._reply(cmd, msg, Outcome(False, exc.status, None, exc.reason), exc.transaction)
             return
+        problem = self.ctx.response_topic_problem(msg)
+        if problem is not None:
+            self._reply(cmd, msg, Outcome(False, 400, None, problem), body.transaction)
+            return
         job = _Job(cmd, body, msg)
         with self._lock:
             if not self._listed:
@@ -205,7 +209,9 @@ class Commands(Extension):
     def _reject_topic(self, msg: Inbound, exc: TopicError) -> None:
         """A command topic that is not well-formed: an error reply where one can go."""
         self.ctx.counters.add("commands_failed")
-        if exc.reply_topic is None and not msg.response_topic:
+        if exc.reply_topic is None and (
+            msg.response_topic is None or self.ctx.response_topic_problem(msg) is not None
+        ):
             log.warning("command on %r ignored: %s", msg.topic[:200], exc.reason)
             msg.ack()
             return
