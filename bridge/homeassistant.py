@@ -441,7 +441,10 @@ def encode_config(config: Mapping[str, Any]) -> bytes:
     Sorted keys make the bytes depend only on the content, so republishing an unchanged
     config is byte-for-byte the same (a bridge can skip it) and tests can compare.
     """
-    return json.dumps(config, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+    text = json.dumps(config, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    # A name may hold a lone surrogate (JSON text allows one, UTF-8 does not): it becomes
+    # "?" in the display name; identifiers and topics are already ASCII-safe.
+    return text.encode("utf-8", "replace")
 
 
 def ha_status_topic(discovery_prefix: str = DEFAULT_DISCOVERY_PREFIX) -> str:

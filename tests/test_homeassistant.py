@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -54,7 +55,7 @@ from bridge.homeassistant import (
     slug,
     unique_id,
 )
-from bridge.topics import Topics, encode_resources
+from bridge.topics import Topics, encode_resources, unescape_level
 
 # ----------------------------------------------------------------- the documented rules
 
@@ -787,3 +788,57 @@ def test_boolean_template_normalises_lwm2m_booleans(payload, state):
 )
 def test_availability_template_makes_anything_but_online_unavailable(payload, available):
     assert render(AVAILABILITY_TEMPLATE, payload) == available
+
+
+# ------------------------------------------- what the running bridge publishes, as input
+
+
+def test_configs_from_the_resources_documents_of_the_running_bridge(broker, emulator):
+    """The bridge's retained ``$resources`` documents (demo scenario) give valid configs."""
+    controller = pytest.importorskip("bridge.controller", reason="needs the bridge service")
+    import paho.mqtt.client as mqtt
+
+    from bridge.settings import load_settings
+
+    settings = load_settings(
+        env_file=None,
+        overrides={
+            "connector_url": emulator.url,
+            "connector_token": emulator.token,
+            "mqtt_host": "127.0.0.1",
+            "mqtt_port": broker.port,
+        },
+    )
+    expected = set(emulator.endpoints())
+    documents: dict[str, bytes] = {}
+    got_all = threading.Event()
+
+    def on_message(_client, _userdata, msg):
+        endpoint = unescape_level(msg.topic.split("/")[1])
+        documents[endpoint] = msg.payload
+        if set(documents) >= expected:
+            got_all.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.on_connect = lambda c, *_: c.subscribe(f"{settings.topic_prefix}/+/$resources")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    bridge = controller.Bridge(settings).start()
+    try:
+        assert bridge.wait_ready(30), bridge.failure
+        assert got_all.wait(30), f"$resources seen for {sorted(documents)} of {sorted(expected)}"
+    finally:
+        bridge.stop()
+        client.loop_stop()
+        client.disconnect()
+
+    components: set[str] = set()
+    for name in expected:
+        endpoint = endpoint_from_resources_document(name, documents[name])
+        messages = discovery_messages(endpoint)
+        assert messages, name
+        for topic, config in messages:
+            check_config(topic, config)
+            components.add(topic.split("/")[1])
+    assert components >= {"sensor", "binary_sensor", "switch", "light", "button"}
