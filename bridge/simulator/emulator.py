@@ -63,8 +63,17 @@ class Emulator:
         callback_retry_period: float = 900.0,
         seed: int | None = None,
         drift: bool = True,
-        **options: Any,
+        *,
+        batch_size: int = 10_000,
+        max_pending: int = 1_000_000,
+        channel_idle_timeout: float = 120.0,
+        transaction_quota: int = 10_000,
     ) -> None:
+        """See ``notes/interfaces.md``. Extras: ``batch_size`` caps the entries of one
+        message (pull or webhook PUT); ``max_pending`` bounds the queue (the oldest are
+        dropped and counted beyond it); ``channel_idle_timeout`` is how long after the
+        last pull the long-poll channel still counts as set up (else async calls get
+        412); ``transaction_quota`` is what ``GET /limits`` reports (not enforced)."""
         self.core = EmulatorCore(
             token,
             scenario,
@@ -74,7 +83,10 @@ class Emulator:
             callback_retry_period=callback_retry_period,
             seed=seed,
             drift=drift,
-            **options,
+            batch_size=batch_size,
+            max_pending=max_pending,
+            channel_idle_timeout=channel_idle_timeout,
+            transaction_quota=transaction_quota,
         )
         self.token = token
         self.host = "127.0.0.1"
