@@ -17,6 +17,17 @@ from types import TracebackType
 from tests.support.ports import free_port, wait_for_port
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the broker gets SIGKILL when the test process dies,
+    so a test run that is itself killed leaves no broker behind (Linux prctl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -71,6 +82,8 @@ class MosquittoBroker:
         self.config_path.write_text("\n".join(lines) + "\n" + self.extra_config + "\n")
 
     def start(self) -> MosquittoBroker:
+        if self.running:
+            raise RuntimeError(f"broker on port {self.port} is already running")
         self._write_config()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -78,6 +91,7 @@ class MosquittoBroker:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         try:
             wait_for_port(self.port, timeout=10)
@@ -119,7 +133,8 @@ class MosquittoBroker:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> MosquittoBroker:
-        return self.start()
+        # `with broker.start():` and `with broker:` both work; a second start would leak a process.
+        return self if self.running else self.start()
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
