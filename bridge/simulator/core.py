@@ -72,6 +72,8 @@ class Job(NamedTuple):
 
 _EXPIRE, _WAKE = 0, 1
 
+_EMITTED_KIND = tuple(f"emitted_{k.replace('-', '_')}" for k in ch.KIND_KEYS)
+
 COUNTER_NAMES = (
     "emitted",
     "delivered",
@@ -86,7 +88,7 @@ COUNTER_NAMES = (
     "pulls_refused",
     "webhook_posts",
     "async_requests",
-    *(f"emitted_{k.replace('-', '_')}" for k in ch.KIND_KEYS),
+    *_EMITTED_KIND,
 )
 
 
@@ -110,7 +112,7 @@ class EmulatorCore:
         transaction_quota: int = 10_000,
     ) -> None:
         self.token = token
-        self.scenario = scenario or default_scenario()
+        self.scenario = default_scenario() if scenario is None else scenario
         self.pull_timeout = pull_timeout
         self.latency = latency
         self.callback_retry_period = callback_retry_period
@@ -195,7 +197,7 @@ class EmulatorCore:
     def emit(self, entry: ch.Entry) -> None:
         self.outbox.put(entry)
         self.counters["emitted"] += 1
-        self.counters[f"emitted_{ch.KIND_KEYS[entry[0]].replace('-', '_')}"] += 1
+        self.counters[_EMITTED_KIND[entry[0]]] += 1
 
     def notify(self, dev: Device, index: int) -> None:
         """The device's value at ``index`` changed: a notification if it is observed."""
