@@ -168,7 +168,7 @@ def test_bad_value_types_raise(server: RecordingServer) -> None:
         with pytest.raises(TypeError):
             c.putResourceValue("ep1", "/1/0/1", {"a": 1})  # type: ignore[arg-type]
         with pytest.raises(TypeError):
-            c.putResourceValue("ep1", "/1/0/1", True)
+            c.putResourceValue("ep1", "/1/0/1", True)  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             c.getResources("")
     assert server.requests == []
