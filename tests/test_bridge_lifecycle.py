@@ -1,0 +1,218 @@
+"""Connector -> MQTT, end to end: start-up inventory, values, registrations, escaping.
+
+A real Mosquitto, the emulator over HTTP, the bridge in-process, paho clients as users.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from bridge.controller import Bridge
+from bridge.simulator import Emulator
+from bridge.topics import escape_level
+from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
+from tests.support.broker import MosquittoBroker
+from tests.support.mqtt_user import MqttUser
+
+
+@dataclass
+class Stack:
+    broker: MosquittoBroker
+    emu: Emulator
+    bridge: Bridge
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with (
+        MosquittoBroker() as broker,
+        Emulator(token="tok-lifecycle", pull_timeout=1.0) as emu,
+        running_bridge(bridge_settings(emu, broker)) as bridge,
+    ):
+        yield Stack(broker, emu, bridge)
+
+
+def wait_retained(broker: MosquittoBroker, topics: set[str], timeout: float = 15.0) -> dict:
+    """The retained message of each topic, as a late subscriber gets them."""
+    with user(broker, "5", "connector/#") as late:
+        late.wait_for(lambda m: m.retain and m.topic in topics, timeout, count=len(topics))
+        return {m.topic: m for m in late.messages if m.retain and m.topic in topics}
+
+
+def test_startup_announces_every_endpoint_its_resources_and_values(stack: Stack) -> None:
+    emu = stack.emu
+    emu.wake("sleeper-001")  # queue mode: its initial read is served when it wakes
+    endpoints = emu.endpoints()
+    observed = emu.subscriptions()
+    assert len(endpoints) >= 5 and observed, "the default scenario has devices and rules"
+    states = {f"connector/{ep}/$state" for ep in endpoints}
+    resources = {f"connector/{ep}/$resources" for ep in endpoints}
+    values = {f"connector/{ep}{path}" for ep, path in observed}
+    got = wait_retained(stack.broker, states | resources | values | {"connector/$bridge/state"})
+
+    assert got["connector/$bridge/state"].payload == b"online"
+    assert all(got[t].payload == b"online" for t in states)
+    light = json.loads(got["connector/light-001/$resources"].payload)
+    assert light["type"] == "Light" and light["q"] is False
+    paths = {r["path"]: r for r in light["resources"]}
+    assert paths["/3311/0/5850"]["obs"] is True and paths["/3/0/4"]["obs"] is False
+    assert json.loads(got["connector/sleeper-001/$resources"].payload)["q"] is True
+    # The light's on/off does not change by itself: its retained value is the initial read.
+    assert got["connector/light-001/3311/0/5850"].payload == emu.get_value(
+        "light-001", "/3311/0/5850"
+    )
+    # Every observed resource, and only those, has a retained value.
+    value_topics = {
+        t for t in got if not t.endswith(("$state", "$resources")) and "$bridge" not in t
+    }
+    assert value_topics == values
+    assert stack.bridge.counters.get("initial_reads_ok") >= len(observed)
+
+
+def test_default_rules_observe_every_observable_resource(stack: Stack) -> None:
+    observed = stack.emu.subscriptions()
+    assert ("light-001", "/3311/0/5850") in observed
+    assert ("node-001", "/3303/0/5700") in observed
+    assert ("light-001", "/3/0/4") not in observed  # executable, not observable
+
+
+def test_notification_becomes_value_topic(stack: Stack) -> None:
+    with user(stack.broker, "3.1.1", "connector/light-001/3311/0/5851") as u:
+        stack.emu.set_value("light-001", "/3311/0/5851", "42")
+        assert u.wait_topic("connector/light-001/3311/0/5851", payload=b"42").qos == 1
+
+
+def test_binary_value_is_published_byte_for_byte(stack: Stack) -> None:
+    raw = bytes(range(256))
+    with user(stack.broker, "5", "connector/light-001/3311/0/5706") as u:
+        stack.emu.set_value("light-001", "/3311/0/5706", raw)
+        u.wait_topic("connector/light-001/3311/0/5706", payload=raw)
+
+
+def test_drifting_sensor_keeps_publishing(stack: Stack) -> None:
+    with user(stack.broker, "5", "connector/node-001/3303/0/5700") as u:
+        u.wait_for(lambda m: not m.retain, timeout=10, count=2)
+
+
+ODD_NAMES = ["a/b", "plus+hash#", "per%cent", "$dollar", "sp ace", "ünï-☃", "tab\tname", "set"]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_odd_endpoint_names_register_work_and_leave(stack: Stack, name: str) -> None:
+    level = escape_level(name)
+    base = f"connector/{level}"
+    resource = {"path": "/1/0/1", "rt": "Level", "ct": "text/plain", "obs": True,
+                "value": "7", "writable": True, "kind": "int"}  # fmt: skip
+    with user(stack.broker, "5", f"{base}/#") as u:
+        stack.emu.register(name, ept="Odd", resources=[resource])
+        u.wait_topic(f"{base}/$state", payload=b"online")
+        doc = json.loads(u.wait_topic(f"{base}/$resources").payload)
+        assert doc["type"] == "Odd"
+        assert {"path": "/1/0/1", "rt": "Level", "ct": "text/plain", "obs": True} in doc[
+            "resources"
+        ]
+        u.wait_topic(f"{base}/1/0/1", payload=b"7")  # the initial read
+
+        reply = command(u, f"{base}/1/0/1/set", b"8")
+        assert reply["ok"] and reply["endpoint"] == name and reply["path"] == "/1/0/1"
+        assert stack.emu.get_value(name, "/1/0/1") == b"8"
+        u.wait_topic(f"{base}/1/0/1", payload=b"8")
+
+        stack.emu.deregister(name)
+        u.wait_topic(f"{base}/$state", payload=b"offline")
+        stack.emu.register(name, ept="Odd", resources=[resource])
+        u.wait_for(lambda m: m.topic == f"{base}/$state" and m.payload == b"online", count=2)
+        stack.emu.expire(name)
+        u.wait_topic(f"{base}/$state", payload=b"expired")
+    assert stack.bridge.registry.get(name).state == "expired"  # type: ignore[union-attr]
+
+
+def test_reg_update_keeps_the_endpoint_online(stack: Stack) -> None:
+    with user(stack.broker, "5", "connector/node-002/$state") as u:
+        u.wait_topic("connector/node-002/$state", payload=b"online")
+        u.clear()
+        stack.emu.update("node-002")
+        u.wait_topic("connector/node-002/$state", payload=b"online")
+    assert stack.bridge.counters.get("reg_updates") >= 1
+
+
+def test_resource_whose_last_segment_is_a_verb_is_escaped_and_never_received(
+    stack: Stack,
+) -> None:
+    """A resource called /dev/set must not look like a set command on /dev: its value
+    topic ends in %73et, and the bridge does not receive its own publication."""
+    resources = [
+        {"path": p, "rt": "x", "ct": "text/plain", "obs": True, "value": "1", "writable": True}
+        for p in ("/dev/set", "/dev/get", "/dev/post", "/dev/reply", "/dev")
+    ]
+    received_before = stack.bridge.mqtt.stats["received"]
+    with user(stack.broker, "3.1.1", "connector/verbs-ep/#") as u:
+        stack.emu.register("verbs-ep", ept="Verbs", resources=resources)
+        for topic in ("dev/%73et", "dev/%67et", "dev/%70ost", "dev/%72eply", "dev"):
+            u.wait_topic(f"connector/verbs-ep/{topic}", payload=b"1")
+        stack.emu.set_value("verbs-ep", "/dev/set", "2")
+        u.wait_topic("connector/verbs-ep/dev/%73et", payload=b"2")
+        # A real command on /dev/set (either spelling) reaches that resource.
+        assert command(u, "connector/verbs-ep/dev/%73et/set", b"3")["path"] == "/dev/set"
+    assert stack.emu.get_value("verbs-ep", "/dev/set") == b"3"
+    assert stack.emu.get_value("verbs-ep", "/dev") == b"1"
+    # The only message the bridge received in all that is the one command.
+    assert stack.bridge.mqtt.stats["received"] - received_before == 1
+
+
+def test_no_echo_the_bridge_receives_only_commands(stack: Stack) -> None:
+    """Values, states, resources and replies flow; the bridge receives none of them."""
+    received_before = stack.bridge.mqtt.stats["received"]
+    published_before = stack.bridge.mqtt.stats["published"]
+    with user(stack.broker, "3.1.1", "connector/#") as u:
+        for i in range(5):
+            stack.emu.set_value("light-001", "/3311/0/5851", str(10 + i))
+        u.wait_topic("connector/light-001/3311/0/5851", payload=b"14")
+        command(u, "connector/light-001/3311/0/5851/get", transaction="echo-check")
+    published = stack.bridge.mqtt.stats["published"] - published_before
+    assert published >= 7  # 5 values, the reply, the value the get republished
+    assert stack.bridge.mqtt.stats["received"] - received_before == 1
+
+
+def test_initial_read_can_be_switched_off(broker: MosquittoBroker) -> None:
+    with Emulator(token="t", pull_timeout=1.0, drift=False) as emu:
+        settings = bridge_settings(emu, broker, initial_read=False)
+        with running_bridge(settings) as bridge, user(broker, "5", "connector/#") as u:
+            u.wait_topic("connector/light-001/$resources")
+            command(u, "connector/light-001/3311/0/5851/get", transaction="barrier")
+            assert bridge.counters.get("initial_reads_ok") == 0
+            assert not u.on("connector/light-001/3311/0/5850")
+
+
+def test_presubscription_rules_choose_what_is_observed_and_read(broker: MosquittoBroker) -> None:
+    rules = [{"endpoint-name": "node*", "resource-path": ["/3303/*"]}]
+    with Emulator(token="t", pull_timeout=1.0, drift=False) as emu:
+        settings = bridge_settings(emu, broker, presubscriptions=json.dumps(rules))
+        with running_bridge(settings) as bridge:
+            assert emu.subscriptions() == {
+                ("node-001", "/3303/0/5700"),
+                ("node-002", "/3303/0/5700"),
+            }
+            got = wait_retained(
+                broker, {"connector/node-001/3303/0/5700", "connector/node-002/3303/0/5700"}
+            )
+            assert len(got) == 2
+            assert bridge.counters.get("initial_reads_ok") == 2
+
+
+def test_values_unretained_when_so_configured(broker: MosquittoBroker) -> None:
+    with Emulator(token="t", pull_timeout=1.0, drift=False) as emu:
+        settings = bridge_settings(emu, broker, value_retain=False, value_qos=0)
+        with running_bridge(settings), user(broker, "5", "connector/light-001/#") as u:
+            u.wait_topic("connector/light-001/$resources")
+            emu.set_value("light-001", "/3311/0/5851", "55")
+            msg = u.wait_topic("connector/light-001/3311/0/5851", payload=b"55")
+            assert msg.qos == 0
+            late: MqttUser
+            with user(broker, "5", "connector/light-001/#") as late:
+                late.wait_topic("connector/light-001/$state")  # retained: always
+                assert not late.on("connector/light-001/3311/0/5851")
