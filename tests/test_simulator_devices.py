@@ -101,6 +101,8 @@ def test_scenario_file_with_custom_resources(tmp_path: Path) -> None:
         ({"templates": {"A": {"resources": [{"path": "/a", "kind": "x"}]}}}, "kind"),
         ({"templates": {"A": {}}, "scale": {"templates": ["B"]}}, "unknown template"),
         ({"templates": {"A": {}}, "scale": {"name": "{oops}"}}, "scale name"),
+        ({"templates": {"A": {}}, "drift": 5}, "drift"),
+        ({"templates": {"A": {}}, "devices": {"a": 1}}, "devices"),
     ],
 )
 def test_bad_scenarios_are_refused_with_a_reason(data: dict[str, Any], message: str) -> None:

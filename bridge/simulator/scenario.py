@@ -66,8 +66,8 @@ class Scenario:
             return _parse(data)
         except ScenarioError:
             raise
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ScenarioError(f"invalid scenario: {exc}") from exc
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ScenarioError(f"invalid scenario: {exc!r}") from exc
 
     @classmethod
     def load(cls, path: str | Path) -> Scenario:
@@ -88,6 +88,9 @@ def _parse(data: Mapping[str, Any]) -> Scenario:
     raw_templates = data.get("templates")
     if not isinstance(raw_templates, dict) or not raw_templates:
         raise ScenarioError("scenario needs a non-empty 'templates' object")
+    for key, kind in (("devices", list), ("scale", dict), ("drift", dict)):
+        if not isinstance(data.get(key, kind()), kind):
+            raise ScenarioError(f"scenario '{key}' must be a JSON {kind.__name__}")
     templates = {name: _template(name, spec) for name, spec in raw_templates.items()}
     devices: list[tuple[str, str]] = []
     for i, dev in enumerate(data.get("devices", [])):
