@@ -88,9 +88,13 @@ def _parse(data: Mapping[str, Any]) -> Scenario:
     raw_templates = data.get("templates")
     if not isinstance(raw_templates, dict) or not raw_templates:
         raise ScenarioError("scenario needs a non-empty 'templates' object")
-    for key, kind in (("devices", list), ("scale", dict), ("drift", dict)):
+    for key, kind, word in (
+        ("devices", list, "array"),
+        ("scale", dict, "object"),
+        ("drift", dict, "object"),
+    ):
         if not isinstance(data.get(key, kind()), kind):
-            raise ScenarioError(f"scenario '{key}' must be a JSON {kind.__name__}")
+            raise ScenarioError(f"scenario '{key}' must be a JSON {word}")
     templates = {name: _template(name, spec) for name, spec in raw_templates.items()}
     devices: list[tuple[str, str]] = []
     for i, dev in enumerate(data.get("devices", [])):
