@@ -221,8 +221,8 @@ def test_deregistration_answers_queued_requests_410(sleepy: Emulator) -> None:
 def test_registration_expires_when_the_device_stops_updating(emulator: Emulator) -> None:
     api = Api(emulator)
     api.open_channel()
-    emulator.register("short", ept="TempSensor", lifetime=0.6)
-    for _ in range(4):  # updating in time keeps it registered
+    emulator.register("short", ept="TempSensor", lifetime=1.2)
+    for _ in range(4):  # updating in time (every 0.2 s, lifetime 1.2 s) keeps it registered
         time.sleep(0.2)
         emulator.update("short")
     assert "short" in emulator.endpoints()
