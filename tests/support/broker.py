@@ -6,6 +6,7 @@ away; the port and the persistence file survive a restart, as they would in prod
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -15,6 +16,16 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.support.ports import free_port, wait_for_port
+
+_LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Last line of defence: no broker outlives the test run, even if a test forgot one."""
+    for proc in list(_LIVE):
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _die_with_parent() -> None:
@@ -85,14 +96,15 @@ class MosquittoBroker:
         if self.running:
             raise RuntimeError(f"broker on port {self.port} is already running")
         self._write_config()
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(self.config_path)],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(self.config_path)],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        _LIVE.add(self.proc)
         try:
             wait_for_port(self.port, timeout=10)
         except TimeoutError:
@@ -110,6 +122,8 @@ class MosquittoBroker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc is not None:
+            _LIVE.discard(self.proc)
         self.proc = None
 
     def stop(self) -> None:
