@@ -397,4 +397,6 @@ def _redact_cli(text: str, argv: Sequence[str] | None) -> str:
     values |= {arg.partition("=")[2] for arg in argv or () if arg.startswith("--") and "=" in arg}
     words = [("***" if w in values else w) for w in text.split(" ")]
     masked = " ".join(w if "=" not in w else w.partition("=")[0] + "=***" for w in words)
-    return f"invalid command line: {masked}"
+    named = [f for f in Settings.model_fields if f"for {f}:" in text or f"for {f} " in text]
+    where = f"{env_name(named[0])} ({flag_name(named[0])}): " if named else ""
+    return f"invalid command line: {where}{masked}"
