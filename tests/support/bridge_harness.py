@@ -50,8 +50,9 @@ def running_bridge(settings: Settings) -> Iterator[Bridge]:
 
 
 @contextlib.contextmanager
-def user(broker: MosquittoBroker, protocol: str = "5", *filters: str) -> Iterator[MqttUser]:
-    u = MqttUser(broker.port, protocol)
+def user(broker: MosquittoBroker | int, protocol: str = "5", *filters: str) -> Iterator[MqttUser]:
+    """A user client of the broker (or of the broker on that port), subscribed to filters."""
+    u = MqttUser(broker if isinstance(broker, int) else broker.port, protocol)
     try:
         if filters:
             u.subscribe(*filters)
