@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from tests.support.broker import MosquittoBroker
 
 
@@ -23,3 +25,26 @@ def test_broker_stops_and_restarts_on_same_port(broker: MosquittoBroker) -> None
     broker.start()
     assert broker.port == port
     assert _accepts(port)
+
+
+def test_broker_does_not_mistake_another_listener_for_itself() -> None:
+    """A port taken by someone else between choosing and binding is replaced, not shared."""
+    stranger = socket.socket()
+    stranger.bind(("127.0.0.1", 0))
+    stranger.listen()
+    taken = stranger.getsockname()[1]
+    with stranger:
+        b = MosquittoBroker()
+        b.port = taken  # as if another process took the port the broker had picked
+        try:
+            b.start()
+            assert b.port != taken and b.running
+            assert _accepts(b.port)
+        finally:
+            b.close()
+        fixed = MosquittoBroker(port=taken)
+        try:
+            with pytest.raises(RuntimeError, match="Address already in use"):
+                fixed.start()
+        finally:
+            fixed.close()

@@ -12,10 +12,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.ports import free_port, wait_for_port
+from tests.support.ports import free_port
 
 _LIVE: set[subprocess.Popen[bytes]] = set()
 
@@ -37,6 +38,49 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself has a listening TCP socket on ``port`` (Linux /proc)."""
+    try:
+        inodes = _socket_inodes(pid)
+    except OSError:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            local, state, inode = cols[1], cols[3], cols[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
+                return True
+    return False
+
+
+def _wait_until_listening(proc: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if _listens(proc.pid, port):
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def mosquitto_binary() -> str:
@@ -63,6 +107,7 @@ class MosquittoBroker:
         persistence: bool = True,
         listener: bool = True,
     ) -> None:
+        self._own_port = port is None  # a port we picked may be replaced on collision
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="mosq-"))
         self.extra_config = extra_config
@@ -93,26 +138,35 @@ class MosquittoBroker:
         self.config_path.write_text("\n".join(lines) + "\n" + self.extra_config + "\n")
 
     def start(self) -> MosquittoBroker:
+        """Start and return once *this* mosquitto process listens on ``self.port``.
+
+        Another process (a parallel test run) may take a port between ``free_port()`` and
+        the broker's bind; then mosquitto exits with "Address already in use" while a plain
+        connect would succeed against the stranger. So the broker's own socket is checked,
+        and a port this object picked itself is replaced and tried again.
+        """
         if self.running:
             raise RuntimeError(f"broker on port {self.port} is already running")
-        self._write_config()
-        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [mosquitto_binary(), "-c", str(self.config_path)],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        _LIVE.add(self.proc)
-        try:
-            wait_for_port(self.port, timeout=10)
-        except TimeoutError:
+        for _attempt in range(5):
+            self._write_config()
+            with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+                proc = subprocess.Popen(
+                    [mosquitto_binary(), "-c", str(self.config_path)],
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            self.proc = proc
+            _LIVE.add(proc)
+            if _wait_until_listening(proc, self.port, timeout=10):
+                return self
             self.kill()
-            raise RuntimeError(
-                f"mosquitto did not start: {self.log_path.read_text()[-2000:]}"
-            ) from None
-        return self
+            if not self._own_port:
+                break
+            self.port = free_port()  # collision with another process: take a new port
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"mosquitto did not start on port {self.port}: {tail}")
 
     def _signal(self, sig: int, timeout: float = 10) -> None:
         if self.proc and self.proc.poll() is None:
