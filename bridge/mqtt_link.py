@@ -69,7 +69,8 @@ class Inbound:
     _ack: Callable[[], object] | None = field(default=None, repr=False)
 
     def ack(self) -> None:
-        """Acknowledge to the broker (only does something with manual acks, QoS >= 1)."""
+        """Acknowledge to the broker (only with manual acks and QoS >= 1; once however
+        often it is called)."""
         if self._ack is not None:
             self._ack()
 
@@ -97,6 +98,9 @@ class MqttLink:
         self._on_disconnect_cb = on_disconnect
         self._manual_ack = manual_ack
         self._max_queued = settings.mqtt_max_queued
+        # Publishers that found paho full resume when it has drained to half: waking them
+        # at every single write would cost a thread switch per message.
+        self._low_water = settings.mqtt_max_queued // 2
         self._buffer_cap = settings.mqtt_buffer
 
         client = mqtt.Client(
@@ -124,7 +128,9 @@ class MqttLink:
         client.max_queued_messages_set(settings.mqtt_max_queued)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
-        client.on_publish = self._handle_publish
+        # on_publish is installed only while a publisher waits for room (_wait_room): with a
+        # callback set, paho builds two objects for every QoS 0 packet it writes, which
+        # halves the throughput of the hot path.
         client.on_message = self._handle_unrouted
         if log.isEnabledFor(logging.DEBUG):
             client.enable_logger(logging.getLogger("bridge.mqtt.paho"))
@@ -212,10 +218,7 @@ class MqttLink:
         while time.monotonic() < end:
             if not self._outbox and not self._client._out_messages and not self._client._out_packet:
                 return True
-            with self._room:
-                self._waiters += 1
-                self._room.wait(_WAIT_SLICE)
-                self._waiters -= 1
+            self._wait_room()
         return False
 
     # ---- subscriptions -----------------------------------------------------------------
@@ -245,8 +248,15 @@ class MqttLink:
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         ack: Callable[[], object] | None = None
         if self._manual_ack and msg.qos > 0:
-            mid, qos = msg.mid, msg.qos
-            ack = lambda: self._client.ack(mid, qos)  # noqa: E731
+            mid, qos, once = msg.mid, msg.qos, [True]
+
+            def ack() -> None:
+                try:
+                    once.pop()  # atomic: only the first caller acknowledges
+                except IndexError:
+                    return
+                self._client.ack(mid, qos)
+
         inbound = Inbound(
             topic=msg.topic,
             payload=bytes(msg.payload),
@@ -352,10 +362,15 @@ class MqttLink:
             self._enqueue(msg)
 
     def _wait_room(self) -> None:
+        """Wait until paho has drained to half (or at most _WAIT_SLICE)."""
         with self._room:
             self._waiters += 1
+            if self._waiters == 1:
+                self._client.on_publish = self._handle_publish
             self._room.wait(_WAIT_SLICE)
             self._waiters -= 1
+            if self._waiters == 0:
+                self._client.on_publish = None
 
     def _enqueue(self, msg: _Msg, front: bool = False) -> None:
         """Put a message in the outbox (sent in order by the outbox thread)."""
@@ -363,10 +378,8 @@ class MqttLink:
         with self._room:
             while len(self._outbox) >= self._buffer_cap:
                 if self._connected and not on_net_thread and not self._stopping:
-                    # The outbox thread is draining: wait for it (back-pressure).
-                    self._waiters += 1
+                    # The outbox thread is draining (it notifies as it pops): wait for it.
                     self._room.wait(_WAIT_SLICE)
-                    self._waiters -= 1
                     continue
                 if self._connected and on_net_thread:
                     break  # never block the network thread; the cap is soft here
@@ -490,6 +503,10 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         # Runs with paho's message lock held: only wake waiters, never publish here.
-        if self._waiters:
+        if (
+            self._waiters
+            and len(client._out_packet) <= self._low_water
+            and len(client._out_messages) <= self._low_water + 1  # this one is not popped yet
+        ):
             with self._room:
                 self._room.notify_all()
