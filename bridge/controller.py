@@ -204,6 +204,8 @@ class Bridge:
         side = self.connector_side
         version = self._retry("connecting to the Connector", side.version)
         self.ctx.info["connector_version"] = version
+        rest = side.client.getApiVersions()
+        self.ctx.info["rest_versions"] = None if rest.error else rest.result
         log.info("Connector at %s: %s", self.settings.connector_url, version.splitlines()[0])
         side.start_channel()
         side.put_presubscriptions(self.ctx.rules)

@@ -146,6 +146,7 @@ def test_info(stack: Stack, u: MqttUser) -> None:
     assert data["uptime"] > 0
     assert data["prefix"] == "connector"
     assert data["connector"]["version"].startswith("DeviceServer")
+    assert "v2" in data["connector"]["rest_versions"]
     assert data["connector"]["limits"]["endpoint-count"] == len(stack.emu.endpoints())
     assert data["connector"]["channel"] == "longpoll"
     assert data["mqtt"]["connected"] is True and data["mqtt"]["protocol"] == "5"

@@ -217,6 +217,7 @@ class BridgeRequests(Extension):
             "connector": {
                 "url": ctx.settings.connector_url,
                 "version": ctx.info.get("connector_version"),
+                "rest_versions": ctx.info.get("rest_versions"),
                 "limits": None if limits.error else limits.result,
                 "channel": ctx.settings.notification_channel,
                 "long_poll": ctx.connector.longPollStats(),
