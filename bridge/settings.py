@@ -21,6 +21,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
@@ -130,7 +132,9 @@ class Settings(BaseSettings):
         description="pre-subscription rules, JSON in the Connector's form "
         '(default [{"endpoint-name":"*"}]: every observable resource)',
     )
-    initial_read: bool = Field(True, description="read each observed resource once at start-up")
+    initial_read: bool = Field(
+        True, description="read each observed resource once when its endpoint appears"
+    )
     initial_read_concurrency: int = Field(
         32, ge=1, le=10_000, description="initial reads under way at once"
     )
@@ -292,6 +296,17 @@ class Settings(BaseSettings):
         parts = urlsplit(self.callback_url)
         return "0.0.0.0", parts.port or (443 if parts.scheme == "https" else 80)
 
+    @classmethod
+    def markdown_table(cls) -> str:
+        """The README's settings table, made from the fields themselves."""
+        rows = ["| environment | flag | default | what it does |", "|---|---|---|---|"]
+        for name, f in cls.model_fields.items():
+            rows.append(
+                f"| `{env_name(name)}` | `{flag_name(name)}` | {_default_text(f)} | "
+                f"{f.description} |"
+            )
+        return "\n".join(rows)
+
     def public_summary(self) -> dict[str, Any]:
         """Every setting with the secrets masked: safe to log and to publish."""
         out: dict[str, Any] = {}
@@ -303,6 +318,19 @@ class Settings(BaseSettings):
                 value = str(value)
             out[name] = value
         return out
+
+
+def _default_text(f: FieldInfo) -> str:
+    if f.default_factory is not None:
+        value: Any = f.default_factory()  # type: ignore[call-arg]
+        return f"`{json.dumps(value, separators=(',', ':'))}`"
+    if f.default is PydanticUndefined:
+        return "**required**"
+    if f.default is None:
+        return "—"
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
+    return f"`{f.default}`"
 
 
 def read_secret_file(path: Path, field: str) -> str:
