@@ -12,14 +12,14 @@ from pathlib import Path
 from bridge.settings import Settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCK = re.compile(r"(<!-- settings:start -->\n).*?(\n<!-- settings:end -->)", re.S)
+BLOCK = re.compile(r"(<!-- settings:start -->\n).*?(<!-- settings:end -->)", re.S)
 
 
 def main() -> None:
     text = README.read_text()
     if not BLOCK.search(text):
         raise SystemExit("README.md has no <!-- settings:start --> ... <!-- settings:end --> block")
-    README.write_text(BLOCK.sub(lambda m: m[1] + Settings.markdown_table() + m[2], text))
+    README.write_text(BLOCK.sub(lambda m: m[1] + Settings.markdown_table() + "\n" + m[2], text))
 
 
 if __name__ == "__main__":
