@@ -153,9 +153,36 @@ class Settings(BaseSettings):
     command_workers: int = Field(8, ge=1, le=256, description="threads making command REST calls")
     command_queue: int = Field(1000, ge=1, description="commands waiting for a worker, at most")
 
+    # ---- Home Assistant
+    homeassistant: bool = Field(
+        True, description="publish Home Assistant MQTT discovery configs for every endpoint"
+    )
+    homeassistant_discovery_prefix: str = Field(
+        "homeassistant", description="Home Assistant's discovery prefix (its MQTT integration's)"
+    )
+
+    # ---- watching the bridge
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="HTTP port for /healthz, /readyz and Prometheus /metrics (unset: off)",
+    )
+    health_host: str = Field(
+        "0.0.0.0", min_length=1, description="address the health and metrics server listens on"
+    )
+    health_interval: float = Field(
+        60.0,
+        ge=0,
+        description="seconds between retained `<prefix>/$bridge/health` messages (0: off)",
+    )
+
     # ---- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="log level"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as plain text or as JSON objects, one a line"
     )
 
     # ---- validation --------------------------------------------------------------------
@@ -223,10 +250,15 @@ class Settings(BaseSettings):
             return int(value)
         return value
 
-    @field_validator("topic_prefix")
+    @field_validator("topic_prefix", "homeassistant_discovery_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
         return validate_prefix(value)
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key")
     @classmethod
