@@ -8,14 +8,13 @@ returns once the change has been applied. The CLI runs the same core in the fore
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
 from aiohttp import web
 
+from bridge.loop_thread import LoopThread
 from bridge.simulator.app import RestApp
 from bridge.simulator.core import EmulatorCore
 from bridge.simulator.scenario import Scenario
@@ -91,9 +90,7 @@ class Emulator:
         self.token = token
         self.host = "127.0.0.1"
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: Server | None = None
+        self._runtime = LoopThread("connector-emulator")
 
     @property
     def url(self) -> str:
@@ -105,49 +102,18 @@ class Emulator:
         """Listen on host:port (port 0: any free port; None: the port of the previous run,
         if any, so that a test can stop the emulator and start it again at the same URL,
         with the same devices and pending messages)."""
-        if self._thread is not None:
+        if self._runtime.running:
             return self
         if port is None:
             port = self.port
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        loop = asyncio.new_event_loop()
         server = Server(self.core)
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(server.start(host, port))
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(server.stop())
-                loop.close()
-
-        thread = threading.Thread(target=run, name="connector-emulator", daemon=True)
-        thread.start()
-        ready.wait()
-        if failure:
-            thread.join()
-            raise failure[0]
-        self._loop, self._thread, self._server = loop, thread, server
+        self._runtime.start(lambda: server.start(host, port), server.stop)
         self.host, self.port = host, server.port
         return self
 
     def stop(self) -> None:
         """Stop the server and its thread; idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        self._loop = self._thread = None
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10.0)
+        self._runtime.stop()
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -163,20 +129,18 @@ class Emulator:
     # --- running things on the emulator's loop ------------------------------------------
 
     def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        loop = self._loop
-        if loop is None or threading.current_thread() is self._thread:
+        if not self._runtime.running or self._runtime.in_loop_thread():
             return fn(*args, **kw)
 
         async def run() -> T:
             return fn(*args, **kw)
 
-        return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=60.0)
+        return self._runtime.run(run(), timeout=60.0)
 
     def _await(self, coro_fn: Callable[..., Any], *args: Any, timeout: float = 300.0) -> Any:
-        loop = self._loop
-        if loop is None:
+        if not self._runtime.running:
             raise RuntimeError("the emulator is not started")
-        return asyncio.run_coroutine_threadsafe(coro_fn(*args), loop).result(timeout=timeout)
+        return self._runtime.run(coro_fn(*args), timeout=timeout)
 
     # --- control --------------------------------------------------------------------------
 
