@@ -30,11 +30,15 @@ from bridge.rules import check_rules
 from bridge.topics import validate_prefix
 
 ENV_PREFIX = "BRIDGE_"
-SECRET_FIELDS = frozenset(("connector_token", "mqtt_password"))
+SECRET_FIELDS = frozenset(("connector_token", "mqtt_password", "callback_secret"))
 SECRET_FILE_FIELDS = {
     "connector_token": "connector_token_file",
     "mqtt_password": "mqtt_password_file",
+    "callback_secret": "callback_secret_file",
 }
+CALLBACK_SECRET_MIN = 16  # characters
+GENERATED_SECRET = 43  # characters of secrets.token_urlsafe(32), the default callback secret
+CALLBACK_REGISTRATION_MAX = 400  # URL plus header values, as the Connector limits them
 DEFAULT_PRESUBSCRIPTIONS: list[dict[str, Any]] = [{"endpoint-name": "*"}]
 
 
@@ -124,6 +128,28 @@ class Settings(BaseSettings):
     )
     callback_listen: str | None = Field(
         None, description="host:port the callback receiver listens on (default 0.0.0.0:<url port>)"
+    )
+    callback_path: str | None = Field(
+        None,
+        description="path the callback receiver accepts (default: the path of callback_url; "
+        "set it when a reverse proxy rewrites the path)",
+    )
+    callback_secret: SecretStr | None = Field(
+        None,
+        description="secret the Connector must send back with each callback, as "
+        "`Authorization: Bearer <secret>` (secret; default: a new random one at each start)",
+    )
+    callback_secret_file: Path | None = Field(
+        None, description="file holding the callback secret, instead of callback_secret"
+    )
+    callback_max_body: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest callback body accepted (larger: 413), bytes"
+    )
+    callback_tls_cert: Path | None = Field(
+        None, description="certificate chain (PEM): the callback receiver speaks HTTPS"
+    )
+    callback_tls_key: Path | None = Field(
+        None, description="private key (PEM) of callback_tls_cert (unset: in that same file)"
     )
 
     # ---- what to observe
@@ -222,8 +248,37 @@ class Settings(BaseSettings):
     @field_validator("connector_token")
     @classmethod
     def _token_not_empty(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+        text = value.get_secret_value()
+        if not text.strip():
             raise ValueError("must not be empty")
+        if text != text.strip() or not text.isprintable() or not text.isascii():
+            # The HTTP stack would refuse it later, quoting the header (the key) in its error.
+            raise ValueError(
+                "holds a line break, leading or trailing white space, or characters not "
+                "allowed in an HTTP header (a token file must hold the token and at most "
+                "one line break)"
+            )
+        return value
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _callback_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        if not all("!" <= c <= "~" for c in text):
+            raise ValueError("must be printable ASCII without spaces (it travels in a header)")
+        if len(text) < CALLBACK_SECRET_MIN:
+            raise ValueError(f"must be at least {CALLBACK_SECRET_MIN} characters long")
+        return value
+
+    @field_validator("callback_path")
+    @classmethod
+    def _callback_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("/") or any(c in value for c in "?# ") or not value.isprintable():
+            raise ValueError("must be a URL path starting with / (no query, no spaces)")
         return value
 
     @field_validator("mqtt_protocol", mode="before")
@@ -260,7 +315,9 @@ class Settings(BaseSettings):
     def _lower_format(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key")
+    @field_validator(
+        "mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key", "callback_tls_cert", "callback_tls_key"
+    )
     @classmethod
     def _readable_file(cls, value: Path | None) -> Path | None:
         if value is None:
@@ -303,6 +360,25 @@ class Settings(BaseSettings):
                 f"{env_name('mqtt_tls_key')} is set but {env_name('mqtt_tls_cert')} is not: "
                 "a client key needs its certificate"
             )
+        if self.callback_tls_key is not None and self.callback_tls_cert is None:
+            raise ValueError(
+                f"{env_name('callback_tls_key')} is set but {env_name('callback_tls_cert')} "
+                "is not: a key needs its certificate"
+            )
+        if self.callback_tls_cert is not None and (self.callback_url or "").startswith("http:"):
+            raise ValueError(
+                f"{env_name('callback_tls_cert')} makes the receiver speak HTTPS, so "
+                f"{env_name('callback_url')} must be an https:// URL"
+            )
+        if self.notification_channel == "callback" and self.callback_url:
+            secret = self.callback_secret.get_secret_value() if self.callback_secret else ""
+            size = len(self.callback_url) + len("Bearer ") + max(len(secret), GENERATED_SECRET)
+            if size > CALLBACK_REGISTRATION_MAX:
+                raise ValueError(
+                    f"{env_name('callback_url')} and the header with "
+                    f"{env_name('callback_secret')} are {size} characters together; the "
+                    f"Connector takes at most {CALLBACK_REGISTRATION_MAX}"
+                )
         if self.mqtt_password is not None and not self.mqtt_username:
             raise ValueError(
                 f"{env_name('mqtt_password')} is set but {env_name('mqtt_username')} is not"
@@ -328,6 +404,12 @@ class Settings(BaseSettings):
         parts = urlsplit(self.callback_url)
         return "0.0.0.0", parts.port or (443 if parts.scheme == "https" else 80)
 
+    def callback_receiver_path(self) -> str:
+        """The one path the callback receiver accepts (``callback_path``, else the URL's)."""
+        if self.callback_path:
+            return self.callback_path
+        return urlsplit(self.callback_url or "").path or "/"
+
     @classmethod
     def markdown_table(cls) -> str:
         """The README's settings table, made from the fields themselves."""
@@ -345,7 +427,8 @@ class Settings(BaseSettings):
         for name in type(self).model_fields:
             value = getattr(self, name)
             if name in SECRET_FIELDS:
-                value = None if value is None else "***"
+                # A callback secret always exists: the one given, or one made at start.
+                value = None if value is None and name != "callback_secret" else "***"
             elif isinstance(value, Path):
                 value = str(value)
             out[name] = value
