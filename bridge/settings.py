@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     mqtt_buffer: int = Field(
         100_000, ge=0, description="messages kept while the broker is unreachable (oldest dropped)"
     )
+    mqtt_session_expiry: int = Field(
+        3600,
+        ge=0,
+        le=4_294_967_295,
+        description="seconds the broker keeps the bridge's session (subscriptions, commands sent "
+        "meanwhile) after a disconnect; 0: a clean session at every connect",
+    )
 
     # ---- topics and values
     topic_prefix: str = Field("connector", description="first level(s) of every topic")
@@ -178,6 +185,12 @@ class Settings(BaseSettings):
     )
     command_workers: int = Field(8, ge=1, le=256, description="threads making command REST calls")
     command_queue: int = Field(1000, ge=1, description="commands waiting for a worker, at most")
+    stop_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="seconds a stop (SIGTERM, SIGINT) waits for the answers of commands under way; "
+        "those still unanswered then get a 503 reply",
+    )
 
     # ---- Home Assistant
     homeassistant: bool = Field(
