@@ -107,6 +107,27 @@ class MqttDisconnected:
     reason: str
 
 
+ConnectorState = Literal["up", "down", "refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorStateChanged:
+    """The Connector's reachability changed (emitted once per change, by the Connector side).
+
+    ``up``: it answers. ``down``: connection errors, 5xx, 429 or cut long polls for a while
+    (retried with back-off; the bridge recovers by itself when it answers again).
+    ``refused``: the access key is refused (401/403; tried again only now and then).
+    ``since`` is the Unix time this state began, ``detail`` the last problem (None when
+    up), ``failures`` the consecutive failed attempts. Emitted on the Connector side's
+    monitor thread or the start-up thread: handlers must be quick.
+    """
+
+    state: ConnectorState
+    since: float
+    detail: str | None = None
+    failures: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointsListed:
     """Start-up: every endpoint registered at start has had its EndpointRegistered."""
