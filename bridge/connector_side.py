@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+import ssl
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from bridge.callback_receiver import CallbackReceiver
+from bridge.callback_receiver import CallbackReceiver, server_ssl_context
 from bridge.connector import connector
 from bridge.counters import Counters
 from bridge.events import (
@@ -77,6 +78,9 @@ class ConnectorSide:
             asyncTimeout=max(settings.queue_mode_timeout, settings.command_timeout) + ASYNC_GRACE,
         )
         self._receiver: CallbackReceiver | None = None
+        # Set by the bridge: why the MQTT side cannot take a callback message now (the
+        # receiver then answers 503 and the Connector delivers it again), or None.
+        self.admit_callback: Callable[[Mapping[str, Any]], str | None] | None = None
         handlers = {
             "registrations": self._on_registrations,
             "reg-updates": self._on_reg_updates,
@@ -125,15 +129,12 @@ class ConnectorSide:
             self.client.startLongPolling()
             return
         assert s.callback_url is not None
-        host, port = s.listen_address()
-        secret = secrets.token_urlsafe(24)
-        try:
-            self._receiver = CallbackReceiver(self.client.handler, secret, host, port).start()
-        except OSError as exc:
-            raise StartupError(
-                f"cannot listen on {host}:{port} for callbacks "
-                f"({env_name('callback_listen')}): {exc.strerror or exc}"
-            ) from None
+        # A fresh random secret at every start unless one is configured; the Connector
+        # sends it back with every callback and the receiver refuses requests without it.
+        secret = (
+            s.callback_secret.get_secret_value() if s.callback_secret else secrets.token_urlsafe(32)
+        )
+        self._receiver = self._callback_receiver(secret)
         r = self.client.putCallback(s.callback_url, {"Authorization": f"Bearer {secret}"})
         if r.error:
             self._receiver.stop()
@@ -143,13 +144,47 @@ class ConnectorSide:
                 f"({env_name('callback_url')}): {r.error.status_code} "
                 f"{r.result if isinstance(r.result, str) and r.result else r.error.error}"
             )
-        log.info("notification channel: callback %s", s.callback_url)
+        log.info(
+            "notification channel: callback %s (receiver on %s://%s:%d%s)",
+            s.callback_url, self._receiver.scheme, self._receiver.host, self._receiver.port,
+            self._receiver.path,
+        )  # fmt: skip
+
+    def _callback_receiver(self, secret: str) -> CallbackReceiver:
+        """The webhook server for ``secret``, listening (HTTPS with callback_tls_cert)."""
+        s = self.settings
+        host, port = s.listen_address()
+        context = None
+        if s.callback_tls_cert is not None:
+            try:
+                context = server_ssl_context(s.callback_tls_cert, s.callback_tls_key)
+            except (ssl.SSLError, OSError) as exc:
+                raise StartupError(
+                    f"cannot serve HTTPS with {env_name('callback_tls_cert')} and "
+                    f"{env_name('callback_tls_key')}: {exc}"
+                ) from None
+        receiver = CallbackReceiver(
+            self.client.handler, secret, host, port, s.callback_max_body,
+            path=s.callback_receiver_path(), ssl_context=context, admit=self._admit,
+        )  # fmt: skip
+        try:
+            return receiver.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {host}:{port} for callbacks "
+                f"({env_name('callback_listen')}): {exc.strerror or exc}"
+            ) from None
+
+    def _admit(self, message: Mapping[str, Any]) -> str | None:
+        return None if self.admit_callback is None else self.admit_callback(message)
 
     def stop_channel(self) -> None:
         if self.settings.notification_channel == "longpoll":
             self.client.stopLongPolling(timeout=2.0)
             return
         if self._receiver is not None:
+            # From here on the Connector keeps what it has for the next start (503).
+            self._receiver.refuse_new()
             self.client.deleteCallback()
             self._receiver.stop()
             self._receiver = None

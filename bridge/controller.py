@@ -26,9 +26,10 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
+from bridge.callback_receiver import publications
 from bridge.connector_side import ConnectorSide, StartupError
 from bridge.counters import Counters
 from bridge.events import (
@@ -79,6 +80,7 @@ class Bridge:
             on_connect=lambda first, present: self.bus.emit(MqttConnected(first, present)),
             on_disconnect=lambda reason: self.bus.emit(MqttDisconnected(reason)),
         )
+        self.connector_side.admit_callback = self._admit_callback
         self.deadlines = Deadlines()
         self.ctx = BridgeContext(
             settings=settings,
@@ -167,6 +169,22 @@ class Bridge:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _admit_callback(self, message: Mapping[str, Any]) -> str | None:
+        """Whether the MQTT side can take a webhook message now (None) or why not.
+
+        While the broker is away, publications wait in the link's bounded buffer, which
+        drops its oldest when full. A message that does not fit is refused instead (the
+        receiver answers 503), so the Connector keeps it and delivers it again later:
+        nothing it delivered by webhook is dropped. (Checked just before the hand-over;
+        the buffer's own drop-oldest stays the last resort if the link goes down between.)
+        """
+        if self.mqtt.connected:
+            return None  # publishing waits for room: back-pressure, nothing dropped
+        queued, cap = self.mqtt.outbox_size(), self.settings.mqtt_buffer
+        if queued + publications(message) > cap:
+            return f"MQTT broker unreachable and the bridge's buffer full ({queued} of {cap})"
+        return None
 
     # ---- start-up --------------------------------------------------------------------------
 
