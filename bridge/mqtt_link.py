@@ -11,8 +11,19 @@ What it adds to paho, and why:
   ``mqtt_max_queued`` messages (QoS 1/2: paho's queue; QoS 0: its socket write queue), so
   a burst from the Connector slows the channel down instead of growing the heap.
 - **A buffer while the broker is away.** Messages published while disconnected go to a
-  bounded outbox (``mqtt_buffer``; the oldest are dropped and counted when it is full)
-  and are sent, in order, by the outbox thread after the next connect.
+  bounded outbox (``mqtt_buffer``; the oldest are dropped, counted and logged when it is
+  full) and are sent, in order, by the outbox thread after the next connect: first paho
+  resends the QoS 1/2 messages it held (and the broker acknowledges them), then the
+  outbox drains, and only then do publishers send directly again, so a retained value
+  can never be overtaken by an older one.
+- **A persistent session** (``mqtt_session_expiry`` > 0: MQTT 5 Clean Start off with a
+  Session Expiry Interval, 3.1.1 Clean Session off): the broker keeps the bridge's
+  subscriptions and queues the commands sent while it is away.
+- **Acknowledging commands when they are done** (``manual_ack``): a QoS 1 message is
+  acknowledged when its handler calls :meth:`Inbound.ack`, not on arrival, so a bridge
+  that dies before that gets it again. An ack made while disconnected is sent at the
+  next connect if the session survived; a copy the broker resends (DUP) of a message the
+  bridge still holds or has just acknowledged is recognised and not handled twice.
 - **Never blocking paho's network thread.** Callbacks (``on_message``, ``on_connect``)
   may publish; from that thread a publish never waits (it goes to the outbox when paho
   is full), because the thread it would wait for is itself.
@@ -27,6 +38,7 @@ thread-safe; handlers run on the network thread and must not block.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import ssl
 import threading
@@ -50,6 +62,7 @@ log = logging.getLogger("bridge.mqtt")
 RECONNECT_MIN = 1
 RECONNECT_MAX = 30
 _WAIT_SLICE = 0.05  # longest single wait for room; a missed wake-up costs at most this
+RESEND_WAIT = 10.0  # longest wait after a connect for paho's held messages to be acknowledged
 
 # CONNACK reasons that retrying will not fix.
 _AUTH_FAILURES = frozenset((134, 135, 4, 5))  # v5 bad user/pw, not authorized; v3 4, 5
@@ -66,6 +79,7 @@ class Inbound:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     mid: int = 0
+    dup: bool = False  # the broker resent it (DUP flag): it may have been handled before
     _ack: Callable[[], object] | None = field(default=None, repr=False)
 
     def ack(self) -> None:
@@ -76,6 +90,26 @@ class Inbound:
 
 
 InboundHandler = Callable[[Inbound], None]
+
+
+class _Held:
+    """A QoS 1/2 message delivered with manual acks and not yet acknowledged to the broker
+    (``acked`` False), or acknowledged while disconnected (``deferred``), or whose deferred
+    ack went out at the last connect (``flushed``). Kept by packet id, so that a resent
+    copy of it (DUP) is recognised."""
+
+    __slots__ = ("acked", "deferred", "flushed", "gen", "payload", "qos", "topic")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, gen: int) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.gen = gen
+        self.acked = False
+        self.deferred = False
+        self.flushed = False
+
+
 _Msg = tuple[str, bytes, int, bool, Properties | None]
 
 
@@ -94,6 +128,7 @@ class MqttLink:
         self.settings = settings
         self.state_topic = state_topic
         self.is_v5 = settings.mqtt_protocol == "5"
+        self.persistent = settings.mqtt_session_expiry > 0
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
         self._manual_ack = manual_ack
@@ -107,7 +142,7 @@ class MqttLink:
             CallbackAPIVersion.VERSION2,
             client_id=settings.mqtt_client_id,
             protocol=mqtt.MQTTv5 if self.is_v5 else mqtt.MQTTv311,
-            clean_session=None if self.is_v5 else True,
+            clean_session=None if self.is_v5 else not self.persistent,
             manual_ack=manual_ack,
         )
         if settings.mqtt_username:
@@ -139,6 +174,9 @@ class MqttLink:
         self._subs: dict[str, int] = {}  # filter -> qos
         self._subs_lock = threading.Lock()
         self._connected = False
+        # Publishers send directly only when open: connected, paho's held messages resent
+        # and acknowledged, and the outbox drained (the outbox thread opens it).
+        self._open = False
         self._stopping = False
         self._started = False
         self._ever_connected = False
@@ -151,6 +189,12 @@ class MqttLink:
         self._room = threading.Condition()  # outbox state; on_publish wakes waiters
         self._waiters = 0
         self._outbox: deque[_Msg] = deque()
+        self._dropped_at_disconnect = 0
+        self._acks_lock = threading.Lock()
+        self._held: dict[int, _Held] = {}  # packet id -> message held for its ack
+        self._gen = 0  # session generation: acks of an older session are void
+        self._acks_open = False  # acks go out now (else they wait for the next connect)
+        self._last_delivered: tuple[mqtt.MQTTMessage, _Held] | None = None
         self._outbox_thread = threading.Thread(
             target=self._run_outbox, name="mqtt-outbox", daemon=True
         )
@@ -163,6 +207,10 @@ class MqttLink:
             "connects": 0,
             "disconnects": 0,
             "received": 0,
+            "acks_deferred": 0,
+            "duplicates_ignored": 0,
+            "sessions_resumed": 0,
+            "sessions_new": 0,
         }
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -182,7 +230,19 @@ class MqttLink:
             ", TLS" if s.tls_enabled else "",
             s.mqtt_client_id,
         )
-        self._client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=s.mqtt_keepalive)
+        if self.is_v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            if self.persistent:
+                props.SessionExpiryInterval = s.mqtt_session_expiry
+            self._client.connect_async(
+                s.mqtt_host,
+                s.mqtt_port,
+                keepalive=s.mqtt_keepalive,
+                clean_start=not self.persistent,
+                properties=props,
+            )
+        else:
+            self._client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=s.mqtt_keepalive)
         self._client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -208,6 +268,12 @@ class MqttLink:
         self._client.disconnect()
         self._client.loop_stop()
         self._outbox_thread.join(timeout=1.0)
+        with self._room:
+            left = len(self._outbox)
+            self._outbox.clear()
+        if left:
+            self.stats["dropped_errors"] += left
+            log.warning("%d buffered MQTT message(s) not sent: the bridge stopped first", left)
         self._connected = False
         self.connected_event.clear()
         log.info("MQTT link stopped")
@@ -246,30 +312,103 @@ class MqttLink:
         props = msg.properties
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        payload = bytes(msg.payload)
         ack: Callable[[], object] | None = None
         if self._manual_ack and msg.qos > 0:
-            mid, qos, once = msg.mid, msg.qos, [True]
-
-            def ack() -> None:
-                try:
-                    once.pop()  # atomic: only the first caller acknowledges
-                except IndexError:
-                    return
-                self._client.ack(mid, qos)
-
+            held = self._hold(msg, payload)
+            if held is None:
+                return  # a resent copy of a message held or just acknowledged
+            ack = functools.partial(self._ack, msg.mid, held)
         inbound = Inbound(
             topic=msg.topic,
-            payload=bytes(msg.payload),
+            payload=payload,
             qos=msg.qos,
             retain=bool(msg.retain),
             response_topic=response_topic or None,
             correlation_data=bytes(correlation) if correlation is not None else None,
             mid=msg.mid,
+            dup=bool(msg.dup),
             _ack=ack,
         )
         handler(inbound)
 
+    # ---- manual acknowledgements -------------------------------------------------------
+
+    def _hold(self, msg: mqtt.MQTTMessage, payload: bytes) -> _Held | None:
+        """Record a message that waits for its ack; None for a resent copy (DUP) of one
+        this process holds or has acknowledged since the last connect (that one answers
+        for both). Runs on the network thread."""
+        last = self._last_delivered
+        if last is not None and last[0] is msg:
+            return last[1]  # the same message routed to a second handler
+        with self._acks_lock:
+            held = self._held.get(msg.mid)
+            if (
+                msg.dup
+                and held is not None
+                and held.gen == self._gen
+                and held.topic == msg.topic
+                and held.payload == payload
+                and (not held.acked or held.flushed)
+            ):
+                self.stats["duplicates_ignored"] += 1
+                log.info("resent copy of the message on %r ignored: it is handled", msg.topic)
+                return None
+            held = _Held(msg.topic, payload, msg.qos, self._gen)
+            self._held[msg.mid] = held
+        self._last_delivered = (msg, held)
+        return held
+
+    def _ack(self, mid: int, held: _Held) -> None:
+        """Acknowledge once; while disconnected, at the next connect (if the session lasts)."""
+        with self._acks_lock:
+            if held.acked:
+                return
+            held.acked = True
+            if held.gen != self._gen or self._held.get(mid) is not held:
+                return  # the broker lost that session: the packet id means nothing now
+            if not self._acks_open:
+                held.deferred = True
+                self.stats["acks_deferred"] += 1
+                return
+            del self._held[mid]
+        self._client.ack(mid, held.qos)
+
+    def _session_started(self, session_present: bool) -> list[tuple[int, int]]:
+        """Connect: void the acks of a lost session, or collect the deferred ones."""
+        with self._acks_lock:
+            self._acks_open = True
+            if not session_present:
+                self._gen += 1
+                self._held.clear()
+                return []
+            due = []
+            for mid, held in self._held.items():
+                if held.deferred and not held.flushed:
+                    held.flushed = True
+                    due.append((mid, held.qos))
+            return due
+
+    def _session_interrupted(self) -> None:
+        """Disconnect: acks flushed at the last connect have reached the broker or will be
+        redelivered; forget them (a DUP from now on may be a new message)."""
+        with self._acks_lock:
+            self._acks_open = False
+            for mid in [m for m, h in self._held.items() if h.flushed]:
+                del self._held[mid]
+        self._last_delivered = None
+
+    def held_count(self) -> int:
+        """Messages delivered and not yet acknowledged to the broker (manual acks)."""
+        with self._acks_lock:
+            return sum(1 for h in self._held.values() if not h.acked or h.deferred)
+
     def _handle_unrouted(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # A persistent session may hold a subscription this configuration no longer makes;
+        # with manual acks such a message must still be acknowledged, or the broker keeps
+        # it in flight for ever.
+        if self._manual_ack and msg.qos > 0:
+            client.ack(msg.mid, msg.qos)
         log.debug("message on %r matched no handler; ignored", msg.topic)
 
     # ---- publishing ----------------------------------------------------------------------
@@ -304,7 +443,7 @@ class MqttLink:
             retain,
             properties,
         )
-        if self._outbox or not self._connected:
+        if self._outbox or not self._open:
             self._enqueue(msg)
         elif threading.get_ident() == self._net_ident:
             self._send_nowait(msg)
@@ -376,14 +515,16 @@ class MqttLink:
         """Put a message in the outbox (sent in order by the outbox thread)."""
         on_net_thread = threading.get_ident() == self._net_ident
         with self._room:
-            while len(self._outbox) >= self._buffer_cap:
+            # While connected the outbox is only a passage (it holds one at least).
+            while len(self._outbox) >= max(self._buffer_cap, int(self._connected)):
                 if self._connected and not on_net_thread and not self._stopping:
                     # The outbox thread is draining (it notifies as it pops): wait for it.
                     self._room.wait(_WAIT_SLICE)
                     continue
                 if self._connected and on_net_thread:
                     break  # never block the network thread; the cap is soft here
-                if not self._outbox:
+                if not self._outbox or front:
+                    # Full: a message put back at the head is the oldest one itself.
                     self._count_drop("dropped_buffer_full", msg[0])
                     return
                 dropped = self._outbox.popleft()
@@ -405,20 +546,46 @@ class MqttLink:
         return len(self._outbox)
 
     def _run_outbox(self) -> None:
+        """After each connect: wait for paho's resends, drain the outbox in order, then let
+        publishers send directly (``_open``); later, drain whatever lands in the outbox."""
         while True:
             with self._room:
-                while not self._stopping and not (self._outbox and self._connected):
+                while not self._stopping and not (
+                    self._connected and (self._outbox or not self._open)
+                ):
                     self._room.wait()
                 if self._stopping:
                     return
             with self._send_lock:
+                if not self._open:
+                    self._await_resent()
                 while True:
                     with self._room:
-                        if not self._outbox or not self._connected or self._stopping:
+                        if not self._connected or self._stopping:
+                            break
+                        if not self._outbox:
+                            self._open = True
                             break
                         msg = self._outbox.popleft()
                         self._room.notify_all()
                     self._send(msg, front=True)
+
+    def _await_resent(self) -> None:
+        """Wait (bounded) until the QoS 1/2 messages paho held over a reconnect have been
+        resent and acknowledged, so that no newer message overtakes them."""
+        end = time.monotonic() + RESEND_WAIT
+        client = self._client
+        while client._out_messages and self._connected and not self._stopping:
+            if time.monotonic() >= end:
+                log.warning(
+                    "%d resent MQTT message(s) still unacknowledged after %.0f s; "
+                    "sending the buffered ones anyway",
+                    len(client._out_messages),
+                    RESEND_WAIT,
+                )
+                return
+            with self._room:
+                self._room.wait(0.02)
 
     # ---- paho callbacks (network thread) -------------------------------------------------
 
@@ -446,6 +613,26 @@ class MqttLink:
         first = not self._ever_connected
         self._ever_connected = True
         self.stats["connects"] += 1
+        session = bool(flags.session_present)
+        self.stats["sessions_resumed" if session else "sessions_new"] += 1
+        if self.persistent and not session:
+            # Normal at the very first start; otherwise the broker lost the session.
+            log.log(
+                logging.INFO if first else logging.WARNING,
+                "MQTT session is new: commands sent while the bridge was away (if any) "
+                "were not kept by the broker",
+            )
+        for mid, qos in self._session_started(session) if self._manual_ack else ():
+            client.ack(mid, qos)  # acknowledgements made while disconnected
+        dropped = self.stats["dropped_buffer_full"] - self._dropped_at_disconnect
+        if dropped and not first:
+            log.warning(
+                "%d MQTT message(s) were dropped while the broker was away: the buffer "
+                "holds %d (%s)",
+                dropped,
+                self._buffer_cap,
+                env_name("mqtt_buffer"),
+            )
         if client.publish(self.state_topic, "online", qos=1, retain=True).rc not in (
             mqtt.MQTT_ERR_SUCCESS,
             mqtt.MQTT_ERR_NO_CONN,
@@ -479,8 +666,12 @@ class MqttLink:
         was = self._connected
         with self._room:
             self._connected = False
+            self._open = False
             self._room.notify_all()
         self.connected_event.clear()
+        self._dropped_at_disconnect = self.stats["dropped_buffer_full"]
+        if self._manual_ack:
+            self._session_interrupted()
         if not was:
             return
         self.stats["disconnects"] += 1
