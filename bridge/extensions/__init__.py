@@ -10,9 +10,16 @@ from bridge.extensions.availability import Availability
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.extensions.bridge_requests import BridgeRequests
 from bridge.extensions.commands import Commands
+from bridge.extensions.homeassistant import HomeAssistant
 from bridge.extensions.values import Values
 
-DEFAULT_EXTENSIONS: list[type[Extension]] = [Availability, Values, Commands, BridgeRequests]
+DEFAULT_EXTENSIONS: list[type[Extension]] = [
+    Availability,
+    Values,
+    Commands,
+    BridgeRequests,
+    HomeAssistant,
+]
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
@@ -21,5 +28,6 @@ __all__ = [
     "BridgeRequests",
     "Commands",
     "Extension",
+    "HomeAssistant",
     "Values",
 ]

@@ -1,0 +1,333 @@
+"""Home Assistant discovery: retained configs that make every endpoint a device in HA.
+
+What goes on the topics is decided by the pure functions of :mod:`bridge.homeassistant`;
+this extension decides *when*:
+
+- an endpoint's resources become known (start-up, registration, reg-update): its configs
+  are published, retained, under ``<discovery prefix>/<component>/<node>/<object>/config``.
+  Only configs whose bytes changed are sent again, and configs of resources that went
+  away are removed (empty retained message);
+- once per endpoint registration, the device object (``/3/0/0`` manufacturer, ``/3/0/1``
+  model, ``/3/0/2`` serial, ``/3/0/3`` firmware, ``/3/0/18`` hardware) and the units of
+  its sensors (``/<obj>/<inst>/5701``) are read in the background, so that Home
+  Assistant's device registry shows what the device says; the configs are then
+  published again with that information. At most ``INFO_READS`` endpoints are read at
+  once; the REST calls run on the background workers, never on the channel thread;
+- Home Assistant announces itself (``online`` on ``<discovery prefix>/status``): every
+  config is published again (Home Assistant may have lost its state, and a broker
+  without persistence may have lost the retained configs);
+- the broker connection comes back without its session: everything again, like the
+  availability extension does for ``$state``;
+- an endpoint **de-registers**: it left for good, its configs are removed and Home
+  Assistant deletes its entities. An endpoint whose registration **expired** keeps its
+  configs: it may come back (a sleeping or out-of-range device), and meanwhile its
+  ``$state`` (``expired``) makes every entity unavailable.
+
+The bridge itself is a device too (its connection state as a connectivity sensor); every
+endpoint device is reached ``via_device`` it. Availability of every entity needs both
+``<prefix>/$bridge/state`` and ``<prefix>/<ep>/$state`` to be ``online``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from bridge.async_calls import AsyncCalls, Outcome
+from bridge.connector import asyncResult
+from bridge.events import EndpointRemoved, EndpointResources, MqttConnected
+from bridge.events import Resource as EventResource
+from bridge.extensions.base import BridgeContext, Extension
+from bridge.homeassistant import (
+    DEVICE_FIELDS,
+    SENSORS,
+    DiscoverySettings,
+    Endpoint,
+    Resource,
+    bridge_discovery_messages,
+    discovery_messages,
+    encode_config,
+    ha_status_topic,
+    is_ha_online,
+)
+from bridge.mqtt_link import Inbound
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.homeassistant")
+
+CONFIG_QOS = 1
+INFO_READS = 16  # endpoints whose device information is being read at once
+READ_RETRIES = 5  # a read refused with 412 (channel not up yet) is tried this often
+READ_RETRY_DELAY = 0.5
+
+
+def info_paths(resources: tuple[EventResource, ...]) -> list[str]:
+    """The resources worth reading once for Home Assistant: the device object's
+    registry fields and the units (5701) of sensor objects, where the endpoint has them."""
+    present = {r.path for r in resources}
+    paths = [p for p in DEVICE_FIELDS if p in present]
+    for path in sorted(present):
+        segments = path.strip("/").split("/")
+        if (
+            len(segments) == 3
+            and segments[2] == "5701"
+            and segments[0].isdigit()
+            and int(segments[0]) in SENSORS
+        ):
+            paths.append(path)
+    return paths
+
+
+class HomeAssistant(Extension):
+    name = "homeassistant"
+
+    def __init__(self, ctx: BridgeContext) -> None:
+        super().__init__(ctx)
+        s = ctx.settings
+        self.discovery = DiscoverySettings(
+            topic_prefix=s.topic_prefix, discovery_prefix=s.homeassistant_discovery_prefix
+        )
+        self.status_topic = ha_status_topic(s.homeassistant_discovery_prefix)
+        self._calls = AsyncCalls(ctx.deadlines)
+        # Publishing one endpoint (compare, send, remember) happens under this lock, so
+        # two threads never interleave the configs of one endpoint out of order.
+        self._publish_lock = threading.Lock()
+        self._published: dict[str, dict[str, bytes]] = {}  # endpoint -> topic -> payload
+        self._values: dict[str, dict[str, str]] = {}  # endpoint -> path -> value read
+        self._lock = threading.Lock()  # guards the read queue below
+        self._waiting: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._reading = 0
+        self._stopping = False
+        self.counts = {"configs_published": 0, "configs_removed": 0, "announcements": 0}
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return settings.homeassistant
+
+    def start(self) -> None:
+        bus = self.ctx.bus
+        bus.subscribe(EndpointResources, self._on_resources)
+        bus.subscribe(EndpointRemoved, self._on_removed)
+        bus.subscribe(MqttConnected, self._on_connected)
+        self.ctx.mqtt.subscribe(self.status_topic, self._on_ha_status, qos=1)
+        self._publish_bridge()
+
+    def stop(self) -> None:
+        # The configs stay: the retained bridge state `offline` makes every entity
+        # unavailable until the bridge is back.
+        self._stopping = True
+        self._calls.finish_all(Outcome(False, 503, None, "bridge stopping"))
+
+    # ---- events ------------------------------------------------------------------------
+
+    def _on_resources(self, event: EndpointResources) -> None:
+        self.publish_endpoint(event.name)
+        if event.source == "reg-update":
+            return  # same registration: what was read still holds
+        # Start-up, or a new registration (which may follow a firmware update): read the
+        # device object again; the values known so far stay until new ones come.
+        if info_paths(event.resources):
+            self._enqueue_read(event.name)
+
+    def _on_removed(self, event: EndpointRemoved) -> None:
+        if event.state != "offline":
+            return  # expired: keep the configs, $state makes the entities unavailable
+        with self._lock:
+            self._values.pop(event.name, None)
+        with self._publish_lock:
+            old = self._published.pop(event.name, {})
+            for topic in old:
+                self._send(topic, b"")
+            self.counts["configs_removed"] += len(old)
+        if old:
+            log.info("Home Assistant: %d config(s) of %r removed", len(old), event.name)
+
+    def _on_connected(self, event: MqttConnected) -> None:
+        # A broker that kept our session kept the retained configs too; one that did not
+        # may have lost them. On paho's network thread: the work goes to a worker.
+        if not event.first and not event.session_present:
+            self.ctx.background.submit(self.publish_all)
+
+    def _on_ha_status(self, msg: Inbound) -> None:
+        if is_ha_online(msg.payload):
+            self.counts["announcements"] += 1
+            log.info("Home Assistant came online: publishing every discovery config again")
+            if not self.ctx.background.submit(self.publish_all):
+                log.warning("Home Assistant announcement ignored: background queue full")
+
+    # ---- publishing ----------------------------------------------------------------------
+
+    def _send(self, topic: str, payload: bytes) -> None:
+        self.ctx.mqtt.publish(topic, payload, qos=CONFIG_QOS, retain=True)
+
+    def _publish_bridge(self) -> None:
+        for topic, config in bridge_discovery_messages(self.discovery):
+            self._send(topic, encode_config(config))
+
+    def endpoint(self, name: str) -> Endpoint | None:
+        """What discovery needs to know about ``name`` now (None: nothing to publish)."""
+        ep = self.ctx.registry.get(name)
+        if ep is None or ep.resources is None or ep.state == "offline":
+            return None
+        with self._lock:
+            values = dict(self._values.get(name, {}))
+        return Endpoint(
+            name=name,
+            ept=ep.type or "",
+            resources=tuple(Resource(r.path, r.rt or "", r.ct or "", r.obs) for r in ep.resources),
+            values=values,
+        )
+
+    def publish_endpoint(self, name: str, force: bool = False) -> int:
+        """Publish the configs of ``name`` that changed (all with ``force``), remove the
+        ones it no longer has; returns how many messages were sent."""
+        endpoint = self.endpoint(name)
+        if endpoint is None:
+            return 0
+        new = {
+            topic: encode_config(config)
+            for topic, config in discovery_messages(endpoint, self.discovery)
+        }
+        sent = 0
+        with self._publish_lock:
+            old = self._published.get(name, {})
+            for topic in old.keys() - new.keys():
+                self._send(topic, b"")
+                self.counts["configs_removed"] += 1
+                sent += 1
+            for topic, payload in new.items():
+                if force or old.get(topic) != payload:
+                    self._send(topic, payload)
+                    self.counts["configs_published"] += 1
+                    sent += 1
+            self._published[name] = new
+        return sent
+
+    def publish_all(self) -> None:
+        """Every config again (Home Assistant or the broker may have lost them)."""
+        self._publish_bridge()
+        sent = 0
+        for ep in self.ctx.registry.all():
+            if self._stopping:
+                return
+            sent += self.publish_endpoint(ep.name, force=True)
+        log.info("Home Assistant: %d discovery config(s) published", sent)
+
+    # ---- device information, read once per registration -------------------------------
+
+    def _enqueue_read(self, name: str) -> None:
+        with self._lock:
+            if name in self._queued:
+                return
+            self._queued.add(name)
+            self._waiting.append(name)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start reading waiting endpoints while fewer than INFO_READS are under way."""
+        while True:
+            with self._lock:
+                if self._stopping or self._reading >= INFO_READS or not self._waiting:
+                    return
+                name = self._waiting.popleft()
+                self._reading += 1
+            if not self.ctx.background.submit(functools.partial(self._read_info, name)):
+                log.warning("device information of %r not read: background queue full", name)
+                self._read_done(name)
+
+    def _read_info(self, name: str) -> None:
+        """Start the reads of one endpoint (a background worker)."""
+        ep = self.ctx.registry.get(name)
+        paths = info_paths(ep.resources) if ep is not None and ep.resources else []
+        if ep is None or ep.state != "online" or not paths or self._stopping:
+            self._read_done(name)
+            return
+        s = self.ctx.settings
+        timeout = s.queue_mode_timeout if ep.queue_mode else s.command_timeout
+        values: dict[str, str] = {}
+        remaining = [len(paths)]
+        lock = threading.Lock()
+
+        def one_done(path: str, outcome: Outcome) -> None:
+            if outcome.ok and outcome.payload is not None:
+                text = outcome.payload.decode("utf-8", "replace").strip()
+                if text:
+                    values[path] = text
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                self._store(name, values)
+
+        for path in paths:
+            self._read(name, path, timeout, functools.partial(one_done, path), attempt=1)
+
+    def _read(
+        self, name: str, path: str, timeout: float, done: Callable[[Outcome], None], attempt: int
+    ) -> None:
+        def call(cb: Callable[[asyncResult], None]) -> asyncResult:
+            return self.ctx.connector.getResourceValue(name, path, cbfn=cb)
+
+        def finished(outcome: Outcome) -> None:
+            if outcome.status == 412 and attempt < READ_RETRIES and not self._stopping:
+                # No notification channel yet (start-up): again shortly, off this thread.
+                self.ctx.deadlines.schedule(
+                    READ_RETRY_DELAY * attempt,
+                    lambda: self._retry(name, path, timeout, done, attempt + 1),
+                )
+                return
+            if not outcome.ok:
+                log.debug("reading %s%s for Home Assistant failed: %s", name, path, outcome.error)
+            done(outcome)
+
+        self._calls.start(call, timeout, finished, f"no answer within {timeout:g} s")
+
+    def _retry(
+        self, name: str, path: str, timeout: float, done: Callable[[Outcome], None], attempt: int
+    ) -> None:
+        task = functools.partial(self._read, name, path, timeout, done, attempt)
+        if not self.ctx.background.submit(task):
+            done(Outcome(False, 503, None, "background queue full"))
+
+    def _store(self, name: str, values: dict[str, str]) -> None:
+        """All reads of ``name`` ended (on the channel or deadline thread): keep what
+        was read and republish on a worker, then let the next endpoint be read."""
+        if not self.ctx.registry.is_online(name):
+            self._read_done(name)  # left meanwhile: nothing to keep
+            return
+        with self._lock:
+            self._values[name] = {**self._values.get(name, {}), **values}
+
+        def republish() -> None:
+            try:
+                self.publish_endpoint(name)
+            finally:
+                self._read_done(name)
+
+        if not self.ctx.background.submit(republish):
+            self._read_done(name)
+
+    def _read_done(self, name: str) -> None:
+        with self._lock:
+            self._reading -= 1
+            self._queued.discard(name)
+        self._pump()
+
+    def info(self) -> dict[str, object]:
+        with self._publish_lock:
+            devices = len(self._published)
+            configs = sum(len(t) for t in self._published.values())
+        with self._lock:
+            waiting, reading = len(self._waiting), self._reading
+        return {
+            "discovery_prefix": self.discovery.discovery_prefix,
+            "devices": devices,
+            "configs": configs,
+            "device_info_waiting": waiting,
+            "device_info_reading": reading,
+            **self.counts,
+        }

@@ -1,0 +1,309 @@
+"""Home Assistant discovery from the running bridge (real Mosquitto, emulator, bridge).
+
+The emulator runs its default scenario. What the bridge publishes under
+``homeassistant/`` is compared, byte for byte, with the configs the pure functions of
+:mod:`bridge.homeassistant` make from the endpoint's ``$resources`` document and the
+device-object values the emulator really holds (so the device registry fields prove that
+the bridge read them), and every config is checked field by field against the Home
+Assistant documentation with :func:`tests.test_homeassistant.check_config`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bridge.controller import Bridge
+from bridge.homeassistant import (
+    DEVICE_FIELDS,
+    DiscoverySettings,
+    bridge_discovery_messages,
+    discovery_messages,
+    encode_config,
+    endpoint_from_resources_document,
+)
+from bridge.simulator import Emulator
+from bridge.topics import unescape_level
+from tests.support.bridge_harness import bridge_settings, running_bridge, user
+from tests.support.broker import MosquittoBroker
+from tests.support.mqtt_user import MqttUser, Received
+from tests.test_homeassistant import check_config, render
+
+WAIT = 30.0
+
+
+@dataclasses.dataclass
+class Fleet:
+    """The running bridge, a user watching everything, and the configs to expect."""
+
+    bridge: Bridge
+    user: MqttUser
+    documents: dict[str, bytes]  # endpoint -> its $resources document
+    expected: dict[str, bytes]  # discovery topic -> config bytes
+    queue_mode: list[str]
+
+
+def expected_configs(
+    emu: Emulator, documents: dict[str, bytes], settings: DiscoverySettings
+) -> dict[str, bytes]:
+    """The configs of every endpoint, made from its ``$resources`` and from the values the
+    emulator's devices hold for the device object and the sensors' units."""
+    out: dict[str, bytes] = {}
+    for name, document in documents.items():
+        endpoint = endpoint_from_resources_document(name, document)
+        wanted = [
+            r.path
+            for r in endpoint.resources
+            if r.path in DEVICE_FIELDS or r.path.endswith("/5701")
+        ]
+        values = {path: emu.get_value(name, path).decode() for path in wanted}
+        endpoint = dataclasses.replace(endpoint, values=values)
+        for topic, config in discovery_messages(endpoint, settings):
+            out[topic] = encode_config(config)
+    for topic, config in bridge_discovery_messages(settings):
+        out[topic] = encode_config(config)
+    return out
+
+
+def wait_until(
+    u: MqttUser, done: Callable[[], str | None], between: Callable[[], None] = lambda: None
+) -> None:
+    """Wait until ``done()`` says nothing is missing (returns None), looking again at every
+    new message (bounded by WAIT); ``between`` runs before each wait."""
+    end = time.monotonic() + WAIT
+    while True:
+        missing = done()
+        if missing is None:
+            return
+        left = end - time.monotonic()
+        if left <= 0:
+            raise AssertionError(missing)
+        between()
+        count = len(u.messages) + 1
+        with contextlib.suppress(AssertionError):  # anything new (bounded), then look again
+            u.wait_for(lambda m: True, timeout=min(left, 1.0), count=count)
+
+
+def wait_after(u: MqttUser, since: int, predicate: Callable[[Received], bool]) -> Received:
+    """The first message after index ``since`` that matches ``predicate`` (waits for it)."""
+    before = sum(1 for m in u.messages[:since] if predicate(m))
+    return u.wait_for(predicate, WAIT, count=before + 1)[before]
+
+
+def topic_is(topic: str, text: str | None = None) -> Callable[[Received], bool]:
+    return lambda m: m.topic == topic and (text is None or m.text == text)
+
+
+def wait_configs(fleet: Fleet, emu: Emulator, expected: dict[str, bytes], since: int = 0) -> None:
+    """Wait until every topic of ``expected`` carried exactly its expected bytes (among the
+    messages after index ``since``). Queue-mode devices are woken while waiting, so they
+    serve the bridge's reads of their device object."""
+    u = fleet.user
+
+    def missing() -> str | None:
+        seen = {(m.topic, m.payload) for m in u.messages[since:]}
+        absent = [t for t, p in expected.items() if (t, p) not in seen]
+        if not absent:
+            return None
+        latest = {m.topic: m.payload for m in u.messages[since:]}
+        detail = {t: latest.get(t, b"<none>")[:300] for t in absent[:3]}
+        return f"{len(absent)} config(s) not as expected, e.g. {detail}"
+
+    def wake() -> None:
+        for name in fleet.queue_mode:
+            emu.wake(name)
+
+    wait_until(u, missing, wake)
+
+
+def all_retained(broker: MosquittoBroker, topic_filter: str) -> dict[str, bytes]:
+    """Every retained message under ``topic_filter``: Mosquitto sends them when it handles
+    the SUBSCRIBE, so a message this client publishes afterwards arrives after them all."""
+    barrier = topic_filter.rstrip("#") + f"zz-barrier/{uuid.uuid4().hex}"
+    with user(broker, "5", topic_filter) as late:
+        late.publish(barrier, b"x")
+        late.wait_topic(barrier, WAIT)
+        return {m.topic: m.payload for m in late.messages if m.retain}
+
+
+@pytest.fixture
+def fleet(broker: MosquittoBroker, emulator: Emulator) -> Iterator[Fleet]:
+    names = set(emulator.endpoints())
+    with user(broker, "5", "homeassistant/#", "connector/#") as u:
+        settings = bridge_settings(emulator, broker)
+        with running_bridge(settings) as bridge:
+            documents: dict[str, bytes] = {}
+
+            def resources_missing() -> str | None:
+                for m in list(u.messages):
+                    if m.topic.endswith("/$resources"):
+                        documents[unescape_level(m.topic.split("/")[1])] = m.payload
+                return None if set(documents) >= names else f"$resources of {sorted(documents)}"
+
+            wait_until(u, resources_missing)
+            queue_mode = [n for n, d in documents.items() if json.loads(d)["q"]]
+            expected = expected_configs(emulator, documents, DiscoverySettings())
+            f = Fleet(bridge, u, documents, expected, queue_mode)
+            wait_configs(f, emulator, expected)
+            yield f
+
+
+def configs_by_endpoint(expected: dict[str, bytes]) -> dict[str, dict[str, dict[str, Any]]]:
+    """endpoint name (device name) -> discovery topic -> config."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for topic, payload in expected.items():
+        config = json.loads(payload)
+        out.setdefault(config["device"]["name"], {})[topic] = config
+    return out
+
+
+# ----------------------------------------------------------------------------- the tests
+
+
+def test_discovery_topics_hold_valid_configs_for_every_resource_kind(
+    broker: MosquittoBroker, emulator: Emulator, fleet: Fleet
+) -> None:
+    # What the broker holds (retained), not only what went by.
+    held = all_retained(broker, "homeassistant/#")
+    assert held == fleet.expected
+
+    components: set[str] = set()
+    for topic, payload in held.items():
+        config = json.loads(payload)
+        check_config(topic, config)
+        components.add(topic.split("/")[1])
+    # every kind of resource of the default scenario
+    assert components == {"sensor", "binary_sensor", "switch", "light", "button"}
+
+    devices = configs_by_endpoint(held)
+    assert set(devices) == set(fleet.documents) | {"connector-bridge (connector)"}
+    for name in fleet.documents:
+        configs = devices[name]
+        device = next(iter(configs.values()))["device"]
+        # the registry information is what the device says (read by the bridge)
+        assert device["manufacturer"] == emulator.get_value(name, "/3/0/0").decode()
+        assert device["model"] == emulator.get_value(name, "/3/0/1").decode()
+        assert device["sw_version"] == emulator.get_value(name, "/3/0/3").decode()
+        for config in configs.values():
+            assert config["device"] == device  # one device per endpoint
+            assert [a["topic"] for a in config["availability"]] == [
+                "connector/$bridge/state",
+                f"connector/{name}/$state",
+            ]
+            assert config["availability_mode"] == "all"
+
+    by_uid = {c["unique_id"]: c for c in map(json.loads, held.values())}
+    temperature = by_uid["connector__node-001__3303_0_5700"]
+    assert temperature["state_topic"] == "connector/node-001/3303/0/5700"
+    assert (temperature["device_class"], temperature["unit_of_measurement"]) == (
+        "temperature",
+        "°C",  # the device's 5701 says "Cel"
+    )
+    assert by_uid["connector__node-001__3304_0_5700"]["unit_of_measurement"] == "%"  # "%RH"
+    assert by_uid["connector__multi-001__3301_0_5700"]["unit_of_measurement"] == "lx"
+    assert by_uid["connector__multi-001__3200_0_5500"]["state_topic"] == (
+        "connector/multi-001/3200/0/5500"
+    )
+    light = by_uid["connector__light-001__3311_0"]
+    assert light["command_topic"] == "connector/light-001/3311/0/5850/set"
+    assert light["brightness_command_topic"] == "connector/light-001/3311/0/5851/set"
+    reboot = by_uid["connector__light-001__3_0_4"]
+    assert (reboot["command_topic"], reboot["device_class"]) == (
+        "connector/light-001/3/0/4/post",
+        "restart",
+    )
+
+
+def test_home_assistant_coming_online_gets_every_config_again(
+    emulator: Emulator, fleet: Fleet
+) -> None:
+    u = fleet.user
+    ha = next(e for e in fleet.bridge.extensions if e.name == "homeassistant")
+    since = len(u.messages)
+    u.publish("homeassistant/status", "offline")  # Home Assistant's will: nothing to do
+    u.publish("homeassistant/status", "online")  # its birth message
+    wait_configs(fleet, emulator, fleet.expected, since=since)
+    assert ha.info()["announcements"] == 1
+    republished = [m for m in u.messages[since:] if m.topic in fleet.expected]
+    assert len(republished) == len(fleet.expected)  # one round, not two
+
+
+def test_deregistered_endpoint_loses_its_configs_expired_one_keeps_them(
+    broker: MosquittoBroker, emulator: Emulator, fleet: Fleet
+) -> None:
+    devices = configs_by_endpoint(fleet.expected)
+    gone, sleeping = devices["node-001"], devices["multi-001"]
+    u = fleet.user
+    emulator.deregister("node-001")
+    for topic in gone:
+        u.wait_topic(topic, WAIT, payload=b"")
+    emulator.expire("multi-001")
+    u.wait_topic("connector/multi-001/$state", WAIT, payload=b"expired")
+
+    held = all_retained(broker, "homeassistant/#")
+    assert held == {t: p for t, p in fleet.expected.items() if t not in gone}
+    assert set(sleeping) <= set(held)
+
+    # it comes back: a new registration gives its configs again
+    since = len(u.messages)
+    emulator.register("node-001", ept="TempSensor")
+    wait_configs(fleet, emulator, {t: fleet.expected[t] for t in gone}, since=since)
+
+
+def test_commands_on_the_configs_command_topics_switch_the_device(
+    emulator: Emulator, fleet: Fleet
+) -> None:
+    by_uid = {c["unique_id"]: c for c in map(json.loads, fleet.expected.values())}
+    light = by_uid["connector__light-001__3311_0"]
+    switch = by_uid["connector__light-001__3201_0_5550"]
+    u = fleet.user
+
+    def home_assistant_sends(topic: str, payload: str) -> None:
+        # as Home Assistant does by default: QoS 0, not retained, no properties
+        u.publish(topic, payload, qos=0)
+
+    for config, path in ((light, "/3311/0/5850"), (switch, "/3201/0/5550")):
+        for on_off in ("payload_on", "payload_off", "payload_on"):
+            since = len(u.messages)
+            home_assistant_sends(config["command_topic"], config[on_off])
+            reply = wait_after(u, since, topic_is(config["command_topic"] + "/reply"))
+            assert reply.json()["ok"], reply.json()
+            assert emulator.get_value("light-001", path) == config[on_off].encode()
+            # the state Home Assistant then shows, rendered as it renders the template
+            state = wait_after(u, since, topic_is(config["state_topic"], config[on_off]))
+            template = config.get("state_value_template") or config["value_template"]
+            assert render(template, state.text) == config[on_off]
+
+    since = len(u.messages)
+    home_assistant_sends(light["brightness_command_topic"], "40")
+    reply = wait_after(u, since, topic_is(light["brightness_command_topic"] + "/reply"))
+    assert reply.json()["ok"], reply.json()
+    assert emulator.get_value("light-001", "/3311/0/5851") == b"40"
+
+
+def test_discovery_prefix_is_a_setting_and_discovery_can_be_off(
+    broker: MosquittoBroker, emulator: Emulator
+) -> None:
+    off = Bridge(bridge_settings(emulator, broker, homeassistant=False))
+    assert "homeassistant" not in {e.name for e in off.extensions}
+
+    settings = bridge_settings(emulator, broker, homeassistant_discovery_prefix="hatest")
+    discovery = DiscoverySettings(discovery_prefix="hatest")
+    [(bridge_topic, bridge_config)] = bridge_discovery_messages(discovery)
+    with user(broker, "5", "hatest/#") as u, running_bridge(settings) as bridge:
+        u.wait_topic(bridge_topic, WAIT, payload=encode_config(bridge_config))
+        first = u.wait_for(lambda m: m.topic.startswith("hatest/sensor/"), WAIT)[0]
+        check_config(first.topic, json.loads(first.payload), discovery_prefix="hatest")
+        since = len(u.messages)
+        u.publish("homeassistant/status", "online")  # not its prefix: nothing happens
+        u.publish("hatest/status", "online")
+        wait_after(u, since, lambda m: m.topic == bridge_topic)
+        ha = next(e for e in bridge.extensions if e.name == "homeassistant")
+        assert ha.info()["announcements"] == 1
