@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import secrets
 import ssl
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from bridge.callback_receiver import CallbackReceiver, server_ssl_context
-from bridge.connector import connector
+from bridge.connector import connector, response_codes
 from bridge.counters import Counters
 from bridge.events import (
     EndpointRegistered,
@@ -26,6 +27,7 @@ from bridge.events import (
     Resource,
     Source,
 )
+from bridge.reachability import Monitor, Reachability, is_refusal, is_transient
 from bridge.registry import Registry
 from bridge.settings import Settings, env_name
 
@@ -34,6 +36,8 @@ log = logging.getLogger("bridge.connector_side")
 # Async answers the client still waits for after the bridge's own time-outs gave up
 # are dropped this much later (the bridge keeps its own, shorter, deadlines).
 ASYNC_GRACE = 60.0
+DESCRIBE_TRIES = 4  # a resource listing that fails transiently is tried this often
+DESCRIBE_RETRY = 0.5  # seconds before the first retry (doubling)
 
 
 class StartupError(Exception):
@@ -78,6 +82,10 @@ class ConnectorSide:
             asyncTimeout=max(settings.queue_mode_timeout, settings.command_timeout) + ASYNC_GRACE,
         )
         self._receiver: CallbackReceiver | None = None
+        # Whether the Connector answers: see bridge.reachability (events on the bus).
+        self.reachability = Reachability(bus)
+        self._monitor: Monitor | None = None
+        self._stopping = threading.Event()
         # Set by the bridge: why the MQTT side cannot take a callback message now (the
         # receiver then answers 503 and the Connector delivers it again), or None.
         self.admit_callback: Callable[[Mapping[str, Any]], str | None] | None = None
@@ -97,6 +105,7 @@ class ConnectorSide:
         """The Connector's version text; raises StartupError (401) or ConnectionError."""
         r = self.client.getConnectorVersion()
         if r.error:
+            self.reachability.failure(str(r.error), r.error.status_code)
             if r.error.status_code in (401, 403):
                 raise StartupError(
                     f"the Connector at {self.settings.connector_url} refused the access key "
@@ -106,10 +115,14 @@ class ConnectorSide:
                 f"the Connector at {self.settings.connector_url} "
                 f"({env_name('connector_url')}) did not answer: {r.error.error}"
             )
+        self.reachability.success()
         return str(r.result).strip()
 
     def put_presubscriptions(self, rules: Sequence[Mapping[str, Any]]) -> None:
         r = self.client.putPreSubscription([dict(x) for x in rules])
+        if r.error and is_transient(r.error):
+            self.reachability.failure(str(r.error), r.error.status_code)
+            raise ConnectionError(f"putting the pre-subscription rules failed: {r.error}")
         if r.error:
             raise StartupError(
                 f"the Connector refused the pre-subscription rules "
@@ -127,6 +140,7 @@ class ConnectorSide:
             if not r.error:
                 log.info("removed a callback URL left on the Connector (long polling now)")
             self.client.startLongPolling()
+            self._monitor = Monitor(self.reachability, self.client.longPollStats, None).start()
             return
         assert s.callback_url is not None
         # A fresh random secret at every start unless one is configured; the Connector
@@ -149,6 +163,7 @@ class ConnectorSide:
             s.callback_url, self._receiver.scheme, self._receiver.host, self._receiver.port,
             self._receiver.path,
         )  # fmt: skip
+        self._monitor = Monitor(self.reachability, None, self._probe).start()
 
     def _callback_receiver(self, secret: str) -> CallbackReceiver:
         """The webhook server for ``secret``, listening (HTTPS with callback_tls_cert)."""
@@ -178,7 +193,16 @@ class ConnectorSide:
     def _admit(self, message: Mapping[str, Any]) -> str | None:
         return None if self.admit_callback is None else self.admit_callback(message)
 
+    def _probe(self) -> response_codes | None:
+        """One cheap call to see whether the Connector answers (callback channel)."""
+        r = self.client.getConnectorVersion()
+        return r.error or None
+
     def stop_channel(self) -> None:
+        self._stopping.set()
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
         if self.settings.notification_channel == "longpoll":
             self.client.stopLongPolling(timeout=2.0)
             return
@@ -197,17 +221,27 @@ class ConnectorSide:
     def list_endpoints(self) -> list[dict[str, Any]]:
         """The registered endpoints; raises ConnectionError when the Connector fails."""
         r = self.client.getEndpoints()
+        if r.error and (is_transient(r.error) or is_refusal(r.error)):
+            self.reachability.failure(str(r.error), r.error.status_code)
         if r.error or not isinstance(r.result, list):
             raise ConnectionError(f"listing endpoints failed: {r.error or r.result!r}")
         return [e for e in r.result if isinstance(e, dict) and isinstance(e.get("name"), str)]
 
     def describe(self, name: str) -> tuple[Resource, ...] | None:
-        """An endpoint's resources, or None when the Connector cannot say."""
-        r = self.client.getResources(name)
-        if r.error:
-            log.warning("cannot list the resources of %r: %s", name, r.error)
-            return None
-        return parse_resources(r.result)
+        """An endpoint's resources, or None when the Connector cannot say (a transient
+        failure is tried again a few times, with back-off)."""
+        delay = DESCRIBE_RETRY
+        for attempt in range(1, DESCRIBE_TRIES + 1):
+            r = self.client.getResources(name)
+            if not r.error:
+                return parse_resources(r.result)
+            if not is_transient(r.error) or attempt == DESCRIBE_TRIES:
+                break
+            if self._stopping.wait(delay):
+                return None
+            delay *= 2
+        log.warning("cannot list the resources of %r: %s", name, r.error)
+        return None
 
     # ---- channel messages -> events (long-poll thread or callback receiver) -----------------
 

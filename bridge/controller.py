@@ -79,6 +79,7 @@ class Bridge:
             state_topic=self.topics.bridge_state,
             on_connect=lambda first, present: self.bus.emit(MqttConnected(first, present)),
             on_disconnect=lambda reason: self.bus.emit(MqttDisconnected(reason)),
+            manual_ack=True,  # a command is acknowledged once carried out or answered
         )
         self.connector_side.admit_callback = self._admit_callback
         self.deadlines = Deadlines()
@@ -226,7 +227,9 @@ class Bridge:
         self.ctx.info["rest_versions"] = None if rest.error else rest.result
         log.info("Connector at %s: %s", self.settings.connector_url, version.splitlines()[0])
         side.start_channel()
-        side.put_presubscriptions(self.ctx.rules)
+        self._retry(
+            "putting the pre-subscription rules", lambda: side.put_presubscriptions(self.ctx.rules)
+        )
         mark = self.registry.mark()
         listed = self._retry("listing endpoints", side.list_endpoints)
         fresh = [e for e in listed if not self.registry.changed_since(e["name"], mark)]

@@ -289,11 +289,18 @@ class MqttLink:
 
     # ---- subscriptions -----------------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: InboundHandler, qos: int = 1) -> None:
-        """Route messages matching ``topic_filter`` to ``handler``; renewed on reconnects."""
+    def subscribe(
+        self, topic_filter: str, handler: InboundHandler, qos: int = 1, *, manual_ack: bool = False
+    ) -> None:
+        """Route messages matching ``topic_filter`` to ``handler``; renewed on reconnects.
+
+        With ``manual_ack`` (and a link made with ``manual_ack=True``) the handler must
+        call :meth:`Inbound.ack` once it is done with a QoS 1/2 message (from any thread);
+        otherwise the message is acknowledged as soon as the handler returns.
+        """
 
         def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-            self._deliver(msg, handler)
+            self._deliver(msg, handler, manual_ack)
 
         self._client.message_callback_add(topic_filter, on_message)
         with self._subs_lock:
@@ -307,18 +314,20 @@ class MqttLink:
             return topic_filter, SubscribeOptions(qos=qos, noLocal=True, retainHandling=2)
         return topic_filter, qos
 
-    def _deliver(self, msg: mqtt.MQTTMessage, handler: InboundHandler) -> None:
+    def _deliver(self, msg: mqtt.MQTTMessage, handler: InboundHandler, manual: bool) -> None:
         self.stats["received"] += 1
         props = msg.properties
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         payload = bytes(msg.payload)
         ack: Callable[[], object] | None = None
+        held = None
         if self._manual_ack and msg.qos > 0:
             held = self._hold(msg, payload)
             if held is None:
                 return  # a resent copy of a message held or just acknowledged
-            ack = functools.partial(self._ack, msg.mid, held)
+            if manual:
+                ack = functools.partial(self._ack, msg.mid, held)
         inbound = Inbound(
             topic=msg.topic,
             payload=payload,
@@ -330,7 +339,13 @@ class MqttLink:
             dup=bool(msg.dup),
             _ack=ack,
         )
-        handler(inbound)
+        if ack is not None or held is None:
+            handler(inbound)
+            return
+        try:
+            handler(inbound)
+        finally:
+            self._ack(msg.mid, held)
 
     # ---- manual acknowledgements -------------------------------------------------------
 

@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     command_workers: int = Field(8, ge=1, le=256, description="threads making command REST calls")
     command_queue: int = Field(1000, ge=1, description="commands waiting for a worker, at most")
     stop_timeout: float = Field(
-        10.0,
+        5.0,
         ge=0,
         description="seconds a stop (SIGTERM, SIGINT) waits for the answers of commands under way; "
         "those still unanswered then get a 503 reply",

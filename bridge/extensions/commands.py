@@ -15,10 +15,22 @@ answer comes back on the channel thread (async response) or from the deadline he
 A successful ``get`` also republishes the value on the value topic. Commands that arrive
 before the start-up listing of endpoints is done wait for it (bounded), so that a
 persistent session's queued commands are not refused as "unknown endpoint".
+
+At least once: a QoS 1 command is acknowledged to the broker only when the Connector
+has taken it (an async id, or its answer) or its error reply has been published, so a
+bridge that dies before that gets it again from its persistent session. Such a resent
+command may have been carried out already: its reply then carries ``"redelivered":
+true`` (the MQTT DUP flag). A REST call that fails in a way a retry can mend is tried
+again with back-off within the command's time-out (:func:`retry_delay` says which).
+
+Stopping: new commands are no longer taken (with a persistent session they stay with the
+broker, unacknowledged, for the next start; without one they get a 503 reply), commands
+under way get ``stop_timeout`` seconds to be answered, then a 503 reply.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -27,10 +39,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.async_calls import AsyncCalls, Outcome
-from bridge.connector import asyncResult
+from bridge.connector import asyncResult, response_codes
+from bridge.connector.channel import backoff_delay
 from bridge.events import EndpointsListed, ValueRead
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.mqtt_link import Inbound
+from bridge.reachability import is_transient
 from bridge.settings import env_name
 from bridge.topics import (
     BRIDGE_LEVEL,
@@ -45,7 +59,40 @@ from bridge.topics import (
 
 log = logging.getLogger("bridge.commands")
 
-STOP_GRACE = 5.0  # seconds stop() waits for answers still under way
+RETRY_BASE = 0.25  # seconds before the second try of a REST call (doubling, jittered)
+RETRY_CAP = 5.0
+RETRY_TRIES = 8  # tries of one command at most (its time-out usually ends them first)
+
+
+def _not_sent(error: response_codes) -> bool:
+    """The request never reached the Connector: the connection could not be made."""
+    text = error.error or ""
+    if error.errType == "connection_error":
+        return "NewConnectionError" in text or "Connection refused" in text
+    return error.errType == "request_timeout" and "ConnectTimeout" in text
+
+
+def retry_delay(verb: str, r: asyncResult, attempt: int) -> float | None:
+    """Seconds to wait before trying a command's failed REST call again, or None.
+
+    Retried for every verb: what the Connector certainly did not carry out (no
+    connection, 412 no notification channel yet, 429 too many requests, 503
+    unavailable). For ``set`` and ``get`` (PUT and GET, which do the same when done
+    twice) also other 5xx and lost connections or time-outs after the request went out.
+    A ``post`` (execute) that may have reached the Connector is never sent twice.
+    """
+    error = r.error
+    if not error or attempt >= RETRY_TRIES:
+        return None
+    safe = error.status_code in (412, 429, 503) or _not_sent(error)
+    if not safe and not (verb in ("set", "get") and is_transient(error)):
+        return None
+    return backoff_delay(attempt, RETRY_BASE, RETRY_CAP)
+
+
+def mark_redelivered(reply: bytes) -> bytes:
+    """A reply (a JSON object) with ``"redelivered": true`` added."""
+    return reply[:-1] + b',"redelivered":true}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +113,13 @@ class Commands(Extension):
         self._listed = False
         self._early: deque[_Job] = deque()
         self._stopping = False
+        self._queued = 0  # jobs handed to the command workers and not started yet
+        self._left = 0  # commands left with the broker at a stop
         self._warned_retained: set[str] = set()
 
     def start(self) -> None:
         for topic_filter in self.ctx.topics.command_filters(self.ctx.settings.max_path_depth):
-            self.ctx.mqtt.subscribe(topic_filter, self._on_message, qos=1)
+            self.ctx.mqtt.subscribe(topic_filter, self._on_message, qos=1, manual_ack=True)
         self.ctx.bus.subscribe(EndpointsListed, self._on_listed)
 
     # ---- arrival (paho's network thread) --------------------------------------------
@@ -127,7 +176,7 @@ class Commands(Extension):
 
     def _dispatch(self, job: _Job) -> None:
         if self._stopping:
-            self._finish(job, Outcome(False, 503, None, "bridge is stopping"))
+            self._leave(job)
             return
         cmd = job.command
         ep = self.ctx.registry.get(cmd.endpoint)
@@ -138,7 +187,11 @@ class Commands(Extension):
             self._finish(job, Outcome(False, 410, None, f"endpoint is {ep.state}"))
             return
         queue_mode = ep.queue_mode
+        with self._lock:
+            self._queued += 1
         if not self.ctx.commands.submit(lambda: self._call(job, queue_mode)):
+            with self._lock:
+                self._queued -= 1
             self.ctx.counters.add("commands_busy")
             self._finish(
                 job,
@@ -153,7 +206,21 @@ class Commands(Extension):
 
     # ---- the REST call (a command worker) ---------------------------------------------
 
+    def _leave(self, job: _Job) -> None:
+        """Stopping: leave the command to the next start (a persistent session keeps it,
+        unacknowledged), or refuse it (503) when nothing would keep it."""
+        if self.ctx.mqtt.persistent and job.request.qos > 0:
+            with self._lock:
+                self._left += 1
+            return
+        self._finish(job, Outcome(False, 503, None, "bridge is stopping"))
+
     def _call(self, job: _Job, queue_mode: bool) -> None:
+        with self._lock:
+            self._queued -= 1
+        if self._stopping:
+            self._leave(job)
+            return
         s = self.ctx.settings
         if queue_mode:
             timeout = s.queue_mode_timeout
@@ -173,10 +240,17 @@ class Commands(Extension):
                 return c.postResource(cmd.endpoint, cmd.path, body.value, cbfn=cb)
             return c.getResourceValue(cmd.endpoint, cmd.path, cbfn=cb, cacheOnly=body.cache_only)
 
-        self._calls.start(call, timeout, lambda outcome: self._finish(job, outcome), text)
-        # The Connector has answered the HTTP call (accepted, or refused and replied):
-        # with manual acknowledgements this is when the broker may forget the command.
-        job.request.ack()
+        # Acknowledged when the Connector has taken the call (or its failure was replied):
+        # from then on the bridge alone owes the reply, and the broker may forget it.
+        self._calls.start(
+            call,
+            timeout,
+            lambda outcome: self._finish(job, outcome),
+            text,
+            retry=functools.partial(retry_delay, cmd.verb),
+            resubmit=self.ctx.commands.submit,
+            accepted=job.request.ack,
+        )
 
     # ---- the one reply -----------------------------------------------------------------
 
@@ -203,6 +277,8 @@ class Commands(Extension):
             error=outcome.error,
             transaction=transaction,
         )
+        if msg.dup:
+            body = mark_redelivered(body)
         self.ctx.respond(msg, cmd.reply_topic, body)
         msg.ack()
 
@@ -224,28 +300,40 @@ class Commands(Extension):
             ok=False,
             error=f"bad command topic: {exc.reason}",
         )
+        if msg.dup:
+            body = mark_redelivered(body)
         self.ctx.respond(msg, exc.reply_topic or "", body)
         msg.ack()
 
     # ---- shutdown ----------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Refuse new commands, wait a little for answers under way, answer the rest."""
+        """Take no new commands; wait up to ``stop_timeout`` for the answers of those under
+        way, then answer the rest 503. Runs before the channel and the workers stop."""
         self._stopping = True
         with self._lock:
             early = list(self._early)
             self._early.clear()
             self._listed = True
         for job in early:
-            self._finish(job, Outcome(False, 503, None, "bridge is stopping"))
-        end = time.monotonic() + min(STOP_GRACE, self.ctx.settings.command_timeout)
-        while len(self._calls) and time.monotonic() < end:
+            self._leave(job)
+        end = time.monotonic() + self.ctx.settings.stop_timeout
+        while (len(self._calls) or self._queued) and time.monotonic() < end:
             time.sleep(0.02)
         n = self._calls.finish_all(
             Outcome(False, 503, None, "bridge stopped before the device answered")
         )
         if n:
-            log.warning("%d command(s) answered as not done: the bridge is stopping", n)
+            log.warning(
+                "%d command(s) answered 503: no answer within %g s (%s)",
+                n, self.ctx.settings.stop_timeout, env_name("stop_timeout"),
+            )  # fmt: skip
+        if self._left:
+            log.info("%d command(s) left with the broker for the next start", self._left)
 
     def info(self) -> dict[str, object]:
-        return {"under_way": len(self._calls), "waiting": self.ctx.commands.pending()}
+        return {
+            "under_way": len(self._calls),
+            "waiting": self.ctx.commands.pending(),
+            "left_at_stop": self._left,
+        }
