@@ -13,15 +13,16 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import FrameType
 
+from bridge import logging_setup
 from bridge.connector_side import StartupError
 from bridge.controller import Bridge
 from bridge.settings import Settings, SettingsError, load_settings
 
 PROG = "connector-bridge run"
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOG_FORMAT = logging_setup.TEXT_FORMAT
 
 
 def split_env_file(argv: Sequence[str]) -> tuple[list[str], str | None]:
@@ -45,11 +46,17 @@ def split_env_file(argv: Sequence[str]) -> tuple[list[str], str | None]:
     return rest, env_file
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
-    if level != "DEBUG":
-        # Per-request lines of the HTTP stack are noise below DEBUG.
-        logging.getLogger("urllib3").setLevel(logging.WARNING)
+def configure_logging(level: str, fmt: str = "text", secrets: Iterable[str] = ()) -> None:
+    """Text or JSON lines on stderr, secrets masked (see :mod:`bridge.logging_setup`)."""
+    logging_setup.configure_logging(level, fmt, secrets)
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """The secret values of ``settings``, for the logs to mask."""
+    values = [settings.connector_token.get_secret_value()]
+    if settings.mqtt_password is not None:
+        values.append(settings.mqtt_password.get_secret_value())
+    return values
 
 
 def read_settings(argv: Sequence[str]) -> Settings | int:
@@ -77,12 +84,13 @@ def main(argv: Sequence[str]) -> int:
     settings = read_settings(argv)
     if isinstance(settings, int):
         return settings
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings_secrets(settings))
     stop = threading.Event()
     install_stop_signals(stop)
-    bridge = Bridge(settings).start()
+    bridge = Bridge(settings)
     code = 0
     try:
+        bridge.start()
         while not stop.wait(0.2):
             if bridge.failed.is_set() or bridge.mqtt.auth_failure:
                 raise StartupError(bridge.failure or bridge.mqtt.auth_failure or "start-up failed")

@@ -10,6 +10,7 @@ from bridge.extensions.availability import Availability
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.extensions.bridge_requests import BridgeRequests
 from bridge.extensions.commands import Commands
+from bridge.extensions.health import Health
 from bridge.extensions.homeassistant import HomeAssistant
 from bridge.extensions.values import Values
 
@@ -19,6 +20,7 @@ DEFAULT_EXTENSIONS: list[type[Extension]] = [
     Commands,
     BridgeRequests,
     HomeAssistant,
+    Health,
 ]
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "BridgeRequests",
     "Commands",
     "Extension",
+    "Health",
     "HomeAssistant",
     "Values",
 ]

@@ -1,0 +1,325 @@
+"""The bridge's key figures, read in one go from the parts that already keep them.
+
+Nothing here sits on the hot path. The parts count what they do in the places they
+already have (:class:`~bridge.counters.Counters`, the MQTT link's ``stats``, the
+Connector client's long-poll statistics and pending async ids, the registry); this
+module *reads* them when somebody asks: a Prometheus scrape
+(:mod:`bridge.prometheus_metrics`), the periodic health message on MQTT and the
+``/readyz`` answer (:mod:`bridge.extensions.health`). The only thing measured here is
+the latency of the Connector's HTTP calls (:class:`ConnectorLatency`, a ``requests``
+response hook: one bisect and one lock per REST call, none per notification).
+
+:func:`key_figures` is the one reading: a JSON-ready document, the retained
+``<prefix>/$bridge/health`` message as it is, and what the Prometheus collector turns
+into metrics.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from bridge import __version__
+from bridge.events import ConnectorStateChanged
+
+if TYPE_CHECKING:  # the extensions import this module
+    from bridge.extensions.base import BridgeContext
+
+# Seconds. A Connector call answers in milliseconds on a LAN and in a few hundred over
+# the internet; the top buckets catch the calls that run into the request time-out.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+_COMMAND_COUNTER = re.compile(r"^commands_(set|post|get)_(ok|failed|timeout|busy)$")
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """Cumulative bucket counts (``le`` upper bound -> count, +Inf last), sum and count."""
+
+    buckets: tuple[tuple[float, int], ...]
+    sum: float
+    count: int
+
+    def quantile(self, q: float) -> float | None:
+        """An estimate of the ``q`` quantile, interpolated within its bucket the way
+        Prometheus' ``histogram_quantile`` does; None without observations."""
+        if self.count == 0:
+            return None
+        rank = q * self.count
+        lower, below = 0.0, 0
+        for le, cumulative in self.buckets:
+            if cumulative >= rank:
+                if math.isinf(le):
+                    return lower  # beyond the last finite bucket: its bound is all we know
+                inside = cumulative - below
+                share = (rank - below) / inside if inside else 0.0
+                return lower + (le - lower) * share
+            lower, below = le, cumulative
+        return lower
+
+
+class LatencyHistogram:
+    """A fixed-bucket histogram of seconds; thread-safe, one short lock per observation."""
+
+    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        if list(buckets) != sorted(set(buckets)) or not buckets:
+            raise ValueError("buckets must be distinct and increasing")
+        self.bounds = tuple(float(b) for b in buckets)
+        self._counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        i = bisect.bisect_left(self.bounds, seconds)
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> HistogramSnapshot:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, out = 0, []
+        for le, n in zip((*self.bounds, math.inf), counts, strict=True):
+            cumulative += n
+            out.append((le, cumulative))
+        return HistogramSnapshot(tuple(out), total, cumulative)
+
+
+def route_of(path: str) -> str:
+    """The kind of Connector call a URL path is, for a metric label of few values.
+
+    ``/v2/endpoints`` -> ``endpoints``; ``/v2/endpoints/{ep}`` -> ``endpoint``;
+    ``/v2/endpoints/{ep}/{res...}`` -> ``resource``; ``/v2/subscriptions...`` ->
+    ``subscriptions``; ``/v2/notification/...`` -> ``notification``; else ``other``.
+    """
+    segments = [s for s in path.split("?", 1)[0].split("/") if s]
+    if segments and re.fullmatch(r"v\d+", segments[0]):
+        segments = segments[1:]
+    if not segments:
+        return "other"
+    head = segments[0]
+    if head == "endpoints":
+        return {1: "endpoints", 2: "endpoint"}.get(len(segments), "resource")
+    if head in ("subscriptions", "notification"):
+        return head
+    return "other"
+
+
+class ConnectorLatency:
+    """Latency of the Connector's HTTP calls, by method and route, from a ``requests``
+    response hook (``resp.elapsed``: from sending the request to reading the headers).
+
+    Long-poll pulls are left out: they are held open by design, so their duration says
+    nothing about the Connector's speed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._histograms: dict[tuple[str, str], LatencyHistogram] = {}
+
+    def attach(self, client: Any) -> bool:
+        """Hook into the Connector client's HTTP session; False if it has none."""
+        session = getattr(client, "session", None) or getattr(client, "_session", None)
+        hooks = getattr(session, "hooks", None)
+        if not isinstance(hooks, dict):
+            return False
+        hooks.setdefault("response", []).append(self._on_response)
+        return True
+
+    def _on_response(self, resp: Any, *args: Any, **kwargs: Any) -> None:
+        request = resp.request
+        path = request.path_url if request is not None else ""
+        if "/notification/pull" in path:
+            return
+        key = (str(request.method if request is not None else "GET"), route_of(path))
+        seconds = resp.elapsed.total_seconds()
+        histogram = self._histograms.get(key)
+        if histogram is None:
+            with self._lock:
+                histogram = self._histograms.setdefault(key, LatencyHistogram())
+        histogram.observe(seconds)
+
+    def snapshots(self) -> dict[tuple[str, str], HistogramSnapshot]:
+        with self._lock:
+            items = list(self._histograms.items())
+        return {key: h.snapshot() for key, h in sorted(items)}
+
+    def overall(self) -> HistogramSnapshot:
+        """Every call in one histogram (the health message's summary)."""
+        parts = list(self.snapshots().values())
+        if not parts:
+            return LatencyHistogram().snapshot()
+        buckets = tuple(
+            (le, sum(p.buckets[i][1] for p in parts)) for i, (le, _) in enumerate(parts[0].buckets)
+        )
+        return HistogramSnapshot(buckets, sum(p.sum for p in parts), sum(p.count for p in parts))
+
+
+@dataclass
+class Watch:
+    """What the health extension observes itself; everything else is read from the parts.
+
+    ``connector`` is the last :class:`~bridge.events.ConnectorStateChanged` (the Connector
+    side's reachability: ``up``, ``down``, ``refused``; None before the first answer),
+    ``connector_recoveries`` how often it came back ``up`` after ``down`` or ``refused``.
+    """
+
+    latency: ConnectorLatency = field(default_factory=ConnectorLatency)
+    started: threading.Event = field(default_factory=threading.Event)
+    connector: ConnectorStateChanged | None = None
+    connector_recoveries: int = 0
+
+    def connector_changed(self, event: ConnectorStateChanged) -> None:
+        if event.state == "up" and self.connector is not None and self.connector.state != "up":
+            self.connector_recoveries += 1
+        self.connector = event
+
+
+def connector_health(watch: Watch) -> tuple[bool, str | None]:
+    """Is the Connector reachable now? ``(True, None)`` or ``(False, reason)``."""
+    event = watch.connector
+    if event is None:
+        return False, "not reached yet"
+    if event.state == "up":
+        return True, None
+    what = "refuses the access key" if event.state == "refused" else "unreachable"
+    return False, f"{what} since {_iso(event.since)}: {event.detail}"
+
+
+def readiness(ctx: BridgeContext, watch: Watch) -> list[str]:
+    """Why the bridge is not ready (empty: ready). Ready = start-up done, connected to
+    the broker, and the Connector reachable."""
+    reasons = []
+    if not watch.started.is_set():
+        reasons.append("start-up not finished")
+    if not ctx.mqtt.connected:
+        reasons.append("not connected to the MQTT broker")
+    ok, why = connector_health(watch)
+    if not ok and why:
+        reasons.append(f"Connector {why}")
+    return reasons
+
+
+def commands_by_verb(counters: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """``commands_<verb>_<outcome>`` counters as ``{verb: {outcome: n}}``."""
+    out: dict[str, dict[str, int]] = {}
+    for name, value in counters.items():
+        m = _COMMAND_COUNTER.match(name)
+        if m:
+            out.setdefault(m.group(1), {})[m.group(2)] = value
+    return out
+
+
+def _process() -> dict[str, Any]:
+    rss: int | None = None
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "pid": os.getpid(),
+        "threads": threading.active_count(),
+        "memory_rss_bytes": rss,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, timezone.utc).isoformat(timespec="seconds")
+
+
+def _public_url(url: str) -> str:
+    """``url`` without user information (``https://user:pw@host`` -> ``https://host``)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def key_figures(ctx: BridgeContext, watch: Watch) -> dict[str, Any]:
+    """The bridge's figures now, as a JSON-ready document (the health message)."""
+    counters = ctx.counters.snapshot()
+    mqtt = dict(ctx.mqtt.stats)
+    poll = ctx.connector.longPollStats() if ctx.settings.notification_channel == "longpoll" else {}
+    reachable, why = connector_health(watch)
+    reasons = readiness(ctx, watch)
+    summary = watch.latency.overall()
+    state = watch.connector
+    extensions = {name: fn() for name, fn in ctx.info.get("extensions", {}).items()}
+    commands_info = extensions.get("commands", {})
+    now = time.time()
+    return {
+        "state": "online",
+        "ready": not reasons,
+        "reasons": reasons,
+        "version": __version__,
+        "time": _iso(now),
+        "uptime": round(now - ctx.started_at, 3),
+        "process": _process(),
+        "mqtt": {
+            "connected": ctx.mqtt.connected,
+            "protocol": ctx.settings.mqtt_protocol,
+            "connects": mqtt.get("connects", 0),
+            "reconnects": max(mqtt.get("connects", 0) - 1, 0),
+            "disconnects": mqtt.get("disconnects", 0),
+            "published": mqtt.get("published", 0) + mqtt.get("published_from_callbacks", 0),
+            "received": mqtt.get("received", 0),
+            "buffer": ctx.mqtt.outbox_size(),
+            "buffered": mqtt.get("buffered", 0),
+            "dropped": {
+                "buffer_full": mqtt.get("dropped_buffer_full", 0),
+                "errors": mqtt.get("dropped_errors", 0),
+            },
+        },
+        "connector": {
+            "url": _public_url(ctx.settings.connector_url),
+            "channel": ctx.settings.notification_channel,
+            "state": state.state if state is not None else None,
+            "since": _iso(state.since) if state is not None else None,
+            "reachable": reachable,
+            "reason": why,
+            "failures": state.failures if state is not None else 0,
+            "recoveries": watch.connector_recoveries,
+            "pulls": poll.get("pulls", 0),
+            "channel_failures": poll.get("failures", 0),
+            "async_pending": ctx.connector.pendingCount(),
+            "async_timeouts": counters.get("async_timeouts", 0),
+            "requests": summary.count,
+            "latency_ms": {
+                "mean": _ms(summary.sum / summary.count) if summary.count else None,
+                "p50": _ms(summary.quantile(0.5)),
+                "p95": _ms(summary.quantile(0.95)),
+            },
+        },
+        "endpoints": ctx.registry.counts(),
+        "notifications": {
+            "received": counters.get("notifications_received", 0),
+            "published": counters.get("notifications_published", 0),
+            "bad": counters.get("notifications_bad", 0),
+        },
+        "commands": {
+            "received": counters.get("commands_received", 0),
+            "ok": counters.get("commands_ok", 0),
+            "failed": counters.get("commands_failed", 0),
+            "busy": counters.get("commands_busy", 0),
+            "under_way": commands_info.get("under_way", 0),
+            "waiting": ctx.commands.pending(),
+            "by_verb": commands_by_verb(counters),
+        },
+        "counters": counters,
+    }
