@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.connector import asyncResult
+from bridge.counters import Counters
 from bridge.workers import Deadline, Deadlines
 
 log = logging.getLogger("bridge.calls")
@@ -78,8 +79,9 @@ class _Call:
 class AsyncCalls:
     """Calls under way; each finishes once, by its answer or by its deadline."""
 
-    def __init__(self, deadlines: Deadlines) -> None:
+    def __init__(self, deadlines: Deadlines, counters: Counters | None = None) -> None:
         self._deadlines = deadlines
+        self._counters = counters  # counts "async_timeouts" when given
         self._pending: dict[int, tuple[Done, Deadline]] = {}
         self._seq = itertools.count()
 
@@ -103,9 +105,7 @@ class AsyncCalls:
         """
         key = next(self._seq)
         c = _Call(call, time.monotonic() + timeout, retry, resubmit, accepted)
-        deadline = self._deadlines.schedule(
-            timeout, lambda: self._finish(key, c.last or Outcome(False, 504, None, timeout_text))
-        )
+        deadline = self._deadlines.schedule(timeout, lambda: self._time_out(key, c, timeout_text))
         self._pending[key] = (done, deadline)
         self._attempt(key, c, 1)
         return key
@@ -140,6 +140,11 @@ class AsyncCalls:
         c.last = None  # taken: from now on a time-out means no answer from the device
         if c.accepted is not None:
             c.accepted()
+
+    def _time_out(self, key: int, c: _Call, text: str) -> None:
+        if key in self._pending and self._counters is not None:
+            self._counters.add("async_timeouts")
+        self._finish(key, c.last or Outcome(False, 504, None, text))
 
     def _again(self, key: int, c: _Call, attempt: int) -> None:
         """On the deadline thread: hand the next try to a worker."""

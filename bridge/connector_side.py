@@ -83,7 +83,7 @@ class ConnectorSide:
         )
         self._receiver: CallbackReceiver | None = None
         # Whether the Connector answers: see bridge.reachability (events on the bus).
-        self.reachability = Reachability(bus)
+        self.reachability = Reachability(bus, counters)
         self._monitor: Monitor | None = None
         self._stopping = threading.Event()
         # Set by the bridge: why the MQTT side cannot take a callback message now (the

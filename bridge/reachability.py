@@ -30,6 +30,7 @@ from typing import Any
 
 from bridge.connector import response_codes
 from bridge.connector.channel import backoff_delay
+from bridge.counters import Counters
 from bridge.events import ConnectorState, ConnectorStateChanged, EventBus
 
 log = logging.getLogger("bridge.reachability")
@@ -54,8 +55,14 @@ def is_refusal(error: response_codes) -> bool:
 class Reachability:
     """The Connector's state, fed by success and failure reports from any thread."""
 
-    def __init__(self, bus: EventBus, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        counters: Counters | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._bus = bus
+        self._counters = counters  # connector_outages, connector_recoveries
         self._clock = clock
         self._lock = threading.Lock()
         self._state: ConnectorState | None = None  # None until the first report
@@ -111,6 +118,8 @@ class Reachability:
         self._state = state
         self._since = time.time()
         self._detail = detail
+        if self._counters is not None and (previous is not None or state != "up"):
+            self._counters.add("connector_recoveries" if state == "up" else "connector_outages")
         if state == "up":
             if previous is not None:
                 log.info("the Connector answers again (it was %s)", previous)

@@ -107,7 +107,7 @@ class Commands(Extension):
 
     def __init__(self, ctx: BridgeContext) -> None:
         super().__init__(ctx)
-        self._calls = AsyncCalls(ctx.deadlines)
+        self._calls = AsyncCalls(ctx.deadlines, ctx.counters)
         self._bridge_space = f"{ctx.topics.prefix}/{BRIDGE_LEVEL}/"
         self._lock = threading.Lock()
         self._listed = False
@@ -257,6 +257,8 @@ class Commands(Extension):
     def _finish(self, job: _Job, outcome: Outcome) -> None:
         cmd = job.command
         self.ctx.counters.add("commands_ok" if outcome.ok else "commands_failed")
+        label = "ok" if outcome.ok else "timeout" if outcome.status == 504 else "failed"
+        self.ctx.counters.add(f"commands_{cmd.verb}_{label}")
         self._reply(cmd, job.request, outcome, job.body.transaction)
         if outcome.ok and cmd.verb == "get" and outcome.payload is not None:
             self.ctx.bus.emit(ValueRead(cmd.endpoint, cmd.path, outcome.payload))
