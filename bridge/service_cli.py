@@ -5,11 +5,17 @@ Settings come from flags, the environment (``BRIDGE_*``) and a ``.env`` file
 a clean stop (SIGTERM or SIGINT), 2 for wrong settings, 1 when start-up fails (token
 refused, broker credentials refused, callback URL unreachable...). Every error names the
 setting to look at and never shows a secret.
+
+A stop (SIGTERM or SIGINT; a second one changes nothing) takes no new commands, gives
+the commands under way ``stop_timeout`` seconds to be answered (then answers them 503),
+publishes ``offline``, disconnects and exits 0. Should it hang all the same, a watchdog
+ends the process (exit 1) :data:`STOP_MARGIN` seconds after that.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,6 +28,7 @@ from bridge.controller import Bridge
 from bridge.settings import Settings, SettingsError, load_settings
 
 PROG = "connector-bridge run"
+STOP_MARGIN = 20.0  # seconds beyond stop_timeout before the watchdog ends a hanging stop
 LOG_FORMAT = logging_setup.TEXT_FORMAT
 
 
@@ -73,7 +80,11 @@ def read_settings(argv: Sequence[str]) -> Settings | int:
 
 def install_stop_signals(stop: threading.Event) -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger("bridge").info("%s received", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            logging.getLogger("bridge").info("%s received: already stopping", name)
+            return
+        logging.getLogger("bridge").info("%s received", name)
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
@@ -98,5 +109,15 @@ def main(argv: Sequence[str]) -> int:
         print(f"{PROG}: cannot start: {exc}", file=sys.stderr)
         code = 1
     finally:
+        watchdog = threading.Timer(settings.stop_timeout + STOP_MARGIN, _stop_hangs)
+        watchdog.daemon = True
+        watchdog.start()
         bridge.stop()
+        watchdog.cancel()
     return code
+
+
+def _stop_hangs() -> None:
+    logging.getLogger("bridge").error("the stop did not finish in time; exiting now")
+    logging.shutdown()
+    os._exit(1)
