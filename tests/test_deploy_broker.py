@@ -15,12 +15,15 @@ answer to its round trip.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -35,7 +38,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.support.broker import MosquittoBroker
+from bridge.simulator import Emulator
+from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.certs import CertKey, Pki, make_test_pki
 from tests.support.ports import free_port
 
@@ -117,6 +121,23 @@ def readme_add_client_acl_line() -> str:
         if line.startswith("sed -n '/^user mqtt-client$/"):
             return line
     raise AssertionError(f"{BROKER_README} no longer shows how to add a client user")
+
+
+def readme_home_assistant_acl_line() -> str:
+    """The README's command that adds Home Assistant's two discovery lines."""
+    for line in BROKER_README.read_text().splitlines():
+        if line.startswith("printf '%s\\n' 'topic read homeassistant/"):
+            return line
+    raise AssertionError(f"{BROKER_README} no longer shows Home Assistant's ACL lines")
+
+
+def add_users_as_the_readme_says(b: ProductionBroker) -> None:
+    """ADDED_USER (home-assistant) gets its ACL block exactly the way the README tells an
+    administrator: the client template, then Home Assistant's discovery lines."""
+    for command in (readme_add_client_acl_line(), readme_home_assistant_acl_line()):
+        command = command.replace("/etc/mosquitto/acl", str(b.acl_file))
+        subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True)
+    assert f"user {ADDED_USER}" in b.acl_file.read_text()
 
 
 def hand_to_broker_user(*paths: Path) -> None:
@@ -347,10 +368,7 @@ def passwords() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def broker(pki: Pki, passwords: dict[str, str]) -> Iterator[ProductionBroker]:
     b = ProductionBroker(pki, passwords)
-    # ADDED_USER gets its ACL block exactly the way the README tells an administrator.
-    command = readme_add_client_acl_line().replace("/etc/mosquitto/acl", str(b.acl_file))
-    assert f"user {ADDED_USER}" in command
-    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True)
+    add_users_as_the_readme_says(b)
     with b.start():
         yield b
 
@@ -539,6 +557,37 @@ def test_a_user_without_an_acl_block_can_neither_read_nor_write(peers: Any) -> N
     assert stranger.topics(live_only=False) == set()
 
 
+# --- Home Assistant discovery --------------------------------------------------------------
+
+
+def test_home_assistant_discovery_configs_come_from_the_bridge_only(peers: Any) -> None:
+    """Only the bridge writes discovery configs (a forged config would put a fake device in
+    Home Assistant); Home Assistant's user reads them and announces itself to the bridge;
+    an ordinary client user does neither."""
+    ep = unique_ep()
+    config = f"homeassistant/switch/connector__{ep}/3311_0_5850/config"
+    bridge = peers(BRIDGE_USER).connected()
+    bridge.subscribe("homeassistant/status")
+    ha = peers(ADDED_USER).connected()
+    ha.subscribe("homeassistant/#")
+    app = peers(CLIENT_USER).connected()
+    app.subscribe("homeassistant/#")
+
+    assert not bridge.publish(config, b'{"name": "x"}', retain=True).is_failure
+    ha.wait_message(config)
+    for forger in (app, ha):
+        assert forger.publish(config, b'{"name": "forged"}').value == NOT_AUTHORIZED
+    assert app.publish("homeassistant/status", b"online").value == NOT_AUTHORIZED
+    assert bridge.publish("homeassistant/status", b"online").value == NOT_AUTHORIZED
+    assert not ha.publish("homeassistant/status", b"online").is_failure
+    bridge.wait_message("homeassistant/status", b"online")
+    for reader in (app, ha):
+        reader.barrier()
+    assert app.topics(live_only=False) == set()
+    assert [m.payload for m in ha.messages if m.topic == config] == [b'{"name": "x"}']
+    assert not bridge.publish(config, b"", retain=True).is_failure  # remove the retained one
+
+
 # --- TLS ----------------------------------------------------------------------------------
 
 
@@ -585,7 +634,9 @@ def test_the_loopback_listener_still_requires_a_password(
 
 @pytest.fixture(scope="module")
 def mtls_broker(pki: Pki, passwords: dict[str, str]) -> Iterator[ProductionBroker]:
-    with ProductionBroker(pki, passwords, require_certificate=True).start() as b:
+    b = ProductionBroker(pki, passwords, require_certificate=True)
+    add_users_as_the_readme_says(b)
+    with b.start():
         yield b
 
 
@@ -638,20 +689,7 @@ def test_mutual_tls_still_requires_the_password(
     assert rc is not None and rc.value == NOT_AUTHORIZED
 
 
-# --- HOOK for the lead: the bridge itself through this broker ----------------------------
-#
-# Issue 7 asks for a test that "the bridge works through it with its own user over TLS".
-# When `connector-bridge run` lands, add a test here that:
-#   1. takes the ``broker`` fixture (or ``mtls_broker`` to also use the client certificate)
-#      and the ``emulator`` fixture (tests/conftest.py);
-#   2. starts `connector-bridge run` (subprocess, env=env_with_pythonpath() updated with
-#      ``bridge_environment(broker, tmp_path)`` plus BRIDGE_CONNECTOR_URL=emulator.url and
-#      BRIDGE_CONNECTOR_TOKEN_FILE holding emulator.token);
-#   3. as CLIENT_USER (a Peer): waits for the retained connector/$bridge/state "online" and a
-#      value on connector/node-001/3303/0/5700, publishes
-#      connector/light-001/3311/0/5850/set "1" and waits for its /reply with ok true;
-#   4. stops the bridge and waits for connector/$bridge/state "offline" (the will message,
-#      which the ACL must allow: it is checked when the bridge connects).
+# --- the bridge itself through this broker -------------------------------------------------
 
 
 def bridge_environment(
@@ -661,8 +699,8 @@ def bridge_environment(
     TLS with the test CA (and the client certificate when ``client_cert``).
 
     Names: BRIDGE_MQTT_* and BRIDGE_TOPIC_PREFIX as in bridge/settings.py (TLS:
-    BRIDGE_MQTT_TLS, BRIDGE_MQTT_TLS_CA, _CERT, _KEY); BRIDGE_MQTT_PASSWORD_FILE is the
-    secrets-as-files setting issue 7 asks for, not in bridge/settings.py yet.
+    BRIDGE_MQTT_TLS, BRIDGE_MQTT_TLS_CA, _CERT, _KEY; the password from a file with
+    BRIDGE_MQTT_PASSWORD_FILE, as deploy/ hands it over).
     """
     password_file = secrets_dir / "mqtt-password"
     password_file.write_text(broker.users[BRIDGE_USER] + "\n")
@@ -704,3 +742,117 @@ def test_bridge_environment_logs_in_as_the_bridge_user(
     request.addfinalizer(peer.close)
     peer.connected()
     assert not peer.publish(f"{env['BRIDGE_TOPIC_PREFIX']}/$bridge/state", b"online").is_failure
+
+
+def wait_live(peer: Peer, topic: str, payload: bytes | None = None) -> mqtt.MQTTMessage:
+    """The first message on ``topic`` published while ``peer`` was subscribed (not one
+    retained from earlier)."""
+
+    def find() -> mqtt.MQTTMessage | None:
+        for m in peer.messages:
+            if m.topic == topic and not m.retain and (payload is None or m.payload == payload):
+                return m
+        return None
+
+    peer._wait(lambda: find() is not None, f"a live message on {topic}")
+    found = find()
+    assert found is not None
+    return found
+
+
+def start_bridge_process(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """`connector-bridge run` (the image's entry point and sub-command) with only ``env``
+    for settings (``--env-file ''``: no .env file); its output goes to files in ``cwd``."""
+    with (cwd / "bridge.out").open("wb") as out, (cwd / "bridge.err").open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run", "--env-file", ""],
+            env=env, cwd=cwd, stdout=out, stderr=err,
+        )  # fmt: skip
+
+
+def stop_bridge_process(proc: subprocess.Popen[bytes], cwd: Path) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = -9
+    output = (cwd / "bridge.out").read_text(errors="replace")
+    return code, output + (cwd / "bridge.err").read_text(errors="replace")
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_the_bridge_works_through_the_production_broker_with_its_own_user(
+    broker: ProductionBroker,
+    mtls_broker: ProductionBroker,
+    pki: Pki,
+    passwords: dict[str, str],
+    emulator: Emulator,
+    tmp_path: Path,
+    mutual: bool,
+) -> None:
+    """`connector-bridge run` as deploy/ runs it: settings from the environment, the token
+    and the MQTT password from files, TLS with the CA (and its client certificate under
+    mutual TLS), the ACL's bridge user. A client user sees it online, reads a value,
+    switches the light and gets the reply; SIGTERM publishes offline."""
+    target = mtls_broker if mutual else broker
+    token_file = tmp_path / "connector-token"
+    token_file.write_text(emulator.token + "\n")
+    token_file.chmod(0o600)
+    env = {k: v for k, v in env_with_pythonpath().items() if not k.startswith("BRIDGE_")}
+    env.update(bridge_environment(target, tmp_path, client_cert=mutual))
+    env.update(
+        BRIDGE_CONNECTOR_URL=emulator.url,
+        BRIDGE_CONNECTOR_TOKEN_FILE=str(token_file),
+        BRIDGE_MQTT_CLIENT_ID=f"deploy-bridge-{uuid.uuid4().hex[:8]}",
+    )
+    cert = pki.client if mutual else None
+
+    def client() -> Peer:
+        peer = Peer(
+            target.tls_port, CLIENT_USER, passwords[CLIENT_USER],
+            cafile=pki.ca_cert, client_cert=cert,
+        )  # fmt: skip
+        return peer.connected()
+
+    app = client()
+    ha = Peer(
+        target.tls_port, ADDED_USER, passwords[ADDED_USER], cafile=pki.ca_cert, client_cert=cert
+    ).connected()
+    late: Peer | None = None
+    proc = start_bridge_process(env, tmp_path)
+    try:
+        app.subscribe("connector/#")
+        ha.subscribe("homeassistant/+/+/+/config")
+        wait_live(app, "connector/$bridge/state", b"online")
+        # A client that subscribes later gets the retained state.
+        late = client()
+        late.subscribe("connector/$bridge/state")
+        retained = late.wait_message("connector/$bridge/state", b"online")
+        assert retained.retain
+        wait_live(app, "connector/node-001/3303/0/5700")
+        light = "connector/light-001/3311/0/5850"
+        assert not app.publish(f"{light}/set", b"1").is_failure
+        reply = json.loads(wait_live(app, f"{light}/set/reply").payload)
+        assert reply["ok"] is True, reply
+        assert emulator.get_value("light-001", "/3311/0/5850") == b"1"
+        wait_live(app, light, b"1")
+        # Home Assistant discovery goes through the ACL too: HA's user sees the light.
+        ha._wait(
+            lambda: any("light-001" in m.topic for m in ha.messages),
+            "a discovery config for light-001",
+        )
+        code, output = stop_bridge_process(proc, tmp_path)
+        wait_live(app, "connector/$bridge/state", b"offline")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        app.close()
+        ha.close()
+        if late is not None:
+            late.close()
+    assert code == 0, output[-3000:]
+    assert target.users[BRIDGE_USER] not in output
+    assert emulator.token not in output
