@@ -1,0 +1,294 @@
+"""The load clients of the bench, each run as a child process so that it has an
+interpreter (and a GIL) of its own::
+
+    python -m bridge.bench.loadgen <kind> '<json arguments>'
+
+It prints one JSON line with its result. Kinds:
+
+``paho-publish``
+    The paho ceiling: N messages published by a bare paho-mqtt client, plain
+    ``publish`` calls, in-flight limit 1,000, nothing else in the process.
+``mqtt-commands``
+    M ``.../set`` commands to the bridge over MQTT 5 with ``inflight`` outstanding,
+    each matched to its reply by Correlation Data; throughput and latency.
+``connector-commands``
+    The floor: the same PUTs straight to the Connector with the project's client
+    (``bridge.connector``), ``inflight`` outstanding, each waited for until its async
+    response arrives on the long poll; throughput and latency.
+``latency-driver``
+    A steady rate of value changes through the emulator's admin route, each value the
+    time it was sent (``time.time()``), so that a subscriber can compute the latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.bench.stats import percentile
+
+
+def _client(args: dict[str, Any], name: str) -> mqtt.Client:
+    v5 = str(args.get("protocol", "5")) == "5"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"bench-{name}-{os.getpid()}",
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+    )
+    return client
+
+
+def _connect(client: mqtt.Client, args: dict[str, Any], timeout: float = 15.0) -> None:
+    connected = threading.Event()
+    client.on_connect = lambda *a: connected.set()
+    client.connect(args["host"], int(args["port"]), keepalive=60)
+    client.loop_start()
+    if not connected.wait(timeout):
+        raise SystemExit("could not connect to the broker")
+
+
+def paho_publish(args: dict[str, Any]) -> dict[str, Any]:
+    topics: list[str] = args["topics"]
+    n, size, qos, retain = int(args["n"]), int(args["size"]), int(args["qos"]), bool(args["retain"])
+    client = _client(args, "paho")
+    client.max_inflight_messages_set(int(args.get("inflight", 1000)))
+    _connect(client, args)
+    nt = len(topics)
+    payloads = [f"{k:0{size}d}".encode() for k in range(n)]
+    publish = client.publish
+    t0 = time.time()
+    info = None
+    full = 0
+    for k in range(n):
+        info = publish(topics[k % nt], payloads[k], qos, retain)
+        # paho keys its queue by message id: with 65,535 QoS 1 messages queued a new one
+        # is refused (MQTT_ERR_QUEUE_SIZE) until some are acknowledged.
+        while info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            full += 1
+            time.sleep(0.001)
+            info = publish(topics[k % nt], payloads[k], qos, retain)
+    t_calls = time.time()
+    if info is not None:
+        info.wait_for_publish(600)
+    t_done = time.time()
+    client.disconnect()
+    client.loop_stop()
+    return {"published": n, "queue_full": full, "t_start": t0, "t_calls": t_calls, "t_done": t_done}
+
+
+def _summary(
+    latencies: list[float], started: float, ended: float, ok: int, failed: int
+) -> dict[str, Any]:
+    lat = sorted(latencies)
+    n = len(lat)
+    return {
+        "done": n,
+        "ok": ok,
+        "failed": failed,
+        "seconds": ended - started,
+        "rate": n / (ended - started) if ended > started else 0.0,
+        "p50_ms": percentile(lat, 50) * 1000,
+        "p99_ms": percentile(lat, 99) * 1000,
+        "max_ms": (lat[-1] if lat else 0.0) * 1000,
+    }
+
+
+def command_value(i: int, endpoints: int) -> str:
+    """The dimmer value of command ``i``: differs from the endpoint's previous command."""
+    return str((i // endpoints) % 100)
+
+
+def mqtt_commands(args: dict[str, Any]) -> dict[str, Any]:
+    prefix, path = args["prefix"], args["path"].lstrip("/")
+    endpoints: list[str] = args["endpoints"]
+    m, inflight = int(args["m"]), int(args["inflight"])
+    nep = len(endpoints)
+    client = _client({**args, "protocol": "5"}, "commands")
+    client.max_inflight_messages_set(max(inflight * 2, 20))
+    sent = [0.0] * m
+    latencies: list[float] = []
+    counts = {"ok": 0, "failed": 0}
+    room = threading.Semaphore(inflight)
+    all_done = threading.Event()
+    subscribed = threading.Event()
+    lock = threading.Lock()
+
+    def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.perf_counter()
+        corr = getattr(msg.properties, "CorrelationData", None)
+        if corr is None:
+            return
+        i = int.from_bytes(corr, "big")
+        try:
+            ok = bool(json.loads(msg.payload).get("ok"))
+        except ValueError:
+            ok = False
+        with lock:
+            latencies.append(now - sent[i])
+            counts["ok" if ok else "failed"] += 1
+            if len(latencies) >= m:
+                all_done.set()
+        room.release()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
+    _connect(client, args)
+    client.subscribe(f"{prefix}/+/{path}/set/reply", qos=1)
+    if not subscribed.wait(15):
+        raise SystemExit("no SUBACK")
+    topics = [f"{prefix}/{ep}/{path}/set" for ep in endpoints]
+    started = time.perf_counter()
+    for i in range(m):
+        room.acquire()
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.CorrelationData = i.to_bytes(4, "big")
+        sent[i] = time.perf_counter()
+        client.publish(topics[i % nep], command_value(i, nep), qos=1, properties=props)
+    finished = all_done.wait(float(args.get("timeout", 300)))
+    ended = time.perf_counter()
+    client.disconnect()
+    client.loop_stop()
+    result = _summary(latencies, started, ended, counts["ok"], counts["failed"])
+    result["complete"] = finished
+    return result
+
+
+def connector_commands(args: dict[str, Any]) -> dict[str, Any]:
+    from bridge.connector import asyncResult, connector
+
+    endpoints: list[str] = args["endpoints"]
+    path = args["path"]
+    m, inflight, threads = int(args["m"]), int(args["inflight"]), int(args["threads"])
+    nep = len(endpoints)
+    c = connector(args["token"], args["url"], timeout=30.0, asyncTimeout=60.0)
+    c.startLongPolling()
+    latencies: list[float] = []
+    counts = {"ok": 0, "failed": 0}
+    room = threading.Semaphore(inflight)
+    all_done = threading.Event()
+    lock = threading.Lock()
+    numbers = itertools.count()
+
+    def finished(t0: float) -> Callable[[asyncResult], None]:
+        def cb(r: asyncResult) -> None:
+            now = time.perf_counter()
+            with lock:
+                latencies.append(now - t0)
+                counts["failed" if r.error else "ok"] += 1
+                if len(latencies) >= m:
+                    all_done.set()
+            room.release()
+
+        return cb
+
+    def sender() -> None:
+        while True:
+            i = next(numbers)
+            if i >= m:
+                return
+            room.acquire()
+            t0 = time.perf_counter()
+            c.putResourceValue(endpoints[i % nep], path, command_value(i, nep), cbfn=finished(t0))
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=sender, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    done = all_done.wait(float(args.get("timeout", 300)))
+    ended = time.perf_counter()
+    c.stopLongPolling()
+    c.close()
+    result = _summary(latencies, started, ended, counts["ok"], counts["failed"])
+    result["complete"] = done
+    return result
+
+
+def latency_driver(args: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
+
+    url, token = args["url"], args["token"]
+    targets: list[list[str]] = args["targets"]
+    rate, seconds = float(args["rate"]), float(args["seconds"])
+
+    async def run() -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"}
+        connector = aiohttp.TCPConnector(limit=32)
+        errors = 0
+        late = 0
+        async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+
+            async def put(ep: str, path: str) -> None:
+                nonlocal errors
+                body = {"ep": ep, "path": path, "value": f"{time.time():.6f}"}
+                try:
+                    async with session.put(f"{url}/admin/value", json=body) as r:
+                        if r.status != 204:
+                            errors += 1
+                        await r.read()
+                except aiohttp.ClientError:
+                    errors += 1
+
+            loop = asyncio.get_running_loop()
+            total = int(rate * seconds)
+            tasks: set[asyncio.Task[None]] = set()
+            t0 = loop.time()
+            wall0 = time.time()
+            for i in range(total):
+                due = t0 + i / rate
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -0.005:
+                    late += 1
+                ep, path = targets[i % len(targets)]
+                task = asyncio.create_task(put(ep, path))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            wall1 = time.time()
+            if tasks:
+                await asyncio.wait(tasks)
+        return {
+            "sent": total,
+            "errors": errors,
+            "late": late,
+            "t_start": wall0,
+            "t_end": wall1,
+            "rate": total / (wall1 - wall0) if wall1 > wall0 else 0.0,
+        }
+
+    return asyncio.run(run())
+
+
+KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "paho-publish": paho_publish,
+    "mqtt-commands": mqtt_commands,
+    "connector-commands": connector_commands,
+    "latency-driver": latency_driver,
+}
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 2 or argv[0] not in KINDS:
+        print(
+            f"usage: python -m bridge.bench.loadgen {{{','.join(KINDS)}}} '<json>'", file=sys.stderr
+        )
+        return 2
+    result = KINDS[argv[0]](json.loads(argv[1]))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,199 @@
+"""The readable table of a bench run, and the targets each figure is held against."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+
+class Target(NamedTuple):
+    name: str
+    value: float
+    goal: str
+    met: bool
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def targets(f: dict[str, Any]) -> list[Target]:
+    """The issue's targets, for the measurements that ran."""
+    out: list[Target] = []
+
+    def add(name: str, value: Any, goal: str, ok: Callable[[float], bool]) -> None:
+        v = _num(value)
+        out.append(Target(name, v, goal, not math.isnan(v) and ok(v)))
+
+    if "throughput" in f:
+        t = f["throughput"]
+        add(
+            "QoS 0 throughput / paho ceiling", t["qos0"]["ratio_paho"], ">= 0.9", lambda v: v >= 0.9
+        )
+        add(
+            "QoS 1 throughput / paho ceiling", t["qos1"]["ratio_paho"], ">= 1.4", lambda v: v >= 1.4
+        )
+    if "commands" in f:
+        c = f["commands"]
+        add("command throughput / floor", c["ratio"], ">= 0.7", lambda v: v >= 0.7)
+        add("command p50 added by the bridge, ms", c["added_p50_ms"], "<= 2", lambda v: v <= 2)
+    if "latency" in f:
+        lat = f["latency"]
+        add("latency p50, ms", lat["p50_ms"], "< 5", lambda v: v < 5)
+        add("latency p99, ms", lat["p99_ms"], "< 20", lambda v: v < 20)
+        add(
+            "bridge CPU at 1,000/s, % of a core",
+            _num(lat["cpu_share"]) * 100,
+            "< 15",
+            lambda v: v < 15,
+        )
+    if "scale" in f:
+        for s in f["scale"]["sizes"]:
+            if s["endpoints"] == 100_000:
+                add("start-up with 100,000 endpoints, s", s["all_s"], "< 90", lambda v: v < 90)
+                add(
+                    "peak RSS with 100,000 endpoints, MiB",
+                    s["peak_rss_mib"],
+                    "< 400",
+                    lambda v: v < 400,
+                )
+    return out
+
+
+def _rate(v: Any) -> str:
+    x = _num(v)
+    return "-" if math.isnan(x) else f"{x:,.0f}/s"
+
+
+def _f(v: Any, spec: str = ".2f", unit: str = "") -> str:
+    x = _num(v)
+    return "-" if math.isnan(x) else f"{x:{spec}}{unit}"
+
+
+def _table(rows: list[list[str]], right_from: int = 1) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [
+            c.ljust(widths[i]) if i < right_from else c.rjust(widths[i]) for i, c in enumerate(r)
+        ]
+        lines.append("  " + "   ".join(cells).rstrip())
+    return lines
+
+
+def render(f: dict[str, Any]) -> str:
+    m = f["machine"]
+    cfg = f.get("config", {})
+    lines = [
+        "connector-bridge bench",
+        f"machine: {m['cores']} cores ({m['usable_cores']} usable), {m['cpu_model']}, "
+        f"{m['memory_mib'] / 1024:.1f} GiB; Python {m['python']}, paho-mqtt {m['paho_mqtt']}, "
+        f"Mosquitto {m['mosquitto']}",
+        f"load average before/after: {m['load_before'][0]:.2f} / "
+        f"{m.get('load_after', [math.nan])[0]:.2f}",
+        f"broker: {f.get('broker', '?')}",
+        f"command: {f.get('command', 'connector-bridge bench')}",
+        f"each figure is the median of {cfg.get('runs', '?')} run(s); each ratio is taken "
+        "within one run",
+    ]
+    if "throughput" in f:
+        t = f["throughput"]
+        q0, q1 = t["qos0"], t["qos1"]
+        lines += [
+            "",
+            f"Notification throughput: N={t['n']:,} values of {t['payload_size']} bytes over "
+            f"{t['topics']} topics, retained, counted by mosquitto_sub",
+        ]
+
+        def both(key: str, fmt: Callable[[Any], str]) -> list[str]:
+            return [fmt(q0[key]), fmt(q1[key])]
+
+        def us(v: Any) -> str:
+            return _f(v, ".1f", " us")
+
+        lines += _table(
+            [
+                ["", "QoS 0", "QoS 1"],
+                ["bridge (emulator -> long poll -> bridge -> broker)", *both("bridge_rate", _rate)],
+                ["paho ceiling (bare paho client, in-flight 1,000)", *both("paho_rate", _rate)],
+                ["machine's limit (mosquitto_pub -l)", *both("mosquitto_rate", _rate)],
+                ["bridge / paho ceiling", *both("ratio_paho", _f)],
+                ["bridge / mosquitto_pub", *both("ratio_mosquitto", _f)],
+                ["bridge CPU per message", *both("bridge_cpu_us_per_message", us)],
+                ["messages lost (worst run)", *both("lost", str)],
+            ]
+        )
+    if "commands" in f:
+        c = f["commands"]
+        lines += [
+            "",
+            f"Command round trip: M={c['m']:,} /set commands, {c['inflight']} in flight, "
+            "each waited for until its reply",
+        ]
+
+        def ms(v: Any, sign: str = "") -> str:
+            return _f(v, sign + ".2f", " ms")
+
+        lines += _table(
+            [
+                ["", "throughput", "p50", "p99"],
+                [
+                    "bridge (MQTT 5 client -> bridge -> Connector -> reply)",
+                    _rate(c["bridge_rate"]),
+                    ms(c["bridge_p50_ms"]),
+                    ms(c["bridge_p99_ms"]),
+                ],
+                [
+                    f"floor (Connector client, {c['floor_threads']} threads)",
+                    _rate(c["floor_rate"]),
+                    ms(c["floor_p50_ms"]),
+                    ms(c["floor_p99_ms"]),
+                ],
+                [
+                    "bridge / floor; added by the bridge",
+                    _f(c["ratio"]),
+                    ms(c["added_p50_ms"], "+"),
+                    ms(c["added_p99_ms"], "+"),
+                ],
+            ]
+        )
+        lines.append(f"  failed commands (worst run): {c['failed']}; unanswered: {c['unanswered']}")
+    if "latency" in f:
+        lat = f["latency"]
+        lines += [
+            "",
+            f"Notification latency at {lat['rate']:,.0f}/s for {lat['window_seconds']:g} s "
+            "(emulator emits -> subscriber receives)",
+            f"  p50 {_f(lat['p50_ms'], '.2f', ' ms')}   p99 {_f(lat['p99_ms'], '.2f', ' ms')}   "
+            f"bridge CPU {_f(_num(lat['cpu_share']) * 100, '.1f', '% of one core')}   "
+            f"(driver reached {_rate(lat['driver_rate'])}; lost {lat['lost']})",
+        ]
+    if "scale" in f:
+        lines += [
+            "",
+            "Scale: start-up with 3 observed resources per endpoint (time from the bridge's start)",
+        ]
+        rows = [["endpoints", "every $state", "every $resources", "every value", "peak RSS"]]
+        for s in f["scale"]["sizes"]:
+            rows.append(
+                [
+                    f"{s['endpoints']:,}" + ("" if s["complete"] else " (incomplete)"),
+                    _f(s["states_s"], ".1f", " s"),
+                    _f(s["resources_s"], ".1f", " s"),
+                    _f(s["values_s"], ".1f", " s"),
+                    _f(s["peak_rss_mib"], ".0f", " MiB"),
+                ]
+            )
+        lines += _table(rows)
+    found = targets(f)
+    if found:
+        lines += ["", "Targets"]
+        lines += _table(
+            [[t.name, _f(t.value), t.goal, "met" if t.met else "MISSED"] for t in found]
+        )
+    lines.append(f"\n(bench took {f.get('seconds', 0):.0f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Scale: the bridge's start-up with 1,000 / 10,000 / 100,000 endpoints, 3 observed
+resources each.
+
+For each size an emulator with that many lamps runs in its own process; for each run a
+fresh broker (a bench-started one is restarted, so that its retained store is empty) and
+three ``mosquitto_sub -C`` counters: every ``$state``, every ``$resources`` and every
+initial value (3 per endpoint). The figures are the time from the bridge's start (the
+moment its process is spawned) to the last message of each kind, and the bridge's peak
+resident memory (VmHWM of /proc/<pid>/status).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bridge.bench.context import Env
+from bridge.bench.harness import (
+    OBSERVED_PATHS,
+    BridgeProcess,
+    Control,
+    CountingSubscriber,
+    EmulatorProcess,
+    new_prefix,
+    status_mib,
+)
+from bridge.bench.stats import median
+
+STALL = 30.0  # seconds without a message before a count is given up
+
+
+def _fresh_broker(env: Env) -> None:
+    if env.broker.own:
+        env.control.close()
+        env.broker.restart()
+        env.control = Control(env.broker)
+
+
+def once(env: Env, emulator: EmulatorProcess, size: int) -> dict[str, Any]:
+    cfg = env.config
+    _fresh_broker(env)
+    prefix = new_prefix("scl")
+    nvalues = size * len(OBSERVED_PATHS)
+    settings = {"mqtt_protocol": cfg.mqtt_protocol}
+    settings.update(cfg.bridge_settings)
+    qos = int(settings.get("value_qos", "1"))
+    broker, control = env.broker, env.control
+    with (
+        CountingSubscriber(
+            broker, control, [f"{prefix}/+/$state"], size, f"{prefix}/$bench-sync/$state", qos
+        ) as states,
+        CountingSubscriber(
+            broker,
+            control,
+            [f"{prefix}/+/$resources"],
+            size,
+            f"{prefix}/$bench-sync/$resources",
+            qos,
+        ) as resources,
+        CountingSubscriber(
+            broker, control, [f"{prefix}/+/+/+/+"], nvalues, f"{prefix}/$bench/sync/0/0", qos
+        ) as values,
+        BridgeProcess(emulator, broker, prefix, settings) as bridge,
+    ):
+        t0 = bridge.started_at
+        limit = 600.0
+        ok = all(s.wait(stall=STALL, limit=limit) for s in (states, resources, values))
+        peak = bridge.peak_rss_mib()
+        if not ok:
+            env.say(f"scale {size}: not every message came; bridge log:\n{bridge.log_tail(10)}")
+        st, rs, vs = states.times(), resources.times(), values.times()
+    return {
+        "endpoints": size,
+        "complete": ok,
+        "states": len(st),
+        "resources": len(rs),
+        "values": len(vs),
+        "states_s": (st[-1] - t0) if len(st) == size else math.nan,
+        "resources_s": (rs[-1] - t0) if len(rs) == size else math.nan,
+        "values_s": (vs[-1] - t0) if len(vs) == nvalues else math.nan,
+        "first_state_s": (st[0] - t0) if st else math.nan,
+        "all_s": max(st[-1], rs[-1], vs[-1]) - t0 if ok and st and rs and vs else math.nan,
+        "peak_rss_mib": peak,
+    }
+
+
+def measure(env: Env) -> dict[str, Any]:
+    cfg = env.config
+    runs_per_size = cfg.scale_runs or cfg.runs
+    sizes: list[dict[str, Any]] = []
+    for size in cfg.scale_sizes:
+        env.say(f"scale {size:,} endpoints: starting the emulator")
+        emulator = EmulatorProcess(size).start(timeout=600)
+        try:
+            emu_rss = status_mib(emulator.pid, "VmRSS")
+            runs = []
+            for r in range(runs_per_size):
+                env.say(f"scale {size:,}, run {r + 1}/{runs_per_size}")
+                result = once(env, emulator, size)
+                env.say(
+                    f"  $state {result['states_s']:.1f} s, values {result['values_s']:.1f} s, "
+                    f"peak RSS {result['peak_rss_mib']:.0f} MiB"
+                )
+                runs.append(result)
+        finally:
+            emulator.stop()
+        sizes.append(
+            {
+                "endpoints": size,
+                "emulator_start_s": emulator.started_in,
+                "emulator_rss_mib": emu_rss,
+                "states_s": median(r["states_s"] for r in runs),
+                "resources_s": median(r["resources_s"] for r in runs),
+                "values_s": median(r["values_s"] for r in runs),
+                "all_s": median(r["all_s"] for r in runs),
+                "peak_rss_mib": median(r["peak_rss_mib"] for r in runs),
+                "complete": all(r["complete"] for r in runs),
+                "runs": runs,
+            }
+        )
+    return {"sizes": sizes}
