@@ -171,18 +171,14 @@ class Watch:
     """What the health extension observes itself; everything else is read from the parts.
 
     ``connector`` is the last :class:`~bridge.events.ConnectorStateChanged` (the Connector
-    side's reachability: ``up``, ``down``, ``refused``; None before the first answer),
-    ``connector_recoveries`` how often it came back ``up`` after ``down`` or ``refused``.
+    side's reachability: ``up``, ``down``, ``refused``; None before the first answer).
     """
 
     latency: ConnectorLatency = field(default_factory=ConnectorLatency)
     started: threading.Event = field(default_factory=threading.Event)
     connector: ConnectorStateChanged | None = None
-    connector_recoveries: int = 0
 
     def connector_changed(self, event: ConnectorStateChanged) -> None:
-        if event.state == "up" and self.connector is not None and self.connector.state != "up":
-            self.connector_recoveries += 1
         self.connector = event
 
 
@@ -294,7 +290,8 @@ def key_figures(ctx: BridgeContext, watch: Watch) -> dict[str, Any]:
             "reachable": reachable,
             "reason": why,
             "failures": state.failures if state is not None else 0,
-            "recoveries": watch.connector_recoveries,
+            "outages": counters.get("connector_outages", 0),
+            "recoveries": counters.get("connector_recoveries", 0),
             "pulls": poll.get("pulls", 0),
             "channel_failures": poll.get("failures", 0),
             "async_pending": ctx.connector.pendingCount(),

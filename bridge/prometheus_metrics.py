@@ -42,6 +42,8 @@ _EXPLICIT = frozenset(
         "commands_ok",
         "commands_failed",
         "async_timeouts",
+        "connector_outages",
+        "connector_recoveries",
     )
 )
 HELP: dict[str, str] = {
@@ -198,6 +200,11 @@ class BridgeCollector(Collector):
         for state in ("up", "down", "refused"):
             states.add_metric([state], 1.0 if connector["state"] == state else 0.0)
         yield states
+        yield _counter(
+            "bridge_connector_outages",
+            "Times the Connector became unreachable or refused the access key",
+            connector["outages"],
+        )
         yield _counter(
             "bridge_connector_recoveries",
             "Times the Connector answered again after being down or refusing",

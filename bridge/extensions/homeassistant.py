@@ -91,7 +91,7 @@ class HomeAssistant(Extension):
             topic_prefix=s.topic_prefix, discovery_prefix=s.homeassistant_discovery_prefix
         )
         self.status_topic = ha_status_topic(s.homeassistant_discovery_prefix)
-        self._calls = AsyncCalls(ctx.deadlines)
+        self._calls = AsyncCalls(ctx.deadlines, ctx.counters)
         # Publishing one endpoint (compare, send, remember) happens under this lock, so
         # two threads never interleave the configs of one endpoint out of order.
         self._publish_lock = threading.Lock()
