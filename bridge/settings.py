@@ -524,15 +524,18 @@ def load_settings(
     *,
     env_file: str | Path | None = ".env",
     overrides: Mapping[str, Any] | None = None,
+    settings_class: type[Settings] | None = None,
 ) -> Settings:
     """Read the settings (flags over environment over ``env_file``) or raise SettingsError.
 
     ``argv`` are the command-line flags (``None``: no flags). ``overrides`` win over
-    everything (the demo uses them for the emulator it starts).
+    everything (the demo uses them for the emulator it starts). ``settings_class``: a
+    subclass of :class:`Settings` for a command that needs fewer of them (``status``).
     """
     kwargs: dict[str, Any] = dict(overrides or {})
+    cls = settings_class or Settings
     try:
-        return Settings(
+        return cls(
             _env_file=env_file,
             _cli_parse_args=list(argv) if argv is not None else None,
             **kwargs,
