@@ -18,9 +18,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,15 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import pytest
+import requests
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.cli import COMMANDS
-from tests.support.broker import MosquittoBroker
+from bridge.settings import SettingsError, load_settings
+from bridge.simulator import Emulator
+from tests.support.broker import MosquittoBroker, env_with_pythonpath
+from tests.support.ports import free_port
 
 try:
     import tomllib
@@ -50,9 +56,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 SECRET_SETTINGS = {"BRIDGE_CONNECTOR_TOKEN", "BRIDGE_MQTT_PASSWORD"}
 SECRET_FILE_SETTINGS = {"BRIDGE_CONNECTOR_TOKEN_FILE", "BRIDGE_MQTT_PASSWORD_FILE"}
-# Names deploy/ uses that bridge/settings.py does not define yet (issue 7's brief): the
-# secrets-as-files settings (BRIDGE_HEALTH_PORT exists now). The lead reconciles.
-ASSUMED_SETTINGS = {*SECRET_FILE_SETTINGS}
+# Names deploy/ may use before bridge/settings.py defines them. Empty: every name deploy/
+# uses (the secret files, BRIDGE_HEALTH_PORT, the webhook's) is a real setting now.
+ASSUMED_SETTINGS: set[str] = set()
 
 
 def load_yaml(path: Path) -> list[Any]:
@@ -581,3 +587,124 @@ def test_every_bridge_setting_named_in_deploy_exists_or_is_a_listed_assumption()
             used |= set(re.findall(r"\bBRIDGE_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
     unknown = used - known - ASSUMED_SETTINGS
     assert not unknown, f"deploy/ uses settings the bridge does not define: {sorted(unknown)}"
+
+
+# --- the example settings in deploy/ are valid settings -------------------------------------
+
+SETTING_LINE = re.compile(r"^\s*(#?)\s*(BRIDGE_[A-Z0-9_]+)\s*[:=]\s*(.*?)\s*$")
+
+
+def setting_blocks(path: Path) -> list[dict[str, str]]:
+    """The settings a file sets, then each block of commented-out example settings
+    (consecutive ``# BRIDGE_X: value`` / ``#BRIDGE_X=value`` lines), in file order."""
+    active: dict[str, str] = {}
+    blocks: list[dict[str, str]] = []
+    in_block = False
+    for line in path.read_text().splitlines():
+        m = SETTING_LINE.match(line)
+        if not m:
+            in_block = False
+            continue
+        commented, name, value = m.groups()
+        value = value.strip("\"'")
+        if not commented:
+            active[name] = value
+            continue
+        if not in_block:
+            blocks.append({})
+            in_block = True
+        blocks[-1][name] = value
+    return [active, *blocks]
+
+
+def as_valid_settings(values: dict[str, str], scratch: Path) -> None:
+    """load_settings on ``values``: paths replaced by a readable file holding a
+    placeholder secret (the files themselves exist only where deployed)."""
+    placeholder = scratch / "placeholder"
+    placeholder.write_text("placeholder-secret-value-0123456789\n")
+    overrides: dict[str, Any] = {"connector_token": "placeholder-token"}
+    for name, value in values.items():
+        field = name.removeprefix("BRIDGE_").lower()
+        overrides[field] = str(placeholder) if value.startswith(("/", "%d/")) else value
+    if "connector_token_file" in overrides:
+        del overrides["connector_token"]
+    try:
+        load_settings(None, env_file=None, overrides=overrides)
+    except SettingsError as exc:
+        raise AssertionError(f"{sorted(values)}: {exc}") from None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [COMPOSE, K8S / "configmap.yaml", ENV_EXAMPLE],
+    ids=lambda p: p.relative_to(DEPLOY).as_posix(),
+)
+def test_settings_and_commented_examples_are_valid_settings(path: Path, tmp_path: Path) -> None:
+    """Each block of commented examples, applied on top of the file's settings and the
+    blocks before it (as a reader uncommenting them in order would), gives valid settings."""
+    active, *examples = setting_blocks(path)
+    assert active, path
+    values = dict(active)
+    as_valid_settings(values, tmp_path)
+    for block in examples:
+        values.update(block)
+        as_valid_settings(values, tmp_path)
+    assert any("BRIDGE_CALLBACK_URL" in b for b in examples), "the webhook example is missing"
+
+
+# --- the health check and the probes against the real bridge ---------------------------------
+
+
+def test_the_image_healthcheck_and_the_probes_pass_against_the_real_bridge(
+    broker: MosquittoBroker, emulator: Emulator, tmp_path: Path
+) -> None:
+    """`connector-bridge run` with BRIDGE_HEALTH_PORT: the image's HEALTHCHECK command and
+    the Deployment's probe paths answer as they must; after the stop the check fails."""
+    port = free_port()
+    env = {k: v for k, v in env_with_pythonpath().items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_CONNECTOR_URL=emulator.url,
+        BRIDGE_CONNECTOR_TOKEN=emulator.token,
+        BRIDGE_MQTT_HOST="127.0.0.1",
+        BRIDGE_MQTT_PORT=str(broker.port),
+        BRIDGE_MQTT_CLIENT_ID=f"deploy-health-{os.getpid()}",
+        BRIDGE_HEALTH_PORT=str(port),
+        BRIDGE_HEALTH_HOST="127.0.0.1",
+    )
+    (check,) = [rest for ins, rest in dockerfile_final_stage() if ins == "HEALTHCHECK"]
+    command = check.partition(" CMD ")[2].replace("python ", f"{shlex.quote(sys.executable)} ", 1)
+
+    def healthcheck() -> int:
+        return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True).returncode
+
+    def get(path: str) -> int | None:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code
+        except requests.ConnectionError:
+            return None
+
+    container = bridge_container()
+    probes = {name: container[name]["httpGet"]["path"] for name in
+              ("startupProbe", "livenessProbe", "readinessProbe")}  # fmt: skip
+    err_path = tmp_path / "bridge.err"
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run", "--env-file", ""],
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while get("/readyz") != 200:  # ready: connected to the broker and the Connector
+            assert proc.poll() is None, err_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the bridge never became ready"
+            time.sleep(0.1)
+        assert healthcheck() == 0
+        for name, path in probes.items():
+            assert get(path) == 200, (name, path)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, err_path.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert healthcheck() != 0  # nothing answers any more
