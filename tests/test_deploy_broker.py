@@ -33,7 +33,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -216,7 +216,7 @@ class Peer:
         password: str | None,
         *,
         cafile: Path | None,
-        protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+        protocol: MQTTProtocolVersion = mqtt.MQTTv5,
         client_cert: CertKey | None = None,
         context: ssl.SSLContext | None = None,
         host: str = "127.0.0.1",
@@ -486,7 +486,7 @@ def test_replies_on_an_mqtt5_response_topic_under_the_prefix_reach_the_requester
     response_topic = f"connector/$reply/{CLIENT_USER}/{uuid.uuid4().hex[:6]}"
     app.subscribe(response_topic)
     bridge = peers(BRIDGE_USER).connected()
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.CorrelationData = b"request-42"
     assert not bridge.publish(response_topic, b'{"ok": true}', properties=props).is_failure
     msg = app.wait_message(response_topic)

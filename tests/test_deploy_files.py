@@ -40,9 +40,9 @@ from bridge.simulator import Emulator
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.ports import free_port
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, as vendored by pip
+else:  # Python 3.10: the same parser, as vendored by pip
     from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ def dockerfile_json(instruction: str) -> list[str]:
 def dockerfile_stages() -> list[str]:
     """The base image of each stage, with ARG defaults substituted."""
     args: dict[str, str] = {}
-    images = []
+    images: list[str] = []
     for instruction, rest in dockerfile_instructions():
         if instruction == "ARG" and not images:
             name, _, default = rest.partition("=")
