@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bridge.service_cli:main", "run the bridge between a Connector and an MQTT broker"),
     "simulate": ("bridge.simulator.cli:main", "run the local Connector emulator"),
     "demo": ("bridge.demo:main", "run the emulator, a broker and the bridge together"),
+    "status": ("bridge.status_cli:main", "show a running bridge's endpoints and key figures"),
     "bench": ("bridge.bench.cli:main", "measure the bridge against the ceiling of its parts"),
 }
 
