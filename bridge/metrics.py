@@ -6,8 +6,8 @@ Connector client's long-poll statistics and pending async ids, the registry); th
 module *reads* them when somebody asks: a Prometheus scrape
 (:mod:`bridge.prometheus_metrics`), the periodic health message on MQTT and the
 ``/readyz`` answer (:mod:`bridge.extensions.health`). The only thing measured here is
-the latency of the Connector's HTTP calls (:class:`ConnectorLatency`, a ``requests``
-response hook: one bisect and one lock per REST call, none per notification).
+the latency of the Connector's HTTP calls (:class:`ConnectorLatency`: a timer around
+each REST call, one bisect and one short lock per call, none per notification).
 
 :func:`key_figures` is the one reading: a JSON-ready document, the retained
 ``<prefix>/$bridge/health`` message as it is, and what the Prometheus collector turns
@@ -17,6 +17,7 @@ into metrics.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import os
 import re
@@ -117,11 +118,14 @@ def route_of(path: str) -> str:
 
 
 class ConnectorLatency:
-    """Latency of the Connector's HTTP calls, by method and route, from a ``requests``
-    response hook (``resp.elapsed``: from sending the request to reading the headers).
+    """Latency of the Connector's HTTP calls, by method and route: the time each call to
+    the client's HTTP session takes, from sending the request to having the whole answer
+    (or the error).
 
-    Long-poll pulls are left out: they are held open by design, so their duration says
-    nothing about the Connector's speed.
+    It wraps the ``request`` method of the client's session (a ``requests.Session`` or the
+    client's own lean session: both have it), which every REST call of the client goes
+    through. Long-poll pulls are left out: they are held open by design, so their duration
+    says nothing about the Connector's speed.
     """
 
     def __init__(self) -> None:
@@ -129,21 +133,30 @@ class ConnectorLatency:
         self._histograms: dict[tuple[str, str], LatencyHistogram] = {}
 
     def attach(self, client: Any) -> bool:
-        """Hook into the Connector client's HTTP session; False if it has none."""
+        """Measure the calls of ``client`` (a :class:`bridge.connector.connector`);
+        False when it has no session to measure."""
         session = getattr(client, "session", None) or getattr(client, "_session", None)
-        hooks = getattr(session, "hooks", None)
-        if not isinstance(hooks, dict):
+        request = getattr(session, "request", None)
+        if not callable(request):
             return False
-        hooks.setdefault("response", []).append(self._on_response)
+        observe = self.observe
+
+        @functools.wraps(request)
+        def timed(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return request(method, url, *args, **kwargs)
+            finally:
+                observe(method, url, time.perf_counter() - started)
+
+        session.request = timed  # type: ignore[union-attr]
         return True
 
-    def _on_response(self, resp: Any, *args: Any, **kwargs: Any) -> None:
-        request = resp.request
-        path = request.path_url if request is not None else ""
-        if "/notification/pull" in path:
+    def observe(self, method: str, url: str, seconds: float) -> None:
+        path = urlsplit(url).path
+        if path.endswith("/notification/pull"):
             return
-        key = (str(request.method if request is not None else "GET"), route_of(path))
-        seconds = resp.elapsed.total_seconds()
+        key = (method.upper(), route_of(path))
         histogram = self._histograms.get(key)
         if histogram is None:
             with self._lock:

@@ -212,7 +212,7 @@ class BridgeCollector(Collector):
         )
         histogram = HistogramMetricFamily(
             "bridge_connector_request_duration_seconds",
-            "Connector REST call latency (request sent to response headers), long polls left out",
+            "Connector REST call latency (request sent to whole answer read), long polls left out",
             labels=["method", "route"],
         )
         for (method, route), snap in self._latency.snapshots().items():
