@@ -80,6 +80,7 @@ class ConnectorSide:
             settings.connector_url,
             timeout=settings.connector_timeout,
             asyncTimeout=max(settings.queue_mode_timeout, settings.command_timeout) + ASYNC_GRACE,
+            backoffMax=settings.connector_retry_max,
         )
         self._receiver: CallbackReceiver | None = None
         # Whether the Connector answers: see bridge.reachability (events on the bus).
@@ -140,7 +141,9 @@ class ConnectorSide:
             if not r.error:
                 log.info("removed a callback URL left on the Connector (long polling now)")
             self.client.startLongPolling()
-            self._monitor = Monitor(self.reachability, self.client.longPollStats, None).start()
+            self._monitor = Monitor(
+                self.reachability, self.client.longPollStats, None, s.connector_retry_max
+            ).start()
             return
         assert s.callback_url is not None
         # A fresh random secret at every start unless one is configured; the Connector
@@ -163,7 +166,7 @@ class ConnectorSide:
             s.callback_url, self._receiver.scheme, self._receiver.host, self._receiver.port,
             self._receiver.path,
         )  # fmt: skip
-        self._monitor = Monitor(self.reachability, None, self._probe).start()
+        self._monitor = Monitor(self.reachability, None, self._probe, s.connector_retry_max).start()
 
     def _callback_receiver(self, secret: str) -> CallbackReceiver:
         """The webhook server for ``secret``, listening (HTTPS with callback_tls_cert)."""

@@ -38,7 +38,6 @@ log = logging.getLogger("bridge.reachability")
 DOWN_AFTER = 5.0  # seconds of failing in a row before the Connector is called down
 CHECK_INTERVAL = 1.0  # how often the monitor reads the long poll's counters
 PROBE_INTERVAL = 15.0  # callback channel: one version call this often while up
-PROBE_BACKOFF_MAX = 30.0
 
 
 def is_transient(error: response_codes) -> bool:
@@ -145,8 +144,10 @@ class Monitor:
         reach: Reachability,
         long_poll_stats: Callable[[], dict[str, Any]] | None,
         probe: Callable[[], response_codes | None] | None,
+        backoff_max: float = 30.0,
     ) -> None:
         self._reach = reach
+        self._backoff_max = backoff_max
         self._stats = long_poll_stats
         self._probe = probe
         self._stop = threading.Event()
@@ -175,7 +176,7 @@ class Monitor:
                     delay = (
                         PROBE_INTERVAL
                         if failures == 0
-                        else backoff_delay(failures, CHECK_INTERVAL, PROBE_BACKOFF_MAX)
+                        else backoff_delay(failures, CHECK_INTERVAL, self._backoff_max)
                     )
             except Exception:
                 log.exception("watching the Connector failed")

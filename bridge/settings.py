@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         None, description="file holding the access key, instead of connector_token"
     )
     connector_timeout: float = Field(10.0, gt=0, description="seconds per HTTP request")
+    connector_retry_max: float = Field(
+        30.0,
+        ge=1,
+        description="longest wait, seconds, between tries of a Connector that fails (the waits "
+        "grow from 0.5 s, with jitter)",
+    )
 
     # ---- the MQTT broker
     mqtt_host: str = Field("localhost", min_length=1, description="broker host name or address")
