@@ -88,20 +88,34 @@ def report(capsys: pytest.CaptureFixture[str], name: str, **figures: Any) -> str
 
 
 class Executions:
-    """What the emulated devices carried out: (endpoint, path, verb, body), in order."""
+    """What the emulated devices carried out (``done``) and what the Connector took on
+    for them (``accepted``, answered 202): (endpoint, path, verb, body), in order."""
 
     def __init__(self, emu: Emulator) -> None:
         self.done: list[tuple[str, str, str, bytes]] = []
+        self.accepted: list[tuple[str, str, str, bytes]] = []
         self._lock = threading.Lock()
         core = emu.core
-        original = core._execute
+        execute_original, submit_original = core._execute, core._submit
 
         def execute(job: Any) -> None:
             with self._lock:
                 self.done.append((job.device.name, job.path, job.verb, bytes(job.body)))
-            original(job)
+            execute_original(job)
+
+        def submit(job: Any, no_resp: bool) -> Any:
+            reply = submit_original(job, no_resp)
+            if reply.status in (202, 204):
+                with self._lock:
+                    self.accepted.append((job.device.name, job.path, job.verb, bytes(job.body)))
+            return reply
 
         core._execute = execute  # type: ignore[method-assign]
+        core._submit = submit  # type: ignore[method-assign]
+
+    def accepted_bodies(self) -> set[bytes]:
+        with self._lock:
+            return {b for _, _, _, b in self.accepted}
 
     def bodies(self, ep: str, path: str, verb: str) -> Counter[bytes]:
         with self._lock:
