@@ -67,6 +67,16 @@ def parse_resources(items: Any) -> tuple[Resource, ...]:
     return tuple(out)
 
 
+def _registered_names(message: Mapping[str, Any]) -> frozenset[str]:
+    """The endpoints a channel message registers (or updates)."""
+    return frozenset(
+        e["ep"]
+        for key in ("registrations", "reg-updates")
+        for e in message.get(key) or ()
+        if isinstance(e, Mapping) and isinstance(e.get("ep"), str)
+    )
+
+
 class ConnectorSide:
     def __init__(
         self, settings: Settings, bus: EventBus, registry: Registry, counters: Counters
@@ -280,9 +290,17 @@ class ConnectorSide:
     def _removed(
         self, message: Mapping[str, Any], key: str, state: Literal["offline", "expired"]
     ) -> None:
-        for name in message.get(key) or ():
+        names = message.get(key) or ()
+        # The client hands registrations over before de-registrations; a message holding
+        # both for one endpoint has lost their order. Most likely it rebooted (left, came
+        # back): keep it online rather than refuse its commands until it updates.
+        back = _registered_names(message) if names else frozenset()
+        for name in names:
             if not isinstance(name, str):
                 log.warning("%s entry is not an endpoint name: %.200r", key, name)
+                continue
+            if name in back:
+                log.info("%s of %r ignored: the same message registers it", key, name)
                 continue
             self.registry.remove(name, state)
             self.counters.add(key.replace("-", "_"))

@@ -77,12 +77,13 @@ def test_batch_carries_everything_pending_and_is_capped() -> None:
         api.open_channel()
         r = api.put("/endpoints/light-001/3311/0/5851", data=b"5")
         aid = r.json()["async-response-id"]
+        # (one endpoint per lifecycle kind: two kinds for one endpoint never share a
+        # message, see tests/test_reliability_lifecycle.py)
         emu.register("new-1", ept="Light")
-        emu.update("new-1")
-        emu.expire("new-1")
-        emu.register("new-2", ept="Light")
-        emu.deregister("new-2")
-        wait_until(lambda: emu.counters()["pending"] >= 7)
+        emu.update("light-001")
+        emu.expire("node-001")
+        emu.deregister("node-002")
+        wait_until(lambda: emu.counters()["pending"] >= 6)
         body = api.pull().json()
         assert set(body) == {
             "notifications",
@@ -93,9 +94,9 @@ def test_batch_carries_everything_pending_and_is_capped() -> None:
             "async-responses",
         }
         assert body["async-responses"][0]["id"] == aid
-        assert body["de-registrations"] == ["new-2"]
-        assert body["registrations-expired"] == ["new-1"]
-        assert [e["ep"] for e in body["reg-updates"]] == ["new-1"]
+        assert body["de-registrations"] == ["node-002"]
+        assert body["registrations-expired"] == ["node-001"]
+        assert [e["ep"] for e in body["reg-updates"]] == ["light-001"]
         assert emu.burst(250, ep="light-001", path="/3311/0/5851") == 250
         sizes = [len(api.pull().json()["notifications"]) for _ in range(3)]
         assert sizes == [100, 100, 50]

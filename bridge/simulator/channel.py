@@ -74,6 +74,12 @@ def async_response(
     return (ASYNC_RESPONSE, json.dumps(body))
 
 
+def _endpoint_of(kind: int, fragment: str) -> str:
+    """The endpoint name of a lifecycle entry."""
+    doc = json.loads(fragment)
+    return str(doc["ep"] if kind in (REGISTRATION, REG_UPDATE) else doc)
+
+
 def encode(batch: Iterable[Entry]) -> bytes:
     """The JSON message carrying a batch of entries, grouped by kind, order kept."""
     groups: list[list[str]] = [[], [], [], [], [], []]
@@ -122,10 +128,24 @@ class Outbox:
             self._ready.set()
 
     def take(self) -> list[Entry]:
-        """Up to ``batch_size`` entries from the head."""
+        """Up to ``batch_size`` entries from the head.
+
+        A batch never holds two different lifecycle entries (registration, reg-update,
+        de-registration, expiry) of one endpoint: a message groups entries by kind, so
+        their order would be lost (a reboot's de-registration and registration would
+        read as registered, then gone). The second one starts the next batch.
+        """
         q = self._queue
         n = min(len(q), self.batch_size)
-        batch = [q.popleft() for _ in range(n)]
+        batch: list[Entry] = []
+        lifecycle: dict[str, int] = {}
+        for _ in range(n):
+            kind, fragment = q[0]
+            if REGISTRATION <= kind <= EXPIRED:
+                ep = _endpoint_of(kind, fragment)
+                if lifecycle.setdefault(ep, kind) != kind:
+                    break
+            batch.append(q.popleft())
         if not q:
             self._ready.clear()
         return batch
