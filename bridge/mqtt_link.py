@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -111,6 +112,16 @@ class _Held:
 
 
 _Msg = tuple[str, bytes, int, bool, Properties | None]
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Send small packets at once (TCP_NODELAY; paho leaves Nagle's algorithm on). With
+    Nagle a command's reply, written right after the command's PUBACK, waits for the
+    broker's delayed TCP acknowledgement: 40 ms on Linux, on every command."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class MqttLink:
@@ -625,6 +636,7 @@ class MqttLink:
             else:
                 log.error("the MQTT broker refused the connection: %s", text)
             return
+        _no_delay(client)
         first = not self._ever_connected
         self._ever_connected = True
         self.stats["connects"] += 1
