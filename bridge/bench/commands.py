@@ -2,16 +2,20 @@
 straight to the Connector with the project's client (the floor).
 
 In each run, M commands (the dimmer of each lamp in turn, a value that differs from the
-lamp's previous one) with ``inflight`` outstanding:
+lamp's previous one) with ``inflight`` outstanding, both ways built alike:
 
-- **floor**: ``bridge.connector`` in its own process: ``putResourceValue`` from
-  ``floor_threads`` threads (as many as the bridge has command workers), each command
-  waited for until its async response arrives on the long poll;
+- **floor**: ``bridge.connector`` in its own process; commands are issued with
+  ``inflight`` outstanding into a queue served by ``floor_threads`` threads (as many as
+  the bridge has command workers) calling ``putResourceValue``; each is done when its
+  async response arrives on the long poll;
 - **bridge**: a paho client in its own process publishes ``<prefix>/<ep>/3311/0/5851/set``
   (MQTT 5, QoS 1, Correlation Data) and waits for the reply on ``.../set/reply``.
 
-Throughput is M over the time until the last reply; latency is per command, from just
-before it is sent to its reply. The ratio and the added p50 are taken within each run.
+Throughput is M over the time until the last reply; latency is per command from its
+issue to its answer, queueing included. With 100 always outstanding the latency is
+mostly queueing (Little's law: 100 / throughput), so the latency the bridge itself adds
+is measured apart as well: ``unloaded`` commands, one at a time, both ways. Ratios and
+differences are taken within each run.
 """
 
 from __future__ import annotations
@@ -25,28 +29,33 @@ from bridge.bench.stats import median, ratio
 WAYS = ("floor", "bridge")
 
 
-def floor_once(env: Env) -> dict[str, Any]:
-    cfg = env.config
+def unloaded_count(m: int) -> int:
+    return max(50, min(1000, m // 10))
+
+
+def floor_once(env: Env, m: int, inflight: int, first: int) -> dict[str, Any]:
     args = {
         "url": env.emulator.url,
         "token": env.emulator.token,
         "endpoints": env.emulator.endpoints(),
         "path": COMMAND_PATH,
-        "m": cfg.commands,
-        "inflight": cfg.inflight,
-        "threads": cfg.floor_threads,
+        "m": m,
+        "inflight": inflight,
+        "threads": env.config.floor_threads,
+        "first": first,
     }
     return run_child("connector-commands", args, timeout=600)
 
 
-def bridge_once(env: Env) -> dict[str, Any]:
+def bridge_once(env: Env) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The loaded run and the unloaded one, through one bridge."""
     cfg = env.config
     prefix = new_prefix("cmd")
     settings = {"initial_read": "false", "mqtt_protocol": cfg.mqtt_protocol}
     settings.update(cfg.bridge_settings)
     with BridgeProcess(env.emulator, env.broker, prefix, settings) as bridge:
         bridge.wait_ready()
-        args = {
+        args: dict[str, Any] = {
             "host": env.broker.host,
             "port": env.broker.port,
             "prefix": prefix,
@@ -54,38 +63,51 @@ def bridge_once(env: Env) -> dict[str, Any]:
             "path": COMMAND_PATH,
             "m": cfg.commands,
             "inflight": cfg.inflight,
+            "first": 0,
         }
         cpu0 = bridge.cpu_seconds()
-        result = run_child("mqtt-commands", args, timeout=600)
-        result["cpu_us_per_command"] = (bridge.cpu_seconds() - cpu0) / max(result["done"], 1) * 1e6
-        if not result["complete"]:
-            env.say(f"bridge answered {result['done']} of {cfg.commands}:\n{bridge.log_tail(10)}")
-    return result
+        loaded = run_child("mqtt-commands", args, timeout=600)
+        loaded["cpu_us_per_command"] = (bridge.cpu_seconds() - cpu0) / max(loaded["done"], 1) * 1e6
+        if not loaded["complete"]:
+            env.say(f"bridge answered {loaded['done']} of {cfg.commands}:\n{bridge.log_tail(10)}")
+        args.update(m=unloaded_count(cfg.commands), inflight=1, first=cfg.commands)
+        unloaded = run_child("mqtt-commands", args, timeout=600)
+    return loaded, unloaded
 
 
 def measure(env: Env) -> dict[str, Any]:
     cfg = env.config
+    k = unloaded_count(cfg.commands)
     runs: list[dict[str, Any]] = []
     for r in range(cfg.runs):
         env.say(f"commands run {r + 1}/{cfg.runs}: floor (Connector client)")
-        floor = floor_once(env)
+        floor = floor_once(env, cfg.commands, cfg.inflight, 0)
+        floor1 = floor_once(env, k, 1, cfg.commands)
         env.say(f"  floor {floor['rate']:,.0f}/s p50 {floor['p50_ms']:.2f} ms; bridge")
-        bridge = bridge_once(env)
+        bridge, bridge1 = bridge_once(env)
         env.say(f"  bridge {bridge['rate']:,.0f}/s p50 {bridge['p50_ms']:.2f} ms")
+        env.say(
+            f"  one at a time: floor p50 {floor1['p50_ms']:.2f}, bridge {bridge1['p50_ms']:.2f} ms"
+        )
         runs.append(
             {
                 "floor": floor,
                 "bridge": bridge,
+                "floor_unloaded": floor1,
+                "bridge_unloaded": bridge1,
                 "ratio": ratio(bridge["rate"], floor["rate"]),
-                "added_p50_ms": bridge["p50_ms"] - floor["p50_ms"],
-                "added_p99_ms": bridge["p99_ms"] - floor["p99_ms"],
+                "added_p50_ms": bridge1["p50_ms"] - floor1["p50_ms"],
+                "added_p99_ms": bridge1["p99_ms"] - floor1["p99_ms"],
+                "added_p50_loaded_ms": bridge["p50_ms"] - floor["p50_ms"],
             }
         )
     if not runs:
         raise BenchError("no run")
+    all_ways = (*WAYS, "floor_unloaded", "bridge_unloaded")
     return {
         "m": cfg.commands,
         "inflight": cfg.inflight,
+        "unloaded_m": k,
         "floor_threads": cfg.floor_threads,
         "bridge_rate": median(r["bridge"]["rate"] for r in runs),
         "bridge_p50_ms": median(r["bridge"]["p50_ms"] for r in runs),
@@ -93,11 +115,16 @@ def measure(env: Env) -> dict[str, Any]:
         "floor_rate": median(r["floor"]["rate"] for r in runs),
         "floor_p50_ms": median(r["floor"]["p50_ms"] for r in runs),
         "floor_p99_ms": median(r["floor"]["p99_ms"] for r in runs),
+        "bridge_unloaded_p50_ms": median(r["bridge_unloaded"]["p50_ms"] for r in runs),
+        "bridge_unloaded_p99_ms": median(r["bridge_unloaded"]["p99_ms"] for r in runs),
+        "floor_unloaded_p50_ms": median(r["floor_unloaded"]["p50_ms"] for r in runs),
+        "floor_unloaded_p99_ms": median(r["floor_unloaded"]["p99_ms"] for r in runs),
         "ratio": median(r["ratio"] for r in runs),
         "added_p50_ms": median(r["added_p50_ms"] for r in runs),
         "added_p99_ms": median(r["added_p99_ms"] for r in runs),
+        "added_p50_loaded_ms": median(r["added_p50_loaded_ms"] for r in runs),
         "bridge_cpu_us_per_command": median(r["bridge"]["cpu_us_per_command"] for r in runs),
-        "failed": max(r[w]["failed"] for r in runs for w in WAYS),
-        "unanswered": max(cfg.commands - r[w]["done"] for r in runs for w in WAYS),
+        "failed": max(r[w]["failed"] for r in runs for w in all_ways),
+        "unanswered": max(r[w]["m"] - r[w]["done"] for r in runs for w in all_ways),
         "runs": runs,
     }

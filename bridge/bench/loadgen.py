@@ -23,9 +23,10 @@ It prints one JSON line with its result. Kinds:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
+import queue
+import socket
 import sys
 import threading
 import time
@@ -52,7 +53,15 @@ def _client(args: dict[str, Any], name: str) -> mqtt.Client:
 
 def _connect(client: mqtt.Client, args: dict[str, Any], timeout: float = 15.0) -> None:
     connected = threading.Event()
-    client.on_connect = lambda *a: connected.set()
+
+    def on_connect(c: mqtt.Client, *rest: Any) -> None:
+        # As mosquitto_sub --nodelay: a load client must not add Nagle's delays.
+        sock = c.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connected.set()
+
+    client.on_connect = on_connect
     client.connect(args["host"], int(args["port"]), keepalive=60)
     client.loop_start()
     if not connected.wait(timeout):
@@ -114,6 +123,7 @@ def mqtt_commands(args: dict[str, Any]) -> dict[str, Any]:
     prefix, path = args["prefix"], args["path"].lstrip("/")
     endpoints: list[str] = args["endpoints"]
     m, inflight = int(args["m"]), int(args["inflight"])
+    first = int(args.get("first", 0))  # number of the first command (sets its value)
     nep = len(endpoints)
     client = _client({**args, "protocol": "5"}, "commands")
     client.max_inflight_messages_set(max(inflight * 2, 20))
@@ -155,13 +165,15 @@ def mqtt_commands(args: dict[str, Any]) -> dict[str, Any]:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.CorrelationData = i.to_bytes(4, "big")
         sent[i] = time.perf_counter()
-        client.publish(topics[i % nep], command_value(i, nep), qos=1, properties=props)
+        n = first + i
+        client.publish(topics[n % nep], command_value(n, nep), qos=1, properties=props)
     finished = all_done.wait(float(args.get("timeout", 300)))
     ended = time.perf_counter()
     client.disconnect()
     client.loop_stop()
     result = _summary(latencies, started, ended, counts["ok"], counts["failed"])
     result["complete"] = finished
+    result["m"] = m
     return result
 
 
@@ -171,6 +183,7 @@ def connector_commands(args: dict[str, Any]) -> dict[str, Any]:
     endpoints: list[str] = args["endpoints"]
     path = args["path"]
     m, inflight, threads = int(args["m"]), int(args["inflight"]), int(args["threads"])
+    first = int(args.get("first", 0))
     nep = len(endpoints)
     c = connector(args["token"], args["url"], timeout=30.0, asyncTimeout=60.0)
     c.startLongPolling()
@@ -179,7 +192,7 @@ def connector_commands(args: dict[str, Any]) -> dict[str, Any]:
     room = threading.Semaphore(inflight)
     all_done = threading.Event()
     lock = threading.Lock()
-    numbers = itertools.count()
+    issued: queue.SimpleQueue[tuple[int, float] | None] = queue.SimpleQueue()
 
     def finished(t0: float) -> Callable[[asyncResult], None]:
         def cb(r: asyncResult) -> None:
@@ -195,23 +208,31 @@ def connector_commands(args: dict[str, Any]) -> dict[str, Any]:
 
     def sender() -> None:
         while True:
-            i = next(numbers)
-            if i >= m:
+            item = issued.get()
+            if item is None:
                 return
-            room.acquire()
-            t0 = time.perf_counter()
-            c.putResourceValue(endpoints[i % nep], path, command_value(i, nep), cbfn=finished(t0))
+            i, t0 = item
+            n = first + i
+            c.putResourceValue(endpoints[n % nep], path, command_value(n, nep), cbfn=finished(t0))
 
-    started = time.perf_counter()
+    # As the bridge: commands are issued with `inflight` outstanding and wait in a queue
+    # for one of `threads` workers; latency counts from the issue, queueing included.
     workers = [threading.Thread(target=sender, daemon=True) for _ in range(threads)]
     for w in workers:
         w.start()
+    started = time.perf_counter()
+    for i in range(m):
+        room.acquire()
+        issued.put((i, time.perf_counter()))
     done = all_done.wait(float(args.get("timeout", 300)))
     ended = time.perf_counter()
+    for _ in workers:
+        issued.put(None)
     c.stopLongPolling()
     c.close()
     result = _summary(latencies, started, ended, counts["ok"], counts["failed"])
     result["complete"] = done
+    result["m"] = m
     return result
 
 
