@@ -9,6 +9,7 @@ metrics before and after with what was done.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 import urllib.request
@@ -106,6 +107,31 @@ class Stack:
         return health.server.port
 
 
+def wait_listening(u: MqttUser, timeout: float = WAIT) -> None:
+    """Return once the bridge answers a bridge request. ``running_bridge`` returns when the
+    bridge's CONNECT is acknowledged, and its SUBSCRIBE may still be on its way: a command
+    sent at once can reach the broker before the bridge subscribed, and be lost. So: ask
+    ``info`` until an answer comes (each try waits a second)."""
+    end = time.monotonic() + timeout
+    tries = 0
+    while True:
+        tries += 1
+        transaction = f"listening-{tries}"
+        u.publish("connector/$bridge/request/info", json.dumps({"transaction": transaction}))
+        try:
+            u.wait_for(
+                lambda m, t=transaction: (
+                    m.topic == "connector/$bridge/response/info"
+                    and m.json().get("transaction") == t
+                ),
+                timeout=1.0,
+            )
+            return
+        except AssertionError:
+            if time.monotonic() > end:
+                raise
+
+
 @pytest.fixture
 def quiet_emulator() -> Iterator[Emulator]:
     """The default scenario without drift: only what a test causes happens."""
@@ -119,6 +145,7 @@ def start_stack(broker: MosquittoBroker, emu: Emulator, **overrides: object) -> 
         emu, broker, health_port=0, health_host="127.0.0.1", health_interval=0, **overrides
     )
     with user(broker, "5", "connector/#") as u, running_bridge(settings) as bridge:
+        wait_listening(u)
         yield Stack(broker, emu, bridge, u)
 
 
