@@ -33,6 +33,7 @@ from bridge.simulator import Emulator
 from bridge.topics import unescape_level
 from tests.support.bridge_harness import bridge_settings, running_bridge, user
 from tests.support.broker import MosquittoBroker
+from tests.support.listening import wait_listening
 from tests.support.mqtt_user import MqttUser, Received
 from tests.test_homeassistant import check_config, render
 
@@ -139,6 +140,7 @@ def fleet(broker: MosquittoBroker, emulator: Emulator) -> Iterator[Fleet]:
     with user(broker, "5", "homeassistant/#", "connector/#") as u:
         settings = bridge_settings(emulator, broker)
         with running_bridge(settings) as bridge:
+            wait_listening(u)
             documents: dict[str, bytes] = {}
 
             def resources_missing() -> str | None:

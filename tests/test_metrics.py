@@ -9,7 +9,6 @@ metrics before and after with what was done.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 import urllib.request
@@ -24,6 +23,7 @@ from bridge.metrics import LatencyHistogram, route_of
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
 from tests.support.broker import MosquittoBroker
+from tests.support.listening import wait_listening
 from tests.support.mqtt_user import MqttUser
 
 parser = pytest.importorskip(
@@ -105,31 +105,6 @@ class Stack:
         health = next(e for e in self.bridge.extensions if e.name == "health")
         assert health.server is not None
         return health.server.port
-
-
-def wait_listening(u: MqttUser, timeout: float = WAIT) -> None:
-    """Return once the bridge answers a bridge request. ``running_bridge`` returns when the
-    bridge's CONNECT is acknowledged, and its SUBSCRIBE may still be on its way: a command
-    sent at once can reach the broker before the bridge subscribed, and be lost. So: ask
-    ``info`` until an answer comes (each try waits a second)."""
-    end = time.monotonic() + timeout
-    tries = 0
-    while True:
-        tries += 1
-        transaction = f"listening-{tries}"
-        u.publish("connector/$bridge/request/info", json.dumps({"transaction": transaction}))
-        try:
-            u.wait_for(
-                lambda m, t=transaction: (
-                    m.topic == "connector/$bridge/response/info"
-                    and m.json().get("transaction") == t
-                ),
-                timeout=1.0,
-            )
-            return
-        except AssertionError:
-            if time.monotonic() > end:
-                raise
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from bridge.simulator import Emulator
 from bridge.status_cli import Snapshot, duration, endpoint_rows, main, render, split_options
 from tests.support.bridge_harness import bridge_settings, running_bridge, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
-from tests.support.mqtt_user import MqttUser
+from tests.support.listening import wait_listening
 from tests.support.ports import free_port
 
 WAIT = 20.0
@@ -26,31 +25,6 @@ WAIT = 20.0
 
 def status_args(broker_port: int, *extra: str) -> list[str]:
     return ["--env-file", "", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker_port), *extra]
-
-
-def wait_listening(u: MqttUser, timeout: float = WAIT) -> None:
-    """Return once the bridge answers a bridge request. ``running_bridge`` returns when the
-    bridge's CONNECT is acknowledged, and its SUBSCRIBE may still be on its way: a command
-    sent at once can reach the broker before the bridge subscribed, and be lost. So: ask
-    ``info`` until an answer comes (each try waits a second)."""
-    end = time.monotonic() + timeout
-    tries = 0
-    while True:
-        tries += 1
-        transaction = f"listening-{tries}"
-        u.publish("connector/$bridge/request/info", json.dumps({"transaction": transaction}))
-        try:
-            u.wait_for(
-                lambda m, t=transaction: (
-                    m.topic == "connector/$bridge/response/info"
-                    and m.json().get("transaction") == t
-                ),
-                timeout=1.0,
-            )
-            return
-        except AssertionError:
-            if time.monotonic() > end:
-                raise
 
 
 @pytest.fixture
