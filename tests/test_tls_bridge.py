@@ -27,7 +27,6 @@ from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings
 from tests.support.broker import MosquittoBroker
 from tests.support.certs import Pki, make_test_pki
-from tests.support.ports import free_port
 
 WAIT = 15.0
 
@@ -57,13 +56,15 @@ def emu() -> Iterator[Emulator]:
 
 
 def tls_broker(pki: Pki, *, require_certificate: bool = False) -> MosquittoBroker:
-    port = free_port()
+    """Mosquitto with TLS on its one listener. The broker picks the port itself (and picks
+    another if a parallel run took it); the TLS lines apply to that listener, the last one
+    defined before them."""
     config = (
-        f"user root\nlistener {port} 127.0.0.1\n"
+        f"user root\n"
         f"cafile {pki.ca_cert}\ncertfile {pki.server.cert}\nkeyfile {pki.server.key}\n"
         f"require_certificate {str(require_certificate).lower()}\n"
     )
-    return MosquittoBroker(port=port, extra_config=config, listener=False)
+    return MosquittoBroker(extra_config=config)
 
 
 def broker_log(broker: MosquittoBroker) -> str:
