@@ -67,12 +67,23 @@ def parse_resources(items: Any) -> tuple[Resource, ...]:
     return tuple(out)
 
 
+def _entries(message: Mapping[str, Any], key: str) -> list[Any]:
+    """The entries under ``key`` of a channel message: a list, else none (a string would
+    otherwise be taken letter by letter as endpoint names)."""
+    items = message.get(key)
+    if isinstance(items, list):
+        return items
+    if items is not None:
+        log.warning("%s is a %s, not a list: ignored", key, type(items).__name__)
+    return []
+
+
 def _registered_names(message: Mapping[str, Any]) -> frozenset[str]:
     """The endpoints a channel message registers (or updates)."""
     return frozenset(
         e["ep"]
         for key in ("registrations", "reg-updates")
-        for e in message.get(key) or ()
+        for e in _entries(message, key)
         if isinstance(e, Mapping) and isinstance(e.get("ep"), str)
     )
 
@@ -260,7 +271,7 @@ class ConnectorSide:
 
     def _registered(self, message: Mapping[str, Any], key: str) -> None:
         source: Source = "registration" if key == "registrations" else "reg-update"
-        for entry in message.get(key) or ():
+        for entry in _entries(message, key):
             if not isinstance(entry, Mapping) or not isinstance(entry.get("ep"), str):
                 log.warning("%s entry without an endpoint name ignored: %.200r", key, entry)
                 continue
@@ -290,7 +301,7 @@ class ConnectorSide:
     def _removed(
         self, message: Mapping[str, Any], key: str, state: Literal["offline", "expired"]
     ) -> None:
-        names = message.get(key) or ()
+        names = _entries(message, key)
         # The client hands registrations over before de-registrations; a message holding
         # both for one endpoint has lost their order. Most likely it rebooted (left, came
         # back): keep it online rather than refuse its commands until it updates.
