@@ -48,3 +48,16 @@ def test_broker_does_not_mistake_another_listener_for_itself() -> None:
                 fixed.start()
         finally:
             fixed.close()
+
+
+def test_retained_messages_survive_a_clean_restart(broker: MosquittoBroker) -> None:
+    """Persistence really works (tests of persistent sessions rely on it)."""
+    import subprocess
+
+    pub = ["mosquitto_pub", "-p", str(broker.port), "-t", "fixture/kept", "-r", "-q", "1"]
+    subprocess.run([*pub, "-m", "still here"], check=True, timeout=10)
+    broker.restart()
+    sub = ["mosquitto_sub", "-p", str(broker.port), "-t", "fixture/kept", "-C", "1", "-W", "5"]
+    out = subprocess.run(sub, check=True, timeout=10, capture_output=True, text=True).stdout
+    assert out.strip() == "still here"
+    assert "Permission denied" not in broker.log_path.read_text()

@@ -124,6 +124,9 @@ class MosquittoBroker:
         lines = [
             "per_listener_settings false",
             "allow_anonymous true" if "allow_anonymous" not in self.extra_config else "",
+            # As root, mosquitto drops to user `mosquitto`, which cannot write the private
+            # temp dir: persistence would fail silently ("Permission denied" at SIGTERM).
+            "user root" if os.geteuid() == 0 and "\nuser " not in f"\n{self.extra_config}" else "",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.dir}/",
             "autosave_interval 0",
