@@ -28,6 +28,7 @@ from tests.reliability_support import (
     report,
     stream_emulator,
 )
+from tests.support.bridge_harness import bridge_settings, running_bridge
 from tests.support.broker import MosquittoBroker
 
 STATE = "connector/$bridge/state"
@@ -238,3 +239,34 @@ def test_stop_under_load_answers_what_it_took_and_leaves_the_rest_for_the_next_s
     assert executed_first <= answered_by_first
     assert len(answered_by_first) < len(keys), "the stop came while commands still came in"
     assert all(done[k.encode()] == 1 for k in keys), "each carried out once, none lost"
+
+
+def test_a_stop_answers_what_is_under_way_within_stop_timeout(
+    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Devices slower than ``stop_timeout``: their commands get a 503 reply (never none),
+    and the stop takes about ``stop_timeout``, not the devices' time."""
+    settings = bridge_settings(emu, broker, stop_timeout=0.5, command_timeout=10.0,
+                               queue_mode_timeout=20.0)  # fmt: skip
+    pub = Publisher(broker.port)
+    try:
+        with running_bridge(settings) as bridge:
+            emu.set_fault(device_latency=5.0)
+            keys = [f"slow-{i}" for i in range(5)]
+            for key in keys:
+                pub.command(f"{SETPOINT_TOPIC}/set", key, key)
+            deadline = time.monotonic() + 10
+            while bridge.ctx.connector.pendingCount() < len(keys):
+                assert time.monotonic() < deadline, "the commands never got under way"
+                time.sleep(0.02)
+            stop_at = time.monotonic()
+            bridge.stop()
+            stop_took = time.monotonic() - stop_at
+        pub.wait_replies({k.encode() for k in keys}, 10)
+        replies = [pub.reply_json(k.encode()) for k in keys]
+    finally:
+        pub.close()
+    report(capsys, "stop with slow devices", under_way=len(keys), stop_s=stop_took,
+           answered_503=sum(r["status"] == 503 for r in replies))  # fmt: skip
+    assert all(r["status"] == 503 and "stopped" in r["error"] for r in replies)
+    assert stop_took < 5.0
