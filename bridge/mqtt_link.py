@@ -42,6 +42,7 @@ import functools
 import logging
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -174,6 +175,8 @@ class MqttLink:
         client.max_queued_messages_set(settings.mqtt_max_queued)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_connect_fail = self._handle_connect_fail
+        client.on_subscribe = self._handle_subscribe
         # on_publish is installed only while a publisher waits for room (_wait_room): with a
         # callback set, paho builds two objects for every QoS 0 packet it writes, which
         # halves the throughput of the hot path.
@@ -193,6 +196,11 @@ class MqttLink:
         self._ever_connected = False
         self._net_ident: int | None = None
         self.connected_event = threading.Event()
+        # Set once the broker acknowledged the subscriptions renewed at the last connect:
+        # only from then on does it route commands to the bridge.
+        self.subscribed_event = threading.Event()
+        self._connect_sub_mid: int | None = None
+        self._connect_failures = 0
         self.auth_failure: str | None = None
         self.auth_failed_event = threading.Event()
 
@@ -241,6 +249,12 @@ class MqttLink:
             ", TLS" if s.tls_enabled else "",
             s.mqtt_client_id,
         )
+        if s.tls_enabled and not s.mqtt_tls_verify:
+            log.warning(
+                "the broker's certificate is NOT verified (%s=false): anyone on the path can "
+                "read and change all traffic, the MQTT password included",
+                env_name("mqtt_tls_verify"),
+            )
         if self.is_v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if self.persistent:
@@ -667,8 +681,11 @@ class MqttLink:
             self._enqueue((self.state_topic, b"online", 1, True, None), front=True)
         with self._subs_lock:
             entries = [self._sub_entry(f, q) for f, q in self._subs.items()]
+        self._connect_failures = 0
         if entries:
-            client.subscribe(entries)
+            self._connect_sub_mid = client.subscribe(entries)[1]
+        else:
+            self.subscribed_event.set()
         with self._room:
             self._connected = True
             self._room.notify_all()
@@ -681,6 +698,40 @@ class MqttLink:
         )
         if self._on_connect_cb is not None:
             self._on_connect_cb(first, bool(flags.session_present))
+
+    def _handle_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("the broker refused %d subscription(s): %s", len(refused), refused[0])
+        if mid == self._connect_sub_mid:
+            self.subscribed_event.set()
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError` block: the exception says why.
+        self._connect_failures += 1
+        n = self._connect_failures
+        if n != 1 and n % 10:
+            return
+        exc = sys.exc_info()[1]
+        s = self.settings
+        hint = ""
+        if isinstance(exc, ssl.SSLError):
+            hint = (
+                f" (check {env_name('mqtt_host')} against the certificate's names, "
+                f"{env_name('mqtt_tls_ca')}, {env_name('mqtt_tls_cert')}/"
+                f"{env_name('mqtt_tls_key')})"
+            )
+        log.warning(
+            "cannot connect to the MQTT broker %s:%d: %s%s; retrying with back-off (try %d)",
+            s.mqtt_host, s.mqtt_port, exc or "connection failed", hint, n,
+        )  # fmt: skip
 
     def _handle_disconnect(
         self,
@@ -696,6 +747,7 @@ class MqttLink:
             self._open = False
             self._room.notify_all()
         self.connected_event.clear()
+        self.subscribed_event.clear()
         self._dropped_at_disconnect = self.stats["dropped_buffer_full"]
         if self._manual_ack:
             self._session_interrupted()

@@ -320,3 +320,29 @@ def test_a_command_the_broker_resends_is_carried_out_once(
            duplicates_ignored=stats["duplicates_ignored"])  # fmt: skip
     assert done == 1 and replies == 1
     assert stats["duplicates_ignored"] >= 1
+
+
+def test_the_link_says_why_it_cannot_connect_and_when_commands_reach_it(
+    broker: MosquittoBroker, emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.mqtt")
+    broker.stop()
+    bridge = Bridge(bridge_settings(emu, broker)).start()
+    try:
+        assert bridge.wait_ready(15), "the Connector side does not need the broker"
+        deadline = time.monotonic() + 10
+        while "cannot connect to the MQTT broker" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        assert not bridge.mqtt.subscribed_event.is_set()
+        broker.start()
+        assert bridge.mqtt.subscribed_event.wait(20), "SUBACK of the renewed subscriptions"
+        pub = Publisher(broker.port)
+        try:
+            pub.command(f"{SETPOINT_TOPIC}/set", "listening", "listening")
+            pub.wait_replies({b"listening"}, 10)  # routed at once: no command lost
+        finally:
+            pub.close()
+    finally:
+        bridge.stop()
+    assert "Connection refused" in caplog.text
