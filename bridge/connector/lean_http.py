@@ -1,22 +1,25 @@
-"""A lean HTTP/1.1 session for the Connector: pooled keep-alive ``http.client`` connections.
+"""A lean HTTP/1.1 session for the Connector: pooled keep-alive sockets, no more than
+the Connector API needs.
 
-Why it exists: a call through ``requests`` costs 500 to 700 us of CPU on its own (it
-looks proxies and ``.netrc`` up in the environment on every call, merges settings and
-cookies, goes through adapters); the same call over an ``http.client`` connection costs
-about 100 us. Every notification pull, command and start-up read of the bridge pays that
-cost, so with ``requests`` the long poll alone used half a core at 1,000 notifications
-per second, and 100,000 endpoints could not be read in under 90 s. This session does what
-the Connector API needs and no more:
+Why it exists: a call through ``requests`` costs 500 to 700 us of CPU (it looks proxies
+and ``.netrc`` up in the environment on every call, merges settings and cookies, goes
+through adapters), one over ``http.client`` about 100 us (half of it parsing headers
+with the ``email`` package), one here about 40 us. Every notification pull, command and
+start-up read of the bridge pays it: with ``requests`` the long poll alone used half a
+core at 1,000 notifications per second. What it does:
 
-- the same surface as the part of :class:`requests.Session` the client uses
-  (``request``, ``get``, ``headers``, ``close``), answering with :class:`requests.Response`
-  objects and raising ``requests`` exceptions, so the callers are unchanged;
-- keep-alive connections per host, at most ``pool_size`` kept idle; a connection the
+- the part of :class:`requests.Session` the client uses (``request``, ``get``,
+  ``headers``, ``close``), answering with :class:`requests.Response` objects and raising
+  ``requests`` exceptions (``ConnectTimeout``, ``ReadTimeout``, ``ConnectionError``,
+  ``InvalidURL``, ``InvalidHeader``), so the callers are unchanged;
+- HTTP/1.1 keep-alive, at most ``pool_size`` idle connections per host; a connection the
   server closed meanwhile is noticed before it is reused (as urllib3 does);
+- bodies by ``Content-Length``, ``chunked`` or until the server closes; interim 1xx
+  answers skipped; no body for HEAD, 204 and 304;
 - timeouts as ``(connect, read)``; TLS with certificate and host name verification
   against ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` or certifi's bundle, as requests;
-- the long poll on connections of its own, which :meth:`LeanSession.abort_pulls` shuts
-  down to end a pull in flight at once (stopping the channel).
+- the long poll on connections of its own, which :meth:`LeanSession.abort` shuts down
+  to end a pull in flight at once (stopping the channel).
 
 Not supported, so :func:`bridge.connector.transport.make_session` keeps ``requests``
 when they matter: proxies (any ``*_proxy`` variable that applies to the Connector URL).
@@ -26,7 +29,8 @@ is sent); the Connector API uses neither.
 
 from __future__ import annotations
 
-import http.client
+import contextlib
+import datetime
 import os
 import select
 import socket
@@ -36,11 +40,20 @@ from collections.abc import Mapping
 from urllib.parse import urlencode, urlsplit
 
 import requests
+from requests.cookies import RequestsCookieJar
 from requests.structures import CaseInsensitiveDict
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, default_user_agent
 
 Timeout = float | tuple[float, float] | None
 _Key = tuple[str, str, int]
+_Items = tuple[tuple[str, str], ...]
+_RECV = 65536
+_MAX_HEAD = 65536  # bytes of status line and headers accepted
+_NO_BODY = frozenset((204, 304))
+
+
+class _Closed(Exception):
+    """The server closed the connection before a whole answer came."""
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -52,17 +65,123 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=path)
 
 
-def _dropped(conn: http.client.HTTPConnection) -> bool:
-    """True when an idle connection cannot be reused: the server closed it (readable
-    with EOF) or sent something unasked."""
-    sock = conn.sock
-    if sock is None:
-        return False  # never connected: connects on use
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
+class _Conn:
+    """One keep-alive connection: its socket and the bytes read past the last answer."""
+
+    __slots__ = ("buf", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def dropped(self) -> bool:
+        """True when an idle connection cannot be reused: the server closed it (readable
+        with end of file) or sent something unasked."""
+        if self.buf or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    # ---- reading an answer -------------------------------------------------------------
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(_RECV)
+        if not chunk:
+            raise _Closed("the server closed the connection")
+        self.buf += chunk
+
+    def _line(self) -> bytes:
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line = bytes(self.buf[:i])
+                del self.buf[: i + 2]
+                return line
+            if len(self.buf) > _MAX_HEAD:
+                raise ValueError("line too long")
+            self._fill()
+
+    def _exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def _head(self) -> bytes:
+        while True:
+            i = self.buf.find(b"\r\n\r\n")
+            if i >= 0:
+                head = bytes(self.buf[:i])
+                del self.buf[: i + 4]
+                return head
+            if len(self.buf) > _MAX_HEAD:
+                raise ValueError("answer headers too long")
+            self._fill()
+
+    def read_answer(self, method: str) -> tuple[int, str, list[tuple[str, str]], bytes, bool]:
+        """Status, reason, headers, body and whether the connection must be closed."""
+        while True:
+            lines = self._head().split(b"\r\n")
+            version, _, rest = lines[0].partition(b" ")
+            code_text, _, reason = rest.partition(b" ")
+            if not version.startswith(b"HTTP/") or len(code_text) != 3 or not code_text.isdigit():
+                raise ValueError(f"not an HTTP answer: {lines[0][:80]!r}")
+            status = int(code_text)
+            if 100 <= status < 200 and status != 101:
+                continue  # interim answer (100 Continue...): the real one follows
+            break
+        headers: list[tuple[str, str]] = []
+        for raw in lines[1:]:
+            if raw[:1] in (b" ", b"\t") and headers:  # obsolete line folding
+                folded_name, folded_value = headers[-1]
+                headers[-1] = (folded_name, folded_value + " " + raw.strip().decode("latin-1"))
+                continue
+            key, sep, value = raw.partition(b":")
+            if not sep:
+                raise ValueError(f"malformed header line {raw[:80]!r}")
+            headers.append((key.strip().decode("latin-1"), value.strip().decode("latin-1")))
+        fields = {name.lower(): text for name, text in headers}
+        connection = fields.get("connection", "").lower()
+        close = connection == "close" or (version == b"HTTP/1.0" and connection != "keep-alive")
+        if method == "HEAD" or status in _NO_BODY or status < 200:
+            return status, reason.decode("latin-1"), headers, b"", close
+        if "chunked" in fields.get("transfer-encoding", "").lower():
+            body = self._chunked()
+        elif "content-length" in fields:
+            length = int(fields["content-length"])
+            if length < 0:
+                raise ValueError("negative Content-Length")
+            body = self._exactly(length)
+        else:  # the body ends when the server closes the connection
+            while True:
+                try:
+                    self._fill()
+                except _Closed:
+                    break
+            body, close = bytes(self.buf), True
+            self.buf.clear()
+        return status, reason.decode("latin-1"), headers, body, close
+
+    def _chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size_text = self._line().split(b";", 1)[0].strip()
+            size = int(size_text, 16)
+            if size == 0:
+                while self._line():  # trailers, up to the empty line
+                    pass
+                return b"".join(parts)
+            parts.append(self._exactly(size))
+            if self._exactly(2) != b"\r\n":
+                raise ValueError("chunk not followed by CRLF")
 
 
 class _Pool:
@@ -72,32 +191,40 @@ class _Pool:
         self.key = key
         self.size = size
         self.tls = tls
-        self.idle: list[http.client.HTTPConnection] = []
-        self.busy: set[http.client.HTTPConnection] | None = set() if track else None
+        self.idle: list[_Conn] = []
+        self.busy: set[_Conn] | None = set() if track else None
         self.lock = threading.Lock()
 
-    def take(self, connect_timeout: float | None) -> http.client.HTTPConnection:
+    def take(self) -> _Conn | None:
+        """An idle connection that still works, or None (the caller opens one)."""
         with self.lock:
             while self.idle:
                 conn = self.idle.pop()
-                if not _dropped(conn):
-                    break
+                if not conn.dropped():
+                    if self.busy is not None:
+                        self.busy.add(conn)
+                    return conn
                 conn.close()
-            else:
-                conn = self._new(connect_timeout)
-            if self.busy is not None:
+        return None
+
+    def open(self, connect_timeout: float | None) -> _Conn:
+        scheme, host, port = self.key
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                assert self.tls is not None
+                sock = self.tls.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        conn = _Conn(sock)
+        if self.busy is not None:
+            with self.lock:
                 self.busy.add(conn)
         return conn
 
-    def _new(self, connect_timeout: float | None) -> http.client.HTTPConnection:
-        scheme, host, port = self.key
-        if scheme == "https":
-            return http.client.HTTPSConnection(
-                host, port, timeout=connect_timeout, context=self.tls
-            )
-        return http.client.HTTPConnection(host, port, timeout=connect_timeout)
-
-    def give_back(self, conn: http.client.HTTPConnection, reusable: bool) -> None:
+    def give_back(self, conn: _Conn, reusable: bool) -> None:
         with self.lock:
             if self.busy is not None:
                 self.busy.discard(conn)
@@ -111,13 +238,11 @@ class _Pool:
             conns = list(self.busy or ())
         done = 0
         for conn in conns:
-            sock = conn.sock
-            if isinstance(sock, socket.socket):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                    done += 1
-                except OSError:
-                    pass
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+                done += 1
+            except OSError:
+                pass
         return done
 
     def close(self) -> None:
@@ -127,20 +252,46 @@ class _Pool:
             conn.close()
 
 
-def _response(url: str, resp: http.client.HTTPResponse, body: bytes) -> requests.Response:
-    r = requests.Response()
-    r.status_code = resp.status
-    r.reason = resp.reason
+class _Response(requests.Response):
+    """A :class:`requests.Response` built without requests' per-answer set-up (a cookie
+    jar with its lock and policy objects, hooks...): the fields the client reads are set."""
+
+    def __init__(self) -> None:  # no super().__init__(): see the docstring
+        self._content_consumed = True
+        self._next = None
+        self.raw = None
+        self.encoding = None
+        self.history = []
+        self.cookies = _NO_COOKIES
+        self.elapsed = _NO_TIME
+        self.request = None  # type: ignore[assignment]
+        self.connection = None  # type: ignore[assignment]
+
+
+_NO_COOKIES = RequestsCookieJar()  # shared and never filled: the Connector sets no cookies
+_NO_TIME = datetime.timedelta(0)
+
+
+def _answer(
+    url: str, status: int, reason: str, fields: list[tuple[str, str]], body: bytes
+) -> requests.Response:
+    r = _Response()
+    r.status_code = status
+    r.reason = reason
     r._content = body
-    r.headers = CaseInsensitiveDict(resp.getheaders())
+    r.headers = CaseInsensitiveDict(fields)
     r.url = url
     return r
 
 
+def _unsafe(text: str) -> bool:
+    return "\r" in text or "\n" in text or "\0" in text
+
+
 class LeanSession:
-    """The subset of :class:`requests.Session` the Connector client uses, over
-    ``http.client``. ``pull_url``: calls to it use connections of their own that
-    :meth:`abort_pulls` can shut down."""
+    """The subset of :class:`requests.Session` the Connector client uses, over plain
+    sockets. ``pull_url``: calls to it use connections of their own that :meth:`abort`
+    can shut down."""
 
     def __init__(self, pull_url: str, pool_size: int) -> None:
         self.headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(
@@ -148,23 +299,63 @@ class LeanSession:
         )
         self._pool_size = pool_size
         self._pull_url = pull_url
-        self._pools: dict[tuple[_Key, bool], _Pool] = {}
+        self._origins: dict[str, tuple[str, str, _Pool, _Pool]] = {}
+        self._blocks: dict[tuple[_Items, _Items], str] = {}
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
 
-    def _pool(self, scheme: str, host: str, port: int, pull: bool) -> _Pool:
-        key = (scheme, host, port)
-        pool = self._pools.get((key, pull))
-        if pool is None:
-            with self._lock:
-                pool = self._pools.get((key, pull))
-                if pool is None:
-                    if scheme == "https" and self._tls is None:
-                        self._tls = _tls_context()
-                    tls = self._tls if scheme == "https" else None
-                    pool = _Pool(key, 2 if pull else self._pool_size, tls, track=pull)
-                    self._pools[(key, pull)] = pool
-        return pool
+    def _origin(self, url: str) -> tuple[str, str, _Pool, _Pool]:
+        """For ``url``: its origin (``scheme://host:port``), the Host header, and the
+        pools of calls and of pulls there. Cached: parsed once per origin."""
+        cut = url.find("/", url.find("//") + 2) if "//" in url else -1
+        origin = url if cut < 0 else url[:cut]
+        found = self._origins.get(origin)
+        if found is not None:
+            return found
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        host = parts.hostname
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if scheme not in ("http", "https") or not host or port == -1:
+            raise requests.exceptions.InvalidURL(f"cannot call {url!r}")
+        default_port = 443 if scheme == "https" else 80
+        port = port or default_port
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address
+        host_header = shown if port == default_port else f"{shown}:{port}"
+        with self._lock:
+            if scheme == "https" and self._tls is None:
+                self._tls = _tls_context()
+            tls = self._tls if scheme == "https" else None
+            key = (scheme, host, port)
+            found = (
+                origin,
+                host_header,
+                _Pool(key, self._pool_size, tls, track=False),
+                _Pool(key, 2, tls, track=True),
+            )
+            self._origins.setdefault(origin, found)
+            return self._origins[origin]
+
+    def _header_block(self, headers: Mapping[str, str] | None) -> str:
+        """The header lines of the session's headers merged with ``headers``, checked
+        once and cached (the client sends a handful of combinations)."""
+        key = (tuple(self.headers.items()), tuple(headers.items()) if headers else ())
+        block = self._blocks.get(key)
+        if block is None:
+            merged = dict(self.headers)
+            if headers:
+                merged.update(headers)
+            for name, value in merged.items():
+                if _unsafe(name) or _unsafe(value) or ":" in name:
+                    raise requests.exceptions.InvalidHeader(f"header {name!r} is not valid")
+            block = "".join(f"\r\n{name}: {value}" for name, value in merged.items())
+            if len(self._blocks) > 64:
+                self._blocks.clear()
+            self._blocks[key] = block
+        return block
 
     def request(
         self,
@@ -176,47 +367,45 @@ class LeanSession:
         headers: Mapping[str, str] | None = None,
         timeout: Timeout = None,
     ) -> requests.Response:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise requests.exceptions.InvalidURL(f"cannot call {url!r}")
-        port = parts.port or (443 if scheme == "https" else 80)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
+        origin, host_header, calls, pulls = self._origin(url)
+        target = url[len(origin) :].split("#", 1)[0] or "/"
         if params:
-            target += ("&" if parts.query else "?") + urlencode(params)
-        merged = dict(self.headers)
-        if headers:
-            merged.update(headers)
+            target += ("&" if "?" in target else "?") + urlencode(params)
+        if _unsafe(target) or " " in target:
+            raise requests.exceptions.InvalidURL(f"cannot call {url!r}")
+        head = f"{method} {target} HTTP/1.1\r\nHost: {host_header}" + self._header_block(headers)
+        if data is not None or method in ("POST", "PUT", "PATCH"):
+            head += f"\r\nContent-Length: {len(data or b'')}"
+        message = (head + "\r\n\r\n").encode("latin-1") + (data or b"")
+
         connect_timeout: float | None
         read_timeout: float | None
         if isinstance(timeout, tuple):
             connect_timeout, read_timeout = timeout
         else:
             connect_timeout = read_timeout = timeout
-        pull = url.startswith(self._pull_url)
-        pool = self._pool(scheme, parts.hostname, port, pull)
-        conn = pool.take(connect_timeout)
+        pool = pulls if url.startswith(self._pull_url) else calls
+        conn = pool.take()
+        if conn is None:
+            try:
+                conn = pool.open(connect_timeout)
+            except TimeoutError as exc:
+                raise requests.ConnectTimeout(f"connecting to {origin}: {exc}") from None
+            except OSError as exc:
+                raise requests.ConnectionError(f"{type(exc).__name__}: {exc}") from None
         reusable = False
         try:
-            if conn.sock is None:
-                try:
-                    conn.connect()
-                except TimeoutError as exc:
-                    raise requests.ConnectTimeout(f"connecting to {parts.netloc}: {exc}") from None
             conn.sock.settimeout(read_timeout)
-            conn.request(method, target, body=data, headers=merged)
-            resp = conn.getresponse()
-            body = resp.read()
-            reusable = not resp.will_close
-            return _response(url, resp, body)
+            conn.sock.sendall(message)
+            status, reason, fields, body, close = conn.read_answer(method)
+            reusable = not close
         except TimeoutError as exc:
-            raise requests.ReadTimeout(f"no answer from {parts.netloc}: {exc}") from None
-        except (OSError, http.client.HTTPException) as exc:
+            raise requests.ReadTimeout(f"no answer from {origin}: {exc}") from None
+        except (OSError, ValueError, _Closed) as exc:
             raise requests.ConnectionError(f"{type(exc).__name__}: {exc}") from None
         finally:
             pool.give_back(conn, reusable)
+        return _answer(url, status, reason, fields, body)
 
     def get(
         self,
@@ -229,17 +418,14 @@ class LeanSession:
         return self.request("GET", url, params=params, headers=headers, timeout=timeout)
 
     def abort(self) -> int:
-        """Shut down the sockets of the pulls in flight (the pull adapter's role)."""
-        return self.abort_pulls()
-
-    def abort_pulls(self) -> int:
         """Shut down the sockets of the pulls in flight; returns how many."""
         with self._lock:
-            pools = [p for (_, pull), p in self._pools.items() if pull]
-        return sum(p.shutdown_busy() for p in pools)
+            origins = list(self._origins.values())
+        return sum(pulls.shutdown_busy() for _, _, _, pulls in origins)
 
     def close(self) -> None:
         with self._lock:
-            pools = list(self._pools.values())
-        for pool in pools:
-            pool.close()
+            origins = list(self._origins.values())
+        for _, _, calls, pulls in origins:
+            calls.close()
+            pulls.close()
