@@ -95,8 +95,11 @@ class connector:
     Keyword-only extras: ``timeout`` (seconds, connect and read, per HTTP call),
     ``asyncTimeout`` (seconds an async id waits for its answer before the result ends
     with an ``async_timeout`` error), ``backoffMax`` (cap of the long-poll back-off, in
-    seconds) and ``pollTimeout`` (read timeout of one long poll; keep it above the
-    service's hold time of about 30 s).
+    seconds), ``pollTimeout`` (read timeout of one long poll; keep it above the
+    service's hold time of about 30 s) and ``pullLinger`` (seconds: after a pull that
+    brought something, the next starts no sooner than this after it; 0, the default,
+    pulls again at once. A few milliseconds let each pull carry several notifications
+    at a steady trickle, for a little latency).
 
     Expired async ids are found without a timer thread: the long-poll thread checks
     between pulls, every new async call and every ``handler()`` call checks, and
@@ -116,6 +119,7 @@ class connector:
         asyncTimeout: float = 60.0,
         backoffMax: float = 30.0,
         pollTimeout: float = 40.0,
+        pullLinger: float = 0.0,
     ) -> None:
         if not isinstance(token, str) or not token.strip():
             raise TypeError("token must be a non-empty string (the Connector access key)")
@@ -144,6 +148,7 @@ class connector:
             tick=self._expire_due,
             abort=self._pull_adapter.abort,
             backoff_max=float(backoffMax),
+            linger=max(0.0, float(pullLinger)),
         )
 
     # ---- plumbing --------------------------------------------------------------------

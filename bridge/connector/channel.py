@@ -8,7 +8,11 @@ exponential back-off with jitter, so a dead server sees a bounded request rate i
 of a spinning client. 401/403 (a wrong access key will not fix itself) waits the cap
 at once and says so plainly. Empty answers that come back at once (``noWait``, or a
 server that ignores the long-poll hold) are paced to one pull per
-``min_empty_interval`` for the same reason.
+``min_empty_interval`` for the same reason. With a ``linger``, a pull that brought a
+message is followed by the next one no sooner than ``linger`` seconds after it started:
+at a steady trickle each pull then carries several notifications, which costs a little
+latency (at most ``linger``) and saves the CPU of most pulls; a busy channel, whose
+pulls take longer than that anyway, is not slowed down.
 
 Stopping sets an event, aborts the pull in flight (``abort``: its socket is shut
 down, see :mod:`bridge.connector.transport`) and joins with a bound. Should a thread
@@ -106,6 +110,7 @@ class LongPoller:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         min_empty_interval: float = 1.0,
+        linger: float = 0.0,
     ) -> None:
         self._pull = pull
         self._dispatch = dispatch
@@ -114,6 +119,7 @@ class LongPoller:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.min_empty_interval = min_empty_interval
+        self.linger = linger
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
@@ -255,7 +261,12 @@ class LongPoller:
                 if outcome.message:
                     self._count(messages=1)
                     self._safe_dispatch(outcome.message)
-                    continue  # there may be more: pull again at once
+                    # There may be more: pull again at once, or after the linger.
+                    if self.linger > 0:
+                        rest = self.linger - (time.monotonic() - started)
+                        if rest > 0:
+                            stop.wait(rest)
+                    continue
                 self._count(empty=1)
                 # Pace empty answers that come back at once (not the opening pull).
                 rest = self.min_empty_interval - (time.monotonic() - started)
