@@ -124,6 +124,7 @@ def measure(env: Env) -> dict[str, Any]:
         "added_p99_ms": median(r["added_p99_ms"] for r in runs),
         "added_p50_loaded_ms": median(r["added_p50_loaded_ms"] for r in runs),
         "bridge_cpu_us_per_command": median(r["bridge"]["cpu_us_per_command"] for r in runs),
+        "floor_cpu_us_per_command": median(r["floor"]["cpu_us_per_command"] for r in runs),
         "failed": max(r[w]["failed"] for r in runs for w in all_ways),
         "unanswered": max(r[w]["m"] - r[w]["done"] for r in runs for w in all_ways),
         "runs": runs,

@@ -84,6 +84,7 @@ def once(env: Env) -> dict[str, Any]:
         )  # fmt: skip
         with sub:
             sampler = CpuSampler(bridge.cpu_seconds)
+            pulls0 = env.emulator.counters().get("pulls", 0)
             try:
                 driver = start_child(
                     "latency-driver",
@@ -99,6 +100,7 @@ def once(env: Env) -> dict[str, Any]:
                 complete = sub.wait(stall=5.0)
             finally:
                 sampler.stop()
+            pulls = env.emulator.counters().get("pulls", 0) - pulls0
             lines = sub.lines()
     window_start = sent["t_start"] + WARMUP
     latencies = []
@@ -125,6 +127,7 @@ def once(env: Env) -> dict[str, Any]:
         "p99_ms": percentile(latencies, 99) * 1000,
         "max_ms": (latencies[-1] * 1000) if latencies else math.nan,
         "cpu_share": sampler.share(window_start, sent["t_end"]),
+        "notifications_per_pull": sent["sent"] / max(pulls, 1),
     }
 
 
@@ -148,5 +151,6 @@ def measure(env: Env) -> dict[str, Any]:
         "cpu_share": median(r["cpu_share"] for r in runs),
         "driver_rate": median(r["driver_rate"] for r in runs),
         "lost": max(r["lost"] for r in runs),
+        "notifications_per_pull": median(r["notifications_per_pull"] for r in runs),
         "runs": runs,
     }

@@ -114,6 +114,11 @@ def _summary(
     }
 
 
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def command_value(i: int, endpoints: int) -> str:
     """The dimmer value of command ``i``: differs from the endpoint's previous command."""
     return str((i // endpoints) % 100)
@@ -220,6 +225,7 @@ def connector_commands(args: dict[str, Any]) -> dict[str, Any]:
     workers = [threading.Thread(target=sender, daemon=True) for _ in range(threads)]
     for w in workers:
         w.start()
+    cpu0 = _cpu()
     started = time.perf_counter()
     for i in range(m):
         room.acquire()
@@ -228,9 +234,11 @@ def connector_commands(args: dict[str, Any]) -> dict[str, Any]:
     ended = time.perf_counter()
     for _ in workers:
         issued.put(None)
+    cpu = _cpu() - cpu0
     c.stopLongPolling()
     c.close()
     result = _summary(latencies, started, ended, counts["ok"], counts["failed"])
+    result["cpu_us_per_command"] = cpu / max(len(latencies), 1) * 1e6
     result["complete"] = done
     result["m"] = m
     return result

@@ -163,6 +163,10 @@ def render(f: dict[str, Any]) -> str:
                  ms(c["added_p50_ms"], "+"), ms(c["added_p99_ms"], "+")],
             ]
         )  # fmt: skip
+        lines.append(
+            f"  CPU per command: bridge {_f(c['bridge_cpu_us_per_command'], '.0f', ' us')}, "
+            f"floor {_f(c['floor_cpu_us_per_command'], '.0f', ' us')} (each its own process)"
+        )
         lines.append(f"  failed commands (worst run): {c['failed']}; unanswered: {c['unanswered']}")
     if "latency" in f:
         lat = f["latency"]
@@ -172,7 +176,8 @@ def render(f: dict[str, Any]) -> str:
             "(emulator emits -> subscriber receives)",
             f"  p50 {_f(lat['p50_ms'], '.2f', ' ms')}   p99 {_f(lat['p99_ms'], '.2f', ' ms')}   "
             f"bridge CPU {_f(_num(lat['cpu_share']) * 100, '.1f', '% of one core')}   "
-            f"(driver reached {_rate(lat['driver_rate'])}; lost {lat['lost']})",
+            f"(driver reached {_rate(lat['driver_rate'])}; lost {lat['lost']}; "
+            f"{_f(lat['notifications_per_pull'], '.1f')} notifications per pull)",
         ]
     if "scale" in f:
         lines += [

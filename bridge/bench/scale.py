@@ -21,6 +21,7 @@ from bridge.bench.harness import (
     Control,
     CountingSubscriber,
     EmulatorProcess,
+    cpu_seconds,
     new_prefix,
     status_mib,
 )
@@ -66,6 +67,8 @@ def once(env: Env, emulator: EmulatorProcess, size: int) -> dict[str, Any]:
         limit = 600.0
         ok = all(s.wait(stall=STALL, limit=limit) for s in (states, resources, values))
         peak = bridge.peak_rss_mib()
+        cpu = bridge.cpu_seconds()
+        emulator_cpu = cpu_seconds(emulator.pid)
         if not ok:
             env.say(f"scale {size}: not every message came; bridge log:\n{bridge.log_tail(10)}")
         st, rs, vs = states.times(), resources.times(), values.times()
@@ -81,6 +84,8 @@ def once(env: Env, emulator: EmulatorProcess, size: int) -> dict[str, Any]:
         "first_state_s": (st[0] - t0) if st else math.nan,
         "all_s": max(st[-1], rs[-1], vs[-1]) - t0 if ok and st and rs and vs else math.nan,
         "peak_rss_mib": peak,
+        "bridge_cpu_s": cpu,  # at the end of the run, start-up included
+        "emulator_cpu_s": emulator_cpu,  # since the emulator started (its own start-up too)
     }
 
 
