@@ -44,6 +44,10 @@ def running_bridge(settings: Settings) -> Iterator[Bridge]:
     try:
         assert bridge.wait_ready(READY), "the bridge did not become ready"
         assert bridge.mqtt.wait_connected(READY)
+        # Commands reach the bridge only once the broker acknowledged its subscriptions, and
+        # a late subscriber sees start-up values as retained only once they were published.
+        assert bridge.mqtt.subscribed_event.wait(READY), "the broker did not acknowledge"
+        assert bridge.mqtt.drain(READY), "the bridge did not publish its start-up messages"
         yield bridge
     finally:
         bridge.stop()
