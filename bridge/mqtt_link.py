@@ -125,6 +125,26 @@ def _no_delay(client: mqtt.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def apply_credentials_and_tls(client: mqtt.Client, settings: Settings) -> None:
+    """Give a paho client the broker user, password and TLS set-up from the settings.
+
+    Every MQTT client of the project that speaks for the operator (the bridge, ``status``)
+    goes through here, so they all verify the broker the same way.
+    """
+    if settings.mqtt_username:
+        password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+        client.username_pw_set(settings.mqtt_username, password)
+    if settings.tls_enabled:
+        client.tls_set(
+            ca_certs=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
+            certfile=str(settings.mqtt_tls_cert) if settings.mqtt_tls_cert else None,
+            keyfile=str(settings.mqtt_tls_key) if settings.mqtt_tls_key else None,
+            cert_reqs=ssl.CERT_REQUIRED if settings.mqtt_tls_verify else ssl.CERT_NONE,
+        )
+        if not settings.mqtt_tls_verify:
+            client.tls_insecure_set(True)
+
+
 class MqttLink:
     """The bridge's one MQTT connection."""
 
@@ -157,18 +177,7 @@ class MqttLink:
             clean_session=None if self.is_v5 else not self.persistent,
             manual_ack=manual_ack,
         )
-        if settings.mqtt_username:
-            password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-            client.username_pw_set(settings.mqtt_username, password)
-        if settings.tls_enabled:
-            client.tls_set(
-                ca_certs=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
-                certfile=str(settings.mqtt_tls_cert) if settings.mqtt_tls_cert else None,
-                keyfile=str(settings.mqtt_tls_key) if settings.mqtt_tls_key else None,
-                cert_reqs=ssl.CERT_REQUIRED if settings.mqtt_tls_verify else ssl.CERT_NONE,
-            )
-            if not settings.mqtt_tls_verify:
-                client.tls_insecure_set(True)
+        apply_credentials_and_tls(client, settings)
         client.will_set(state_topic, "offline", qos=1, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
         client.max_inflight_messages_set(settings.mqtt_max_inflight)

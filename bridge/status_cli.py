@@ -14,7 +14,6 @@ with a message saying what was seen; 2 wrong settings.
 from __future__ import annotations
 
 import json
-import ssl
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from bridge.mqtt_link import apply_credentials_and_tls
 from bridge.service_cli import split_env_file
 from bridge.settings import Settings, SettingsError, env_name, load_settings
 from bridge.topics import BRIDGE_LEVEL, RESOURCES_LEVEL, STATE_LEVEL, unescape_level
@@ -106,18 +106,7 @@ def _client(settings: Settings) -> mqtt.Client:
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         clean_session=None if v5 else True,
     )
-    if settings.mqtt_username:
-        pw = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-        client.username_pw_set(settings.mqtt_username, pw)
-    if settings.tls_enabled:
-        client.tls_set(
-            ca_certs=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
-            certfile=str(settings.mqtt_tls_cert) if settings.mqtt_tls_cert else None,
-            keyfile=str(settings.mqtt_tls_key) if settings.mqtt_tls_key else None,
-            cert_reqs=ssl.CERT_REQUIRED if settings.mqtt_tls_verify else ssl.CERT_NONE,
-        )
-        if not settings.mqtt_tls_verify:
-            client.tls_insecure_set(True)
+    apply_credentials_and_tls(client, settings)
     return client
 
 
