@@ -31,6 +31,7 @@ endpoint device is reached ``via_device`` it. Availability of every entity needs
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import threading
 from collections import deque
@@ -81,6 +82,11 @@ def info_paths(resources: tuple[EventResource, ...]) -> list[str]:
     return paths
 
 
+def _digest(payload: bytes) -> bytes:
+    """What is remembered of a published config: enough to tell a change."""
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
 class HomeAssistant(Extension):
     name = "homeassistant"
 
@@ -95,7 +101,9 @@ class HomeAssistant(Extension):
         # Publishing one endpoint (compare, send, remember) happens under this lock, so
         # two threads never interleave the configs of one endpoint out of order.
         self._publish_lock = threading.Lock()
-        self._published: dict[str, dict[str, bytes]] = {}  # endpoint -> topic -> payload
+        # endpoint -> topic -> digest of the payload published (not the payload: ~1 KB a
+        # config, hundreds of MB with 100,000 endpoints)
+        self._published: dict[str, dict[str, bytes]] = {}
         self._values: dict[str, dict[str, str]] = {}  # endpoint -> path -> value read
         self._lock = threading.Lock()  # guards the read queue below
         self._waiting: deque[str] = deque()
@@ -199,12 +207,15 @@ class HomeAssistant(Extension):
                 self._send(topic, b"")
                 self.counts["configs_removed"] += 1
                 sent += 1
+            digests = {}
             for topic, payload in new.items():
-                if force or old.get(topic) != payload:
+                digest = _digest(payload)
+                digests[topic] = digest
+                if force or old.get(topic) != digest:
                     self._send(topic, payload)
                     self.counts["configs_published"] += 1
                     sent += 1
-            self._published[name] = new
+            self._published[name] = digests
         return sent
 
     def publish_all(self) -> None:
