@@ -68,7 +68,23 @@ def parse_resources(items: Any) -> tuple[Resource, ...]:
                 obs=bool(item.get("obs", False)),
             )
         )
-    return tuple(out)
+    return _shared(tuple(out))
+
+
+# Endpoints of one type have the same resource list: one tuple for all of them instead of
+# one per endpoint (~1.5 KB each, 150 MB with 100,000 endpoints). Bounded; the values are
+# immutable, so sharing is safe across threads.
+_SHARED_LISTS: dict[tuple[Resource, ...], tuple[Resource, ...]] = {}
+_SHARED_MAX = 10_000
+
+
+def _shared(resources: tuple[Resource, ...]) -> tuple[Resource, ...]:
+    found = _SHARED_LISTS.get(resources)
+    if found is None:
+        if len(_SHARED_LISTS) >= _SHARED_MAX:
+            _SHARED_LISTS.clear()
+        _SHARED_LISTS[resources] = found = resources
+    return found
 
 
 def _entries(message: Mapping[str, Any], key: str) -> list[Any]:
