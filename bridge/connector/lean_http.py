@@ -36,6 +36,7 @@ import select
 import socket
 import ssl
 import threading
+from collections import deque
 from collections.abc import Mapping
 from urllib.parse import urlencode, urlsplit
 
@@ -191,21 +192,24 @@ class _Pool:
         self.key = key
         self.size = size
         self.tls = tls
-        self.idle: list[_Conn] = []
+        self.idle: deque[_Conn] = deque()  # append/pop are atomic: no lock needed
         self.busy: set[_Conn] | None = set() if track else None
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards `busy` (pulls only)
 
     def take(self) -> _Conn | None:
         """An idle connection that still works, or None (the caller opens one)."""
-        with self.lock:
-            while self.idle:
+        while True:
+            try:
                 conn = self.idle.pop()
-                if not conn.dropped():
-                    if self.busy is not None:
-                        self.busy.add(conn)
-                    return conn
+            except IndexError:
+                return None
+            if conn.dropped():
                 conn.close()
-        return None
+                continue
+            if self.busy is not None:
+                with self.lock:
+                    self.busy.add(conn)
+            return conn
 
     def open(self, connect_timeout: float | None) -> _Conn:
         scheme, host, port = self.key
@@ -225,12 +229,12 @@ class _Pool:
         return conn
 
     def give_back(self, conn: _Conn, reusable: bool) -> None:
-        with self.lock:
-            if self.busy is not None:
+        if self.busy is not None:
+            with self.lock:
                 self.busy.discard(conn)
-            if reusable and len(self.idle) < self.size:
-                self.idle.append(conn)
-                return
+        if reusable and len(self.idle) < self.size:  # a race may keep one more: harmless
+            self.idle.append(conn)
+            return
         conn.close()
 
     def shutdown_busy(self) -> int:
@@ -246,10 +250,11 @@ class _Pool:
         return done
 
     def close(self) -> None:
-        with self.lock:
-            conns, self.idle = self.idle, []
-        for conn in conns:
-            conn.close()
+        while self.idle:
+            try:
+                self.idle.pop().close()
+            except IndexError:
+                break
 
 
 class _Response(requests.Response):
@@ -288,19 +293,34 @@ def _unsafe(text: str) -> bool:
     return "\r" in text or "\n" in text or "\0" in text
 
 
+class _Headers(CaseInsensitiveDict[str]):
+    """The session's headers; ``version`` changes with every change, so the rendered
+    header block can be cached without comparing the headers on every call."""
+
+    version = 0
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        self.version += 1
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.version += 1
+
+
 class LeanSession:
     """The subset of :class:`requests.Session` the Connector client uses, over plain
     sockets. ``pull_url``: calls to it use connections of their own that :meth:`abort`
     can shut down."""
 
     def __init__(self, pull_url: str, pool_size: int) -> None:
-        self.headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(
+        self.headers: CaseInsensitiveDict[str] = _Headers(
             {"User-Agent": default_user_agent(), "Accept": "*/*", "Connection": "keep-alive"}
         )
         self._pool_size = pool_size
         self._pull_url = pull_url
         self._origins: dict[str, tuple[str, str, _Pool, _Pool]] = {}
-        self._blocks: dict[tuple[_Items, _Items], str] = {}
+        self._blocks: dict[tuple[int | _Items, _Items], str] = {}
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
 
@@ -342,7 +362,9 @@ class LeanSession:
     def _header_block(self, headers: Mapping[str, str] | None) -> str:
         """The header lines of the session's headers merged with ``headers``, checked
         once and cached (the client sends a handful of combinations)."""
-        key = (tuple(self.headers.items()), tuple(headers.items()) if headers else ())
+        version = getattr(self.headers, "version", None)
+        own = version if version is not None else tuple(self.headers.items())
+        key = (own, tuple(headers.items()) if headers else ())
         block = self._blocks.get(key)
         if block is None:
             merged = dict(self.headers)
