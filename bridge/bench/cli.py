@@ -66,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(MEASUREMENTS),
         help="run only this measurement (repeatable)",
     )
-    p.add_argument("--mqtt-host", help="use this broker instead of starting one")
+    p.add_argument(
+        "--mqtt-host",
+        help="use this broker instead of starting one (its limits apply: with Mosquitto's "
+        "default max_queued_messages of 1000 a fast publisher overflows the counting "
+        "subscriber at QoS 1, reported as lost; measurements leave retained messages under "
+        "bench prefixes)",
+    )
     p.add_argument("--mqtt-port", type=int, default=1883, help="its port (default 1883)")
     p.add_argument("-n", "--notifications", type=_positive(int), help="N (default 200,000)")
     p.add_argument("--payload-size", type=_positive(int), help="value size, bytes (default 8)")

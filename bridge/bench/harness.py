@@ -532,6 +532,9 @@ class BridgeProcess:
             "mqtt_port": str(broker.port),
             "mqtt_client_id": f"bench-bridge-{uuid.uuid4().hex[:10]}",
             "topic_prefix": prefix,
+            # Discovery configs go to a namespace of the measurement's own: on a real broker
+            # the bench must not announce its lamps to a Home Assistant (same work either way).
+            "homeassistant_discovery_prefix": f"{prefix}-ha",
             "log_level": "INFO",
         }
         values.update(settings or {})
