@@ -123,6 +123,7 @@ class ConnectorSide:
             asyncTimeout=max(settings.queue_mode_timeout, settings.command_timeout) + ASYNC_GRACE,
             backoffMax=settings.connector_retry_max,
             pullLinger=PULL_LINGER,
+            fastHttp=settings.connector_http == "fast",
         )
         self._receiver: CallbackReceiver | None = None
         # Whether the Connector answers: see bridge.reachability (events on the bus).

@@ -59,7 +59,7 @@ def dropping() -> Iterator[DroppingServer]:
 
 
 def test_a_dropped_keep_alive_connection_is_not_reused(dropping: DroppingServer) -> None:
-    with connector("k", f"http://127.0.0.1:{dropping.port}") as c:
+    with connector("k", f"http://127.0.0.1:{dropping.port}", fastHttp=True) as c:
         assert isinstance(c._session, LeanSession)
         for _ in range(3):
             r = c.getEndpoints()
@@ -86,15 +86,19 @@ def test_nothing_listening_is_a_connection_error() -> None:
         session.request("GET", f"http://127.0.0.1:{port}/", timeout=(2, 2))
 
 
-def test_a_proxy_from_the_environment_keeps_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_requests_by_default_lean_on_request_unless_a_proxy_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     url = "http://connector.example:8080/v2/notification/pull"
     session, _ = make_session("k", url)
+    assert isinstance(session, requests.Session)  # the library's default
+    session, _ = make_session("k", url, fast=True)
     assert isinstance(session, LeanSession)
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
-    session, _ = make_session("k", url)
+    session, _ = make_session("k", url, fast=True)
     assert isinstance(session, requests.Session)
     monkeypatch.setenv("NO_PROXY", "connector.example")
-    session, _ = make_session("k", url)
+    session, _ = make_session("k", url, fast=True)
     assert isinstance(session, LeanSession)

@@ -125,14 +125,17 @@ class PullAborter(Protocol):
     def abort(self) -> int: ...
 
 
-def make_session(token: str, pull_url: str) -> tuple[HttpSession, PullAborter]:
+def make_session(
+    token: str, pull_url: str, *, fast: bool = False
+) -> tuple[HttpSession, PullAborter]:
     """The session of one connector, and what aborts its pulls in flight.
 
-    A :class:`~bridge.connector.lean_http.LeanSession` (five times cheaper per call) unless
-    a proxy from the environment applies to the Connector, which only requests handles.
+    One :class:`requests.Session` by default. With ``fast``, a
+    :class:`~bridge.connector.lean_http.LeanSession` (five times cheaper per call), unless a
+    proxy from the environment applies to the Connector, which only requests handles.
     """
     auth = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/plain, */*"}
-    if not requests.utils.get_environ_proxies(pull_url):
+    if fast and not requests.utils.get_environ_proxies(pull_url):
         lean = LeanSession(pull_url, POOL_SIZE)
         lean.headers.update(auth)
         return lean, lean
