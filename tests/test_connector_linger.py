@@ -56,3 +56,40 @@ def test_a_stop_does_not_wait_out_a_long_linger() -> None:
     assert pulled.wait(5)
     assert poller.stop(timeout=5)
     assert not thread.is_alive()
+
+
+def test_no_linger_while_an_answer_is_awaited() -> None:
+    got: list[int] = []
+    done = threading.Event()
+
+    def pull(no_wait: bool) -> requests.Response:
+        return _answer(b'{"notifications": [{"n": 1}]}')
+
+    def dispatch(message: dict[str, Any]) -> None:
+        got.append(1)
+        if len(got) == 8:
+            done.set()
+
+    # A 60 s linger would hold the second pull for a minute; an awaited answer skips it.
+    poller = LongPoller(pull, dispatch, tick=lambda: None, linger=60.0, awaited=lambda: 1)
+    poller.start()
+    assert done.wait(10)
+    assert poller.stop(timeout=5)
+
+
+def test_a_poke_ends_the_linger() -> None:
+    pulls: list[float] = []
+    first, second = threading.Event(), threading.Event()
+
+    def pull(no_wait: bool) -> requests.Response:
+        pulls.append(time.monotonic())
+        (first if len(pulls) == 1 else second).set()
+        return _answer(b'{"notifications": [{"n": 1}]}')
+
+    poller = LongPoller(pull, lambda m: None, tick=lambda: None, linger=60.0)
+    poller.start()
+    assert first.wait(5)
+    assert not second.wait(0.3)  # lingering
+    poller.poke()  # e.g. a call now awaits its async response
+    assert second.wait(5)
+    assert poller.stop(timeout=5)

@@ -97,11 +97,12 @@ class connector:
     with an ``async_timeout`` error), ``backoffMax`` (cap of the long-poll back-off, in
     seconds), ``pollTimeout`` (read timeout of one long poll; keep it above the
     service's hold time of about 30 s) and ``pullLinger`` (seconds: after a pull that
-    brought something, the next starts no sooner than this after it; 0, the default,
-    pulls again at once. A few milliseconds let each pull carry several notifications
-    at a steady trickle, for a little latency). ``fastHttp``: calls go through one
-    ``requests.Session`` by default, as library users expect (proxies, ``.netrc``, CA
-    bundle variables); ``True`` uses the project's lean keep-alive session instead
+    brought something, the next starts no sooner than this after it, unless an async
+    response is awaited; 0, the default, pulls again at once. A few milliseconds let
+    each pull carry several notifications at a steady trickle, for a little latency).
+    ``fastHttp``: calls go through one ``requests.Session`` by default, as library
+    users expect (proxies, ``.netrc``, CA bundle variables); ``True`` uses the
+    project's lean keep-alive session instead
     (:mod:`bridge.connector.lean_http`, about five times less CPU per call; the bridge
     uses it), still falling back to ``requests`` when a proxy applies.
 
@@ -154,6 +155,7 @@ class connector:
             abort=self._pull_adapter.abort,
             backoff_max=float(backoffMax),
             linger=max(0.0, float(pullLinger)),
+            awaited=self._pending.__len__,
         )
 
     # ---- plumbing --------------------------------------------------------------------
@@ -343,6 +345,7 @@ class connector:
         result._deadline = time.monotonic() + self.asyncTimeout
         result._expire = self._expire_due
         _, early = self._pending.register(async_id, result)
+        self._poller.poke()  # the answer comes on the channel: no linger before that pull
         if early is not None:
             log.debug("async id %r was answered before its 202 came back", async_id)
             self._complete_async(result, early)

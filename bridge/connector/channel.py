@@ -12,7 +12,8 @@ server that ignores the long-poll hold) are paced to one pull per
 message is followed by the next one no sooner than ``linger`` seconds after it started:
 at a steady trickle each pull then carries several notifications, which costs a little
 latency (at most ``linger``) and saves the CPU of most pulls; a busy channel, whose
-pulls take longer than that anyway, is not slowed down.
+pulls take longer than that anyway, is not slowed down, and while an answer is awaited
+(an async response) the next pull starts at once.
 
 Stopping sets an event, aborts the pull in flight (``abort``: its socket is shut
 down, see :mod:`bridge.connector.transport`) and joins with a bound. Should a thread
@@ -111,6 +112,7 @@ class LongPoller:
         backoff_max: float = 30.0,
         min_empty_interval: float = 1.0,
         linger: float = 0.0,
+        awaited: Callable[[], object] | None = None,
     ) -> None:
         self._pull = pull
         self._dispatch = dispatch
@@ -120,6 +122,8 @@ class LongPoller:
         self.backoff_max = backoff_max
         self.min_empty_interval = min_empty_interval
         self.linger = linger
+        self._awaited = awaited  # True while someone waits for an answer: no linger then
+        self._wake = threading.Event()  # cuts a linger short (poke, stop)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
@@ -172,6 +176,7 @@ class LongPoller:
             log.debug("long polling is not active")
             return thread is None or not thread.is_alive()
         stop.set()
+        self._wake.set()
         if thread is not threading.current_thread():
             # Abort until the thread is gone: a pull that was about to start when the
             # event was set is in flight a moment later and gets aborted then.
@@ -187,6 +192,13 @@ class LongPoller:
             return False
         log.info("long polling stopped")
         return True
+
+    def poke(self) -> None:
+        """An answer is awaited now: end a linger at once (the next pull starts)."""
+        self._wake.set()
+
+    def _answer_awaited(self) -> bool:
+        return bool(self._awaited is not None and self._awaited())
 
     def _abort_pull(self) -> None:
         if self._abort is not None:
@@ -262,10 +274,12 @@ class LongPoller:
                     self._count(messages=1)
                     self._safe_dispatch(outcome.message)
                     # There may be more: pull again at once, or after the linger.
-                    if self.linger > 0:
+                    if self.linger > 0 and not self._answer_awaited():
                         rest = self.linger - (time.monotonic() - started)
                         if rest > 0:
-                            stop.wait(rest)
+                            self._wake.clear()
+                            if not self._answer_awaited() and not stop.is_set():
+                                self._wake.wait(rest)
                     continue
                 self._count(empty=1)
                 # Pace empty answers that come back at once (not the opening pull).
