@@ -9,7 +9,8 @@ lamp's previous one) with ``inflight`` outstanding, both ways built alike:
   the bridge has command workers) calling ``putResourceValue``; each is done when its
   async response arrives on the long poll;
 - **bridge**: a paho client in its own process publishes ``<prefix>/<ep>/3311/0/5851/set``
-  (MQTT 5, QoS 1, Correlation Data) and waits for the reply on ``.../set/reply``.
+  (MQTT 5, QoS 1, Correlation Data; with a 3.1.1 bridge the JSON envelope's
+  ``transaction`` instead) and waits for the reply on ``.../set/reply``.
 
 Throughput is M over the time until the last reply; latency is per command from its
 issue to its answer, queueing included. With 100 always outstanding the latency is
@@ -64,6 +65,7 @@ def bridge_once(env: Env) -> tuple[dict[str, Any], dict[str, Any]]:
             "m": cfg.commands,
             "inflight": cfg.inflight,
             "first": 0,
+            "envelope": settings.get("mqtt_protocol") == "3.1.1",
         }
         cpu0 = bridge.cpu_seconds()
         loaded = run_child("mqtt-commands", args, timeout=600)

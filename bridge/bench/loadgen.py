@@ -140,16 +140,27 @@ def mqtt_commands(args: dict[str, Any]) -> dict[str, Any]:
     subscribed = threading.Event()
     lock = threading.Lock()
 
+    # An MQTT 5 bridge echoes Correlation Data; a 3.1.1 one (no properties) the
+    # envelope's "transaction", which then carries the command's number.
+    envelope = bool(args.get("envelope", False))
+
     def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.perf_counter()
-        corr = getattr(msg.properties, "CorrelationData", None)
-        if corr is None:
-            return
-        i = int.from_bytes(corr, "big")
         try:
-            ok = bool(json.loads(msg.payload).get("ok"))
+            reply = json.loads(msg.payload)
         except ValueError:
-            ok = False
+            reply = {}
+        if envelope:
+            number = reply.get("transaction")
+            if not isinstance(number, int) or not 0 <= number < m:
+                return
+            i = number
+        else:
+            corr = getattr(msg.properties, "CorrelationData", None)
+            if corr is None:
+                return
+            i = int.from_bytes(corr, "big")
+        ok = bool(reply.get("ok"))
         with lock:
             latencies.append(now - sent[i])
             counts["ok" if ok else "failed"] += 1
@@ -167,11 +178,17 @@ def mqtt_commands(args: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     for i in range(m):
         room.acquire()
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.CorrelationData = i.to_bytes(4, "big")
-        sent[i] = time.perf_counter()
         n = first + i
-        client.publish(topics[n % nep], command_value(n, nep), qos=1, properties=props)
+        value = command_value(n, nep)
+        props: Properties | None = None
+        if envelope:
+            payload = json.dumps({"transaction": i, "value": value})
+        else:
+            payload = value
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = i.to_bytes(4, "big")
+        sent[i] = time.perf_counter()
+        client.publish(topics[n % nep], payload, qos=1, properties=props)
     finished = all_done.wait(float(args.get("timeout", 300)))
     ended = time.perf_counter()
     client.disconnect()
