@@ -3,7 +3,9 @@
 What it adds to paho, and why:
 
 - **Availability.** The retained will ``<prefix>/$bridge/state`` = ``offline``; ``online``
-  published (retained) on every connect; ``offline`` published on a clean stop.
+  published (retained) on every connect once the broker has acknowledged the bridge's
+  subscriptions (so a client that sends a command on seeing ``online`` is heard, even on
+  a brand-new session); ``offline`` published on a clean stop.
 - **Reconnects.** paho's own loop thread reconnects with back-off (1 s doubling to
   30 s); every subscription made through :meth:`MqttLink.subscribe` is renewed on every
   connect, so extensions subscribe once and forget about reconnects.
@@ -683,17 +685,14 @@ class MqttLink:
                 self._buffer_cap,
                 env_name("mqtt_buffer"),
             )
-        if client.publish(self.state_topic, "online", qos=1, retain=True).rc not in (
-            mqtt.MQTT_ERR_SUCCESS,
-            mqtt.MQTT_ERR_NO_CONN,
-        ):
-            self._enqueue((self.state_topic, b"online", 1, True, None), front=True)
         with self._subs_lock:
             entries = [self._sub_entry(f, q) for f, q in self._subs.items()]
         self._connect_failures = 0
         if entries:
+            # `online` waits for the SUBACK (_handle_subscribe).
             self._connect_sub_mid = client.subscribe(entries)[1]
         else:
+            self._publish_online(client)
             self.subscribed_event.set()
         with self._room:
             self._connected = True
@@ -720,7 +719,15 @@ class MqttLink:
         if refused:
             log.error("the broker refused %d subscription(s): %s", len(refused), refused[0])
         if mid == self._connect_sub_mid:
+            self._publish_online(client)
             self.subscribed_event.set()
+
+    def _publish_online(self, client: mqtt.Client) -> None:
+        if client.publish(self.state_topic, "online", qos=1, retain=True).rc not in (
+            mqtt.MQTT_ERR_SUCCESS,
+            mqtt.MQTT_ERR_NO_CONN,
+        ):
+            self._enqueue((self.state_topic, b"online", 1, True, None), front=True)
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError` block: the exception says why.

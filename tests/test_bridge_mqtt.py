@@ -180,3 +180,37 @@ def test_publishing_waits_for_room_instead_of_growing(
         n = emulator.burst(300, ep="burst-ep", path="/1/0/1")
         got = u.wait_for(lambda m: m.topic == "connector/burst-ep/1/0/1", timeout=20, count=n)
     assert len(got) == n
+
+
+def _bridge_packets(log: str, client_id: str) -> list[str]:
+    """The SUBSCRIBE and `$bridge/state` PUBLISH packets the broker received from one client,
+    in the order it processed them (from Mosquitto's own debug log)."""
+    seen = []
+    for line in log.splitlines():
+        if f"Received SUBSCRIBE from {client_id}" in line:
+            seen.append("subscribe")
+        elif f"Received PUBLISH from {client_id}" in line and "'connector/$bridge/state'" in line:
+            seen.append("online" if "(6 bytes)" in line else "state")
+    return seen
+
+
+def test_online_is_published_only_after_the_command_subscriptions_are_in_place(
+    emulator: Emulator,
+) -> None:
+    """A client that sends a command the moment it sees `online` must be heard, even when
+    the bridge's session is brand new (the broker drops what nobody subscribed to). The
+    broker's log proves the order, on the first connect and on a reconnect."""
+    with MosquittoBroker(extra_config="log_type debug\n") as broker:
+        settings = bridge_settings(emulator, broker)
+        with running_bridge(settings) as bridge:
+            first = _bridge_packets(broker.log_path.read_text(), settings.mqtt_client_id)
+            assert first[:2] == ["subscribe", "online"], first
+            broker.stop()
+            mark = len(broker.log_path.read_text())
+            broker.start()
+            assert bridge.mqtt.wait_connected(15)
+            assert bridge.mqtt.subscribed_event.wait(15)
+            with user(broker, "5", "connector/$bridge/state") as u:
+                u.wait_topic("connector/$bridge/state", payload=b"online")
+            again = _bridge_packets(broker.log_path.read_text()[mark:], settings.mqtt_client_id)
+            assert again[:2] == ["subscribe", "online"], again
