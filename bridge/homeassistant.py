@@ -29,6 +29,7 @@ appears inside a token, so it separates the parts of an identifier unambiguously
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -296,6 +297,8 @@ def id_token(text: str) -> str:
     ``node-001`` stays ``node-001``; ``my_dev`` becomes ``my_5Fdev``; ``a/b`` becomes
     ``a_2Fb``. An underscore is always followed by two hex digits, so ``__`` never occurs.
     """
+    if text.isascii() and text.replace("-", "").isalnum():
+        return text  # the common case: nothing to encode
     return "".join(
         chr(b) if b in _KEEP else f"_{b:02X}" for b in text.encode("utf-8", "surrogatepass")
     )
@@ -703,6 +706,7 @@ def _normalise_path(path: str) -> str:
     return "/" + path.strip().strip("/")
 
 
+@functools.lru_cache(maxsize=4096)  # asked many times per endpoint, for few distinct paths
 def _numeric_ids(path: str) -> tuple[int, ...] | None:
     segments = path.strip("/").split("/")
     if not all(s.isdigit() and s.isascii() for s in segments):

@@ -103,9 +103,10 @@ def route_of(path: str) -> str:
     ``/v2/endpoints`` -> ``endpoints``; ``/v2/endpoints/{ep}`` -> ``endpoint``;
     ``/v2/endpoints/{ep}/{res...}`` -> ``resource``; ``/v2/subscriptions...`` ->
     ``subscriptions``; ``/v2/notification/...`` -> ``notification``; else ``other``.
+    Called for every REST call: only the first four segments are split off.
     """
-    segments = [s for s in path.split("?", 1)[0].split("/") if s]
-    if segments and re.fullmatch(r"v\d+", segments[0]):
+    segments = [s for s in path.split("?", 1)[0].split("/", 5)[1:5] if s]
+    if segments and segments[0][:1] == "v" and segments[0][1:].isdigit():
         segments = segments[1:]
     if not segments:
         return "other"
@@ -115,6 +116,20 @@ def route_of(path: str) -> str:
     if head in ("subscriptions", "notification"):
         return head
     return "other"
+
+
+def _url_path(url: str) -> str:
+    """The path of an absolute URL (query and fragment cut off), without urlsplit's cost."""
+    scheme = url.find("://")
+    slash = url.find("/", scheme + 3) if scheme >= 0 else url.find("/")
+    if slash < 0:
+        return "/"
+    path = url[slash:]
+    for sep in "?#":
+        cut = path.find(sep)
+        if cut >= 0:
+            path = path[:cut]
+    return path
 
 
 class ConnectorLatency:
@@ -153,7 +168,7 @@ class ConnectorLatency:
         return True
 
     def observe(self, method: str, url: str, seconds: float) -> None:
-        path = urlsplit(url).path
+        path = _url_path(url)
         if path.endswith("/notification/pull"):
             return
         key = (method.upper(), route_of(path))

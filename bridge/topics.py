@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -89,6 +90,11 @@ def _must_escape(ch: str) -> bool:
     )
 
 
+def _no_special(name: str) -> bool:
+    """No character that is special in a topic or in the escaping itself."""
+    return "%" not in name and "/" not in name and "+" not in name and "#" not in name
+
+
 def _percent(ch: str) -> str:
     # surrogatepass: a lone surrogate (possible in JSON text) still round-trips.
     return "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
@@ -96,6 +102,8 @@ def _percent(ch: str) -> str:
 
 def escape_level(name: str) -> str:
     """One topic level for ``name``: the endpoint-name escaping rule (see module doc)."""
+    if name.isascii() and name.isprintable() and _no_special(name) and name[:1] != "$":
+        return name  # the common case, on every publish: nothing to escape
     out = [_percent(ch) if _must_escape(ch) else ch for ch in name]
     if out and name[0] == "$":
         out[0] = "%24"
@@ -125,6 +133,7 @@ def unescape_level(level: str) -> str:
         raise ValueError("the %XX escapes do not form UTF-8") from None
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet has few distinct resource paths
 def escape_path(path: str) -> str:
     """The topic levels of a resource path (``/3303/0/5700`` -> ``3303/0/5700``).
 
@@ -147,6 +156,7 @@ def unescape_path(levels: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------- topics
 
 
+@functools.lru_cache(maxsize=64)  # checked at every Topics(); a process has few prefixes
 def validate_prefix(prefix: str) -> str:
     """Check a topic prefix; return it or raise ValueError saying what is wrong."""
     if not prefix:

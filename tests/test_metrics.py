@@ -14,12 +14,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pytest
 
 from bridge import __version__
 from bridge.controller import Bridge
-from bridge.metrics import LatencyHistogram, route_of
+from bridge.metrics import LatencyHistogram, _url_path, route_of
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
 from tests.support.broker import MosquittoBroker
@@ -71,6 +72,22 @@ def test_histogram_counts_cumulatively_and_estimates_quantiles_like_prometheus()
 )
 def test_route_labels_are_few_and_name_the_kind_of_call(path: str, route: str) -> None:
     assert route_of(path) == route
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/v2/endpoints/node-001/3303/0/5700?noResp=true",
+        "https://connector.example:443/v2/notification/pull",
+        "http://host/",
+        "http://host",
+        "http://host?x=1",
+        "http://host/a#frag?not-query",
+        "http://host/rest-versions#x",
+    ],
+)
+def test_url_path_is_what_urlsplit_gives(url: str) -> None:
+    assert _url_path(url) == (urlsplit(url).path or "/")
 
 
 # ------------------------------------------------------------------ a running bridge
