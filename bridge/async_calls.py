@@ -48,13 +48,17 @@ class Outcome:
     payload: bytes | None = None
     error: str | None = None
     result: Any = None
+    content_type: str | None = None  # of an async response's payload (its ``ct``)
 
 
 def outcome_of(r: asyncResult) -> Outcome:
     if r.error:
         status = r.error.status_code or _CLIENT_STATUS.get(r.error.errType, 502)
         return Outcome(False, status, r.payload, r.error.error, r.result)
-    return Outcome(True, r.status_code, r.payload, None, r.result)
+    ct = r.raw_data.get("ct") if isinstance(r.raw_data, dict) else None
+    return Outcome(
+        True, r.status_code, r.payload, None, r.result, ct if isinstance(ct, str) else None
+    )
 
 
 Done = Callable[[Outcome], None]

@@ -6,6 +6,7 @@ A real Mosquitto, the emulator over HTTP, the bridge in-process, paho clients as
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -13,7 +14,9 @@ import pytest
 
 from bridge.controller import Bridge
 from bridge.simulator import Emulator
+from bridge.simulator.scenario import Scenario
 from bridge.topics import escape_level
+from tests.reliability_support import Executions
 from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_user import MqttUser
@@ -216,3 +219,61 @@ def test_values_unretained_when_so_configured(broker: MosquittoBroker) -> None:
             with user(broker, "5", "connector/light-001/#") as late:
                 late.wait_topic("connector/light-001/$state")  # retained: always
                 assert not late.on("connector/light-001/3311/0/5851")
+
+
+def _device_reads(log: Executions, ep: str) -> list[str]:
+    return [path for name, path, verb, _ in log.done if name == ep and verb == "GET"]
+
+
+def _reads_done(bridge: Bridge, n: int, timeout: float = 15.0) -> None:
+    """Wait until ``n`` initial reads succeeded (their values are then retained)."""
+    end = time.monotonic() + timeout
+    while bridge.counters.get("initial_reads_ok") < n:
+        assert time.monotonic() < end, f"{bridge.counters.get('initial_reads_ok')} of {n} read"
+        time.sleep(0.05)
+
+
+def test_resources_of_one_instance_come_from_one_instance_read(broker: MosquittoBroker) -> None:
+    """The light's observed /3311/0/... resources: one LwM2M JSON read of /3311/0, and
+    each retained value is what a read of that resource alone gives."""
+    with Emulator(token="t", pull_timeout=1.0, drift=False) as emu:
+        log = Executions(emu)
+        with running_bridge(bridge_settings(emu, broker)) as bridge:
+            observed = {p for e, p in emu.subscriptions() if e == "light-001"}
+            lamp = {p for p in observed if p.startswith("/3311/0/")}
+            assert len(lamp) >= 2
+            _reads_done(bridge, len(observed))
+            got = wait_retained(broker, {f"connector/light-001{p}" for p in observed})
+            for path in observed:
+                assert got[f"connector/light-001{path}"].payload == emu.get_value(
+                    "light-001", path
+                ), path
+        reads = _device_reads(log, "light-001")
+    assert reads.count("/3311/0") == 1
+    assert not lamp & set(reads)
+
+
+def test_an_instance_read_that_fails_falls_back_to_single_reads(broker: MosquittoBroker) -> None:
+    scenario = Scenario.from_dict(
+        {
+            "templates": {"Lamp": {"type": "Lamp", "objects": ["3311"]}},
+            "devices": [{"name": "lamp-1", "template": "Lamp"}],
+        }
+    )
+    with Emulator(token="t", pull_timeout=1.0, drift=False, scenario=scenario) as emu:
+        log = Executions(emu)
+        # The first resource read is the instance read (no Home Assistant device-info
+        # reads): refused as by a device that cannot give the instance in one answer.
+        emu.set_fault(force_status={"route": "resource-get", "status": 415, "count": 1})
+        with running_bridge(bridge_settings(emu, broker, homeassistant=False)) as bridge:
+            observed = {p for e, p in emu.subscriptions() if e == "lamp-1"}
+            assert len(observed) >= 2
+            _reads_done(bridge, len(observed))
+            got = wait_retained(broker, {f"connector/lamp-1{p}" for p in observed})
+            assert all(
+                got[f"connector/lamp-1{p}"].payload == emu.get_value("lamp-1", p) for p in observed
+            )
+            assert bridge.counters.get("initial_reads_ok") == len(observed)
+            assert bridge.counters.get("initial_reads_failed") == 0
+        reads = _device_reads(log, "lamp-1")
+    assert sorted(reads) == sorted(observed)  # the refused instance read never reached it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from bridge.lwm2m_json import instance_values
 from bridge.simulator import Emulator
 from tests.simulator_support import Api, decode
 
@@ -137,6 +138,11 @@ def test_object_level_read_is_lwm2m_json(api: Api) -> None:
     body = json.loads(decode(entry))
     assert body["bn"] == "/3311/0/"
     assert {e["n"] for e in body["e"]} >= {"5850", "5851"}
+    # Every value, in plain text, is what a read of that resource alone gives.
+    values = instance_values("/3311/0", decode(entry))
+    assert set(values) >= {"/3311/0/5850", "/3311/0/5851"}
+    for path, value in values.items():
+        assert decode(api.request_async("GET", f"/endpoints/light-001{path}")) == value, path
 
 
 def test_unknown_resource_and_endpoint_are_404(api: Api) -> None:

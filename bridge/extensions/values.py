@@ -23,6 +23,7 @@ from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult, decode_payload
 from bridge.events import EndpointResources, NotificationsReceived, ValueRead
 from bridge.extensions.base import BridgeContext, Extension
+from bridge.lwm2m_json import instance_values, is_lwm2m_json, read_groups
 from bridge.rules import observed_paths
 from bridge.settings import env_name
 from bridge.topics import fits
@@ -111,52 +112,101 @@ class Values(Extension):
             self.ctx.counters.add("initial_reads_skipped", len(paths))
             log.warning("initial read of %r skipped: background queue full", event.name)
 
-    def _read_all(self, name: str, paths: list[str], queue_mode: bool) -> None:
-        for path in paths:
+    def _read_all(
+        self, name: str, paths: list[str], queue_mode: bool, by_instance: bool = True
+    ) -> None:
+        """Read ``paths``, one slot per request; resources of one object instance with
+        one instance read where ``by_instance`` (see :mod:`bridge.lwm2m_json`)."""
+        groups = read_groups(paths) if by_instance else [(p, [p]) for p in paths]
+        for target, covered in groups:
             while not self._slots.acquire(timeout=0.5):
                 if self._stopping.is_set():
                     return
             if self._stopping.is_set():
                 self._slots.release()
                 return
-            self._read(name, path, queue_mode, attempt=1)
+            self._read(name, target, covered, queue_mode, attempt=1)
 
-    def _read(self, name: str, path: str, queue_mode: bool, attempt: int) -> None:
-        """One read; the caller holds a slot, released when the read ends."""
+    def _read(
+        self, name: str, target: str, covered: list[str], queue_mode: bool, attempt: int
+    ) -> None:
+        """One read of ``target`` (a resource, or the instance of ``covered``); the caller
+        holds a slot, released when the read ends."""
         s = self.ctx.settings
         timeout = s.queue_mode_timeout if queue_mode else s.command_timeout
         setting = env_name("queue_mode_timeout" if queue_mode else "command_timeout")
+        single = covered == [target]
 
         def call(cb: Callable[[asyncResult], None]) -> asyncResult:
-            return self.ctx.connector.getResourceValue(name, path, cbfn=cb)
+            return self.ctx.connector.getResourceValue(name, target, cbfn=cb)
 
         def done(outcome: Outcome) -> None:
-            if outcome.ok:
-                self._slots.release()
-                self.ctx.counters.add("initial_reads_ok")
-                if outcome.payload is not None:
-                    self.publish_value(name, path, outcome.payload)
-                return
             if outcome.status == 412 and attempt < READ_RETRIES and not self._stopping.is_set():
                 # No notification channel yet: try again shortly, keeping the slot.
                 self.ctx.deadlines.schedule(
                     READ_RETRY_DELAY * attempt,
-                    lambda: self._retry(name, path, queue_mode, attempt + 1),
+                    lambda: self._retry(name, target, covered, queue_mode, attempt + 1),
                 )
                 return
             self._slots.release()
-            self.ctx.counters.add("initial_reads_failed")
-            log.info(
-                "initial read of %s%s failed: %s %s", name, path, outcome.status, outcome.error
-            )
+            if single:
+                self._single_done(name, target, outcome)
+            else:
+                self._instance_done(name, target, covered, queue_mode, outcome)
 
         self._calls.start(call, timeout, done, f"no answer within {timeout:g} s ({setting})")
 
-    def _retry(self, name: str, path: str, queue_mode: bool, attempt: int) -> None:
+    def _single_done(self, name: str, path: str, outcome: Outcome) -> None:
+        if outcome.ok:
+            self.ctx.counters.add("initial_reads_ok")
+            if outcome.payload is not None:
+                self.publish_value(name, path, outcome.payload)
+            return
+        self.ctx.counters.add("initial_reads_failed")
+        log.info("initial read of %s%s failed: %s %s", name, path, outcome.status, outcome.error)
+
+    def _instance_done(
+        self, name: str, base: str, covered: list[str], queue_mode: bool, outcome: Outcome
+    ) -> None:
+        values: dict[str, bytes] = {}
+        if outcome.ok and is_lwm2m_json(outcome.content_type):
+            try:
+                values = instance_values(base, outcome.payload)
+            except ValueError as exc:
+                log.debug("instance read of %s%s: %s", name, base, exc)
+        got = [p for p in covered if p in values]
+        for path in got:
+            self.publish_value(name, path, values[path])
+        if got:
+            self.ctx.counters.add("initial_reads_ok", len(got))
+        missing = [p for p in covered if p not in values]
+        if not missing:
+            return
+        # Another format, an error, or resources left out: read those one by one.
+        log.debug(
+            "instance read of %s%s gave %d of %d value(s) (%s %s %s); reading the rest singly",
+            name,
+            base,
+            len(got),
+            len(covered),
+            outcome.status,
+            outcome.content_type,
+            outcome.error or "",
+        )
+        if self._stopping.is_set() or not self.ctx.background.submit(
+            lambda: self._read_all(name, missing, queue_mode, by_instance=False)
+        ):
+            self.ctx.counters.add("initial_reads_skipped", len(missing))
+
+    def _retry(
+        self, name: str, target: str, covered: list[str], queue_mode: bool, attempt: int
+    ) -> None:
         # Runs on the deadlines thread: the REST call goes to a worker.
-        if not self.ctx.background.submit(lambda: self._read(name, path, queue_mode, attempt)):
+        if not self.ctx.background.submit(
+            lambda: self._read(name, target, covered, queue_mode, attempt)
+        ):
             self._slots.release()
-            self.ctx.counters.add("initial_reads_skipped")
+            self.ctx.counters.add("initial_reads_skipped", len(covered))
 
     def info(self) -> dict[str, object]:
         return {"initial_reads_under_way": len(self._calls)}

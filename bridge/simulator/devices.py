@@ -345,7 +345,10 @@ def lwm2m_json(template: DeviceTemplate, values: list[bytes], base: str, idx: li
         text = values[i].decode("utf-8", "replace")
         if spec.kind in ("float", "int"):
             try:
-                entries.append({"n": name, "v": float(text)})
+                # The same number as a single-resource read gives ("50" stays 50, "21.0"
+                # stays 21.0): JSON keeps an integer's and a one-decimal float's text.
+                number: int | float = int(text) if text.lstrip("-").isdigit() else float(text)
+                entries.append({"n": name, "v": number})
                 continue
             except ValueError:
                 pass
