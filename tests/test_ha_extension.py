@@ -31,6 +31,7 @@ from bridge.homeassistant import (
 )
 from bridge.simulator import Emulator
 from bridge.topics import unescape_level
+from tests.reliability_support import Executions
 from tests.support.bridge_harness import bridge_settings, running_bridge, user
 from tests.support.broker import MosquittoBroker
 from tests.support.listening import wait_listening
@@ -309,3 +310,24 @@ def test_discovery_prefix_is_a_setting_and_discovery_can_be_off(
         wait_after(u, since, lambda m: m.topic == bridge_topic)
         ha = next(e for e in bridge.extensions if e.name == "homeassistant")
         assert ha.info()["announcements"] == 1
+
+
+def test_device_object_fields_come_from_one_instance_read(
+    broker: MosquittoBroker, emulator: Emulator
+) -> None:
+    log = Executions(emulator)
+    maker = emulator.get_value("light-001", "/3/0/0").decode()
+
+    def has_maker(m: Received) -> bool:
+        if not m.topic.startswith("homeassistant/light/") or not m.payload:
+            return False
+        return bool(json.loads(m.payload)["device"].get("manufacturer") == maker)
+
+    with (
+        running_bridge(bridge_settings(emulator, broker)),
+        user(broker, "5", "homeassistant/#") as u,
+    ):
+        u.wait_for(has_maker, WAIT)
+    reads = [p for ep, p, verb, _ in log.done if ep == "light-001" and verb == "GET"]
+    assert "/3/0" in reads
+    assert not set(reads) & set(DEVICE_FIELDS)  # no field read on its own

@@ -9,7 +9,8 @@ this extension decides *when*:
   away are removed (empty retained message);
 - once per endpoint registration, the device object (``/3/0/0`` manufacturer, ``/3/0/1``
   model, ``/3/0/2`` serial, ``/3/0/3`` firmware, ``/3/0/18`` hardware) and the units of
-  its sensors (``/<obj>/<inst>/5701``) are read in the background, so that Home
+  its sensors (``/<obj>/<inst>/5701``) are read in the background (the device object
+  with one instance read where the device answers it in LwM2M JSON), so that Home
   Assistant's device registry shows what the device says; the configs are then
   published again with that information. At most ``INFO_READS`` endpoints are read at
   once; the REST calls run on the background workers, never on the channel thread;
@@ -30,6 +31,7 @@ endpoint device is reached ``via_device`` it. Availability of every entity needs
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -54,6 +56,7 @@ from bridge.homeassistant import (
     ha_status_topic,
     is_ha_online,
 )
+from bridge.lwm2m_json import instance_values, is_lwm2m_json, read_groups
 from bridge.mqtt_link import Inbound
 from bridge.settings import Settings
 
@@ -263,19 +266,43 @@ class HomeAssistant(Extension):
         remaining = [len(paths)]
         lock = threading.Lock()
 
-        def one_done(path: str, outcome: Outcome) -> None:
-            if outcome.ok and outcome.payload is not None:
-                text = outcome.payload.decode("utf-8", "replace").strip()
+        def settle(path: str, payload: bytes | None) -> None:
+            text = payload.decode("utf-8", "replace").strip() if payload is not None else ""
+            with lock:
                 if text:
                     values[path] = text
-            with lock:
                 remaining[0] -= 1
                 last = remaining[0] == 0
             if last:
                 self._store(name, values)
 
-        for path in paths:
-            self._read(name, path, timeout, functools.partial(one_done, path), attempt=1)
+        def one_done(path: str, outcome: Outcome) -> None:
+            settle(path, outcome.payload if outcome.ok else None)
+
+        def instance_done(base: str, covered: list[str], outcome: Outcome) -> None:
+            # One read of the device object instance (/3/0) instead of one per field;
+            # what it did not give is read field by field (see bridge.lwm2m_json).
+            found: dict[str, bytes] = {}
+            if outcome.ok and is_lwm2m_json(outcome.content_type):
+                with contextlib.suppress(ValueError):
+                    found = instance_values(base, outcome.payload)
+            for path in covered:
+                if path in found:
+                    settle(path, found[path])
+                elif not self.ctx.background.submit(
+                    functools.partial(
+                        self._read, name, path, timeout, functools.partial(one_done, path), 1
+                    )
+                ):
+                    settle(path, None)
+
+        for target, covered in read_groups(paths):
+            done = (
+                functools.partial(one_done, target)
+                if covered == [target]
+                else functools.partial(instance_done, target, covered)
+            )
+            self._read(name, target, timeout, done, attempt=1)
 
     def _read(
         self, name: str, path: str, timeout: float, done: Callable[[Outcome], None], attempt: int
