@@ -36,10 +36,6 @@ log = logging.getLogger("bridge.connector_side")
 # Async answers the client still waits for after the bridge's own time-outs gave up
 # are dropped this much later (the bridge keeps its own, shorter, deadlines).
 ASYNC_GRACE = 60.0
-# Long polling: the next pull after one that brought something starts no sooner than
-# this after it. At a steady 1,000 notifications/s each pull then carries several
-# (bench: ~5 at 5 ms), which saves most of the pulls' CPU for that much latency.
-PULL_LINGER = 0.003
 DESCRIBE_TRIES = 4  # a resource listing that fails transiently is tried this often
 DESCRIBE_RETRY = 0.5  # seconds before the first retry (doubling)
 
@@ -122,7 +118,7 @@ class ConnectorSide:
             timeout=settings.connector_timeout,
             asyncTimeout=max(settings.queue_mode_timeout, settings.command_timeout) + ASYNC_GRACE,
             backoffMax=settings.connector_retry_max,
-            pullLinger=PULL_LINGER,
+            pullLinger=settings.pull_linger,
             fastHttp=settings.connector_http == "fast",
         )
         self._receiver: CallbackReceiver | None = None

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
         description="longest wait, seconds, between tries of a Connector that fails (the waits "
         "grow from 0.5 s, with jitter)",
     )
+    pull_linger: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        description="seconds between the start of a long poll that brought notifications and "
+        "the next (never while a command's answer is awaited): a few ms let each poll carry "
+        "several at a steady trickle, for less CPU and at most that much latency; 0: at once",
+    )
 
     # ---- the MQTT broker
     mqtt_host: str = Field("localhost", min_length=1, description="broker host name or address")
