@@ -312,9 +312,11 @@ def test_discovery_prefix_is_a_setting_and_discovery_can_be_off(
         assert ha.info()["announcements"] == 1
 
 
-def test_device_object_fields_come_from_one_instance_read(
+def test_device_object_fields_come_from_one_instance_read_before_the_configs_go_out(
     broker: MosquittoBroker, emulator: Emulator
 ) -> None:
+    """An awake endpoint's configs are published once, already with the device registry
+    fields (not first without them and then again)."""
     log = Executions(emulator)
     maker = emulator.get_value("light-001", "/3/0/0").decode()
 
@@ -324,10 +326,12 @@ def test_device_object_fields_come_from_one_instance_read(
         return bool(json.loads(m.payload)["device"].get("manufacturer") == maker)
 
     with (
+        user(broker, "5", "homeassistant/#") as u,  # sees every config from the first
         running_bridge(bridge_settings(emulator, broker)),
-        user(broker, "5", "homeassistant/#") as u,
     ):
         u.wait_for(has_maker, WAIT)
+        first = [m for m in u.messages if m.topic.startswith("homeassistant/light/")]
+    assert first and all(has_maker(m) for m in first), [m.payload[:80] for m in first]
     reads = [p for ep, p, verb, _ in log.done if ep == "light-001" and verb == "GET"]
     assert "/3/0" in reads
     assert not set(reads) & set(DEVICE_FIELDS)  # no field read on its own

@@ -136,13 +136,16 @@ class HomeAssistant(Extension):
     # ---- events ------------------------------------------------------------------------
 
     def _on_resources(self, event: EndpointResources) -> None:
-        self.publish_endpoint(event.name)
-        if event.source == "reg-update":
+        if event.source == "reg-update" or not info_paths(event.resources):
+            self.publish_endpoint(event.name)
             return  # same registration: what was read still holds
         # Start-up, or a new registration (which may follow a firmware update): read the
-        # device object again; the values known so far stay until new ones come.
-        if info_paths(event.resources):
-            self._enqueue_read(event.name)
+        # device object again; the values known so far stay until new ones come. The
+        # configs go out once, with what was read (an awake device answers in moments);
+        # a queue-mode device may answer only when it wakes: its configs go out now too.
+        if event.queue_mode:
+            self.publish_endpoint(event.name)
+        self._enqueue_read(event.name)
 
     def _on_removed(self, event: EndpointRemoved) -> None:
         if event.state != "offline":
@@ -251,6 +254,7 @@ class HomeAssistant(Extension):
                 self._reading += 1
             if not self.ctx.background.submit(functools.partial(self._read_info, name)):
                 log.warning("device information of %r not read: background queue full", name)
+                self.publish_endpoint(name)  # without it, then
                 self._read_done(name)
 
     def _read_info(self, name: str) -> None:
@@ -258,6 +262,8 @@ class HomeAssistant(Extension):
         ep = self.ctx.registry.get(name)
         paths = info_paths(ep.resources) if ep is not None and ep.resources else []
         if ep is None or ep.state != "online" or not paths or self._stopping:
+            if not self._stopping:
+                self.publish_endpoint(name)  # nothing to read: what is known now
             self._read_done(name)
             return
         s = self.ctx.settings
@@ -347,7 +353,7 @@ class HomeAssistant(Extension):
                 self._read_done(name)
 
         if not self.ctx.background.submit(republish):
-            self._read_done(name)
+            republish()  # rare (queue full): here, rather than never
 
     def _read_done(self, name: str) -> None:
         with self._lock:
