@@ -105,14 +105,12 @@ def route_of(path: str) -> str:
     ``subscriptions``; ``/v2/notification/...`` -> ``notification``; else ``other``.
     Called for every REST call: only the first four segments are split off.
     """
-    segments = [s for s in path.split("?", 1)[0].split("/", 5)[1:5] if s]
-    if segments and segments[0][:1] == "v" and segments[0][1:].isdigit():
-        segments = segments[1:]
-    if not segments:
-        return "other"
-    head = segments[0]
+    head, _, rest = path.split("?", 1)[0].strip("/").partition("/")
+    if head[:1] == "v" and head[1:].isdigit():
+        head, _, rest = rest.strip("/").partition("/")
     if head == "endpoints":
-        return {1: "endpoints", 2: "endpoint"}.get(len(segments), "resource")
+        rest = rest.strip("/")
+        return "endpoints" if not rest else "resource" if "/" in rest else "endpoint"
     if head in ("subscriptions", "notification"):
         return head
     return "other"

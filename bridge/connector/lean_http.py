@@ -271,6 +271,20 @@ class _Response(requests.Response):
         self.elapsed = _NO_TIME
         self.request = None  # type: ignore[assignment]
         self.connection = None  # type: ignore[assignment]
+        self._fields: list[tuple[str, str]] = []
+        self._headers: CaseInsensitiveDict[str] | None = None
+
+    # Most answers are read for their status and body only: the case-insensitive header
+    # mapping is built the first time somebody asks for it.
+    @property
+    def headers(self) -> CaseInsensitiveDict[str]:
+        if self._headers is None:
+            self._headers = CaseInsensitiveDict(self._fields)
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: CaseInsensitiveDict[str]) -> None:
+        self._headers = value
 
 
 _NO_COOKIES = RequestsCookieJar()  # shared and never filled: the Connector sets no cookies
@@ -284,7 +298,7 @@ def _answer(
     r.status_code = status
     r.reason = reason
     r._content = body
-    r.headers = CaseInsensitiveDict(fields)
+    r._fields = fields
     r.url = url
     return r
 

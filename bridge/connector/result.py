@@ -127,7 +127,9 @@ class asyncResult:
         self.endpoint = ""
         self.resource = ""
         self.async_id = None
-        self._event = threading.Event()
+        # Made by the first wait(): most results end in a callback and are never waited
+        # for, and an Event (a Condition and two locks) per call is measurable at scale.
+        self._event: threading.Event | None = None
         self._lock = threading.Lock()
         # Set by the connector for pending async results: when wait() reaches this
         # monotonic deadline it asks the connector to expire overdue ids, so a waiter
@@ -141,9 +143,15 @@ class asyncResult:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done (``True``) or until ``timeout`` seconds passed (``False``)."""
+        with self._lock:
+            if self.is_done:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
         end = None if timeout is None else time.monotonic() + timeout
         expiry_checked = False
-        while not self._event.is_set():
+        while not event.is_set():
             now = time.monotonic()
             step = None if end is None else end - now
             if step is not None and step <= 0:
@@ -154,12 +162,12 @@ class asyncResult:
                 step = until_expiry if step is None else min(step, until_expiry)
             else:
                 deadline = expire = None
-            if self._event.wait(step):
+            if event.wait(step):
                 break
             if deadline is not None and expire is not None and time.monotonic() >= deadline:
                 expire()  # completes this result with its timeout error
                 expiry_checked = True
-        return self._event.is_set()
+        return event.is_set()
 
     def _complete(
         self,
@@ -183,7 +191,9 @@ class asyncResult:
             self._deadline = None
             self._expire = None
             self.is_done = True
-        self._event.set()
+            event = self._event
+        if event is not None:
+            event.set()
         cb = self.callback
         if cb and callable(cb):
             try:

@@ -9,14 +9,23 @@ published again after the broker connection comes back.
 
 from __future__ import annotations
 
+import functools
+
 from bridge.events import (
     EndpointRegistered,
     EndpointRemoved,
     EndpointResources,
     MqttConnected,
+    Resource,
 )
 from bridge.extensions.base import Extension
 from bridge.topics import encode_resources
+
+
+@functools.lru_cache(maxsize=256)
+def resources_document(ept: str | None, queue_mode: bool, resources: tuple[Resource, ...]) -> bytes:
+    """``$resources``, made once per kind of endpoint: a fleet has few distinct lists."""
+    return encode_resources(ept, queue_mode, (r.as_dict() for r in resources))
 
 
 class Availability(Extension):
@@ -34,9 +43,7 @@ class Availability(Extension):
         self.ctx.mqtt.publish(self.ctx.topics.state(name), state, qos=s.value_qos, retain=True)
 
     def _publish_resources(self, event: EndpointResources) -> None:
-        body = encode_resources(
-            event.type, event.queue_mode, (r.as_dict() for r in event.resources)
-        )
+        body = resources_document(event.type, event.queue_mode, tuple(event.resources))
         s = self.ctx.settings
         self.ctx.mqtt.publish(self.ctx.topics.resources(event.name), body, s.value_qos, True)
 
