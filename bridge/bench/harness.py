@@ -426,12 +426,13 @@ class CountingSubscriber:
 
 # The bench's devices: one IPSO light control (3311) each, i.e. three observable resources
 # (/3311/0/5850 on/off, /3311/0/5851 dimmer, /3311/0/5706 colour), all writable.
+LAMP_NAME = "lamp-{n:06d}"  # the emulator's name for lamp n (from 1)
 BENCH_SCENARIO: dict[str, Any] = {
     "description": "connector-bridge bench: N lamps, 3 observable resources each",
     "drift": {"interval": 3600, "budget": 0},
     "templates": {"Lamp": {"type": "Lamp", "objects": ["3311"]}},
     "devices": [],
-    "scale": {"templates": ["Lamp"], "name": "lamp-{n:06d}"},
+    "scale": {"templates": ["Lamp"], "name": LAMP_NAME},
 }
 OBSERVED_PATHS = ("/3311/0/5850", "/3311/0/5851", "/3311/0/5706")
 COMMAND_PATH = "/3311/0/5851"  # the dimmer: an int 0..100

@@ -102,8 +102,13 @@ def render(f: dict[str, Any]) -> str:
         f"{m.get('load_after', [math.nan])[0]:.2f}",
         f"broker: {f.get('broker', '?')}",
         f"command: {f.get('command', 'connector-bridge bench')}",
-        f"each figure is the median of {cfg.get('runs', '?')} run(s); each ratio is taken "
-        "within one run",
+        f"each figure is the median of {cfg.get('runs', '?')} run(s)"
+        + (
+            f" ({cfg['scale_runs']} for scale)"
+            if "scale" in f and cfg.get("scale_runs") not in (None, cfg.get("runs"))
+            else ""
+        )
+        + "; each ratio is taken within one run",
     ]
     if "throughput" in f:
         t = f["throughput"]
@@ -184,7 +189,16 @@ def render(f: dict[str, Any]) -> str:
             "",
             "Scale: start-up with 3 observed resources per endpoint (time from the bridge's start)",
         ]
-        rows = [["endpoints", "every $state", "every $resources", "every value", "peak RSS"]]
+        rows = [
+            [
+                "endpoints",
+                "every $state",
+                "every $resources",
+                "every value",
+                "every HA config",
+                "peak RSS",
+            ]
+        ]
         for s in f["scale"]["sizes"]:
             rows.append(
                 [
@@ -192,6 +206,7 @@ def render(f: dict[str, Any]) -> str:
                     _f(s["states_s"], ".1f", " s"),
                     _f(s["resources_s"], ".1f", " s"),
                     _f(s["values_s"], ".1f", " s"),
+                    _f(s.get("configs_s", math.nan), ".1f", " s"),
                     _f(s["peak_rss_mib"], ".0f", " MiB"),
                 ]
             )

@@ -16,6 +16,7 @@ from typing import Any
 
 from bridge.bench.context import Env
 from bridge.bench.harness import (
+    LAMP_NAME,
     OBSERVED_PATHS,
     BridgeProcess,
     Control,
@@ -26,6 +27,13 @@ from bridge.bench.harness import (
     status_mib,
 )
 from bridge.bench.stats import median
+from bridge.homeassistant import (
+    DiscoverySettings,
+    Endpoint,
+    Resource,
+    bridge_discovery_messages,
+    discovery_messages,
+)
 
 STALL = 30.0  # seconds without a message before a count is given up
 
@@ -37,6 +45,24 @@ def _fresh_broker(env: Env) -> None:
         env.control = Control(env.broker)
 
 
+def discovery_count(emulator: EmulatorProcess, size: int, prefix: str) -> int:
+    """How many Home Assistant discovery configs the bridge publishes for ``size`` lamps
+    (the pure function's count for one lamp's listing, and the bridge's own)."""
+    answer = emulator.session.get(f"{emulator.url}/v2/endpoints/{LAMP_NAME.format(n=1)}")
+    answer.raise_for_status()
+    settings = DiscoverySettings(discovery_prefix=f"{prefix}-ha", topic_prefix=prefix)
+    lamp = Endpoint(
+        name=LAMP_NAME.format(n=1),
+        ept="Lamp",
+        resources=tuple(
+            Resource(r["uri"], r.get("rt") or "", r.get("ct") or "", bool(r.get("obs")))
+            for r in answer.json()
+        ),
+        values={},
+    )
+    return size * len(discovery_messages(lamp, settings)) + len(bridge_discovery_messages(settings))
+
+
 def once(env: Env, emulator: EmulatorProcess, size: int) -> dict[str, Any]:
     cfg = env.config
     _fresh_broker(env)
@@ -44,6 +70,8 @@ def once(env: Env, emulator: EmulatorProcess, size: int) -> dict[str, Any]:
     nvalues = size * len(OBSERVED_PATHS)
     settings = {"mqtt_protocol": cfg.mqtt_protocol}
     settings.update(cfg.bridge_settings)
+    ha_on = settings.get("homeassistant", "true").lower() not in ("false", "0", "no", "off")
+    nconfigs = discovery_count(emulator, size, prefix) if ha_on else 0
     qos = int(settings.get("value_qos", "1"))
     broker, control = env.broker, env.control
     with (
@@ -61,17 +89,29 @@ def once(env: Env, emulator: EmulatorProcess, size: int) -> dict[str, Any]:
         CountingSubscriber(
             broker, control, [f"{prefix}/+/+/+/+"], nvalues, f"{prefix}/$bench/sync/0/0", qos
         ) as values,
+        CountingSubscriber(
+            broker,
+            control,
+            [f"{prefix}-ha/+/+/+/config"],
+            nconfigs,
+            f"{prefix}-ha/$bench/sync/0/config",
+            qos,
+        ) as configs,
         BridgeProcess(emulator, broker, prefix, settings) as bridge,
     ):
         t0 = bridge.started_at
         limit = 600.0
         ok = all(s.wait(stall=STALL, limit=limit) for s in (states, resources, values))
+        # Home Assistant's configs follow the values (each waits for its device's
+        # information): timed on their own, not part of "every value".
+        configs_ok = nconfigs == 0 or configs.wait(stall=STALL, limit=limit)
         peak = bridge.peak_rss_mib()
         cpu = bridge.cpu_seconds()
         emulator_cpu = cpu_seconds(emulator.pid)
         if not ok:
             env.say(f"scale {size}: not every message came; bridge log:\n{bridge.log_tail(10)}")
         st, rs, vs = states.times(), resources.times(), values.times()
+        cs = configs.times() if nconfigs else []
     return {
         "endpoints": size,
         "complete": ok,
@@ -81,6 +121,8 @@ def once(env: Env, emulator: EmulatorProcess, size: int) -> dict[str, Any]:
         "states_s": (st[-1] - t0) if len(st) == size else math.nan,
         "resources_s": (rs[-1] - t0) if len(rs) == size else math.nan,
         "values_s": (vs[-1] - t0) if len(vs) == nvalues else math.nan,
+        "configs": len(cs),
+        "configs_s": (cs[-1] - t0) if nconfigs and configs_ok and len(cs) >= nconfigs else math.nan,
         "first_state_s": (st[0] - t0) if st else math.nan,
         "all_s": max(st[-1], rs[-1], vs[-1]) - t0 if ok and st and rs and vs else math.nan,
         "peak_rss_mib": peak,
@@ -117,6 +159,7 @@ def measure(env: Env) -> dict[str, Any]:
                 "states_s": median(r["states_s"] for r in runs),
                 "resources_s": median(r["resources_s"] for r in runs),
                 "values_s": median(r["values_s"] for r in runs),
+                "configs_s": median(r["configs_s"] for r in runs),
                 "all_s": median(r["all_s"] for r in runs),
                 "peak_rss_mib": median(r["peak_rss_mib"] for r in runs),
                 "complete": all(r["complete"] for r in runs),
