@@ -83,6 +83,22 @@ def _shared(resources: tuple[Resource, ...]) -> tuple[Resource, ...]:
     return found
 
 
+_PARSED_LISTINGS: dict[bytes, tuple[Resource, ...]] = {}
+
+
+def listing_resources(body: Any, items: Any) -> tuple[Resource, ...]:
+    """:func:`parse_resources` of a resource listing, remembered by the listing's bytes:
+    endpoints of one kind send the very same listing, so it is parsed once per kind."""
+    if not isinstance(body, bytes):
+        return parse_resources(items)
+    found = _PARSED_LISTINGS.get(body)
+    if found is None:
+        if len(_PARSED_LISTINGS) >= _SHARED_MAX:
+            _PARSED_LISTINGS.clear()
+        _PARSED_LISTINGS[body] = found = parse_resources(items)
+    return found
+
+
 def _entries(message: Mapping[str, Any], key: str) -> list[Any]:
     """The entries under ``key`` of a channel message: a list, else none (a string would
     otherwise be taken letter by letter as endpoint names)."""
@@ -276,7 +292,7 @@ class ConnectorSide:
         for attempt in range(1, DESCRIBE_TRIES + 1):
             r = self.client.getResources(name)
             if not r.error:
-                return parse_resources(r.result)
+                return listing_resources(r.raw_data, r.result)
             if not is_transient(r.error) or attempt == DESCRIBE_TRIES:
                 break
             if self._stopping.wait(delay):

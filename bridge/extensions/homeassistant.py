@@ -68,7 +68,8 @@ READ_RETRIES = 5  # a read refused with 412 (channel not up yet) is tried this o
 READ_RETRY_DELAY = 0.5
 
 
-def info_paths(resources: tuple[EventResource, ...]) -> list[str]:
+@functools.lru_cache(maxsize=256)  # asked for every endpoint; a fleet has few lists
+def info_paths(resources: tuple[EventResource, ...]) -> tuple[str, ...]:
     """The resources worth reading once for Home Assistant: the device object's
     registry fields and the units (5701) of sensor objects, where the endpoint has them."""
     present = {r.path for r in resources}
@@ -82,7 +83,7 @@ def info_paths(resources: tuple[EventResource, ...]) -> list[str]:
             and int(segments[0]) in SENSORS
         ):
             paths.append(path)
-    return paths
+    return tuple(paths)
 
 
 def _digest(payload: bytes) -> bytes:
@@ -260,7 +261,7 @@ class HomeAssistant(Extension):
     def _read_info(self, name: str) -> None:
         """Start the reads of one endpoint (a background worker)."""
         ep = self.ctx.registry.get(name)
-        paths = info_paths(ep.resources) if ep is not None and ep.resources else []
+        paths = info_paths(ep.resources) if ep is not None and ep.resources else ()
         if ep is None or ep.state != "online" or not paths or self._stopping:
             if not self._stopping:
                 self.publish_endpoint(name)  # nothing to read: what is known now
