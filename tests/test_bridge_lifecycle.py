@@ -55,6 +55,9 @@ def test_startup_announces_every_endpoint_its_resources_and_values(stack: Stack)
     states = {f"connector/{ep}/$state" for ep in endpoints}
     resources = {f"connector/{ep}/$resources" for ep in endpoints}
     values = {f"connector/{ep}{path}" for ep, path in observed}
+    # Every value is retained once read; a late subscriber sees the ones read after it
+    # subscribed (the sleeper's, served when it wakes) as live messages, so wait for them.
+    _reads_done(stack.bridge, len(observed))
     got = wait_retained(stack.broker, states | resources | values | {"connector/$bridge/state"})
 
     assert got["connector/$bridge/state"].payload == b"online"
