@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bridge import controller
 from bridge.controller import Bridge
 from bridge.homeassistant import (
     DEVICE_FIELDS,
@@ -30,6 +31,7 @@ from bridge.homeassistant import (
     endpoint_from_resources_document,
 )
 from bridge.simulator import Emulator
+from bridge.simulator.scenario import Scenario
 from bridge.topics import unescape_level
 from tests.reliability_support import Executions
 from tests.support.bridge_harness import bridge_settings, running_bridge, user
@@ -335,3 +337,38 @@ def test_device_object_fields_come_from_one_instance_read_before_the_configs_go_
     reads = [p for ep, p, verb, _ in log.done if ep == "light-001" and verb == "GET"]
     assert "/3/0" in reads
     assert not set(reads) & set(DEVICE_FIELDS)  # no field read on its own
+
+
+def test_device_information_waits_for_busy_workers_instead_of_being_skipped(
+    broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start-up with more endpoints than the background queue holds: every endpoint's
+    device information is still read (its reads wait for room), and every config has it."""
+    monkeypatch.setattr(controller, "BACKGROUND_WORKERS", 1)
+    monkeypatch.setattr(controller, "BACKGROUND_QUEUE", 2)
+    lamps = 60
+    scenario = Scenario.from_dict(
+        {
+            "templates": {"Lamp": {"type": "Lamp", "objects": ["3311"]}},
+            "devices": [],
+            "scale": {"templates": ["Lamp"], "name": "lamp-{n:03d}"},
+        }
+    )
+    with Emulator(
+        token="t", pull_timeout=1.0, drift=False, scenario=scenario, devices=lamps
+    ) as emu:
+        maker = emu.get_value("lamp-001", "/3/0/0").decode()
+        with (
+            user(broker, "5", "homeassistant/light/#") as u,
+            running_bridge(bridge_settings(emu, broker)),
+        ):
+            u.wait_for(
+                lambda m: (
+                    bool(m.payload) and json.loads(m.payload)["device"].get("manufacturer") == maker
+                ),
+                WAIT,
+                count=lamps,
+            )
+            configs = [json.loads(m.payload) for m in u.messages if m.payload]
+    assert len({c["unique_id"] for c in configs}) == lamps
+    assert all(c["device"].get("manufacturer") == maker for c in configs)

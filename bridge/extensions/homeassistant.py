@@ -64,6 +64,7 @@ log = logging.getLogger("bridge.homeassistant")
 
 CONFIG_QOS = 1
 INFO_READS = 16  # endpoints whose device information is being read at once
+PUMP_RETRY = 0.05  # seconds before trying again when the background queue is full
 READ_RETRIES = 5  # a read refused with 412 (channel not up yet) is tried this often
 READ_RETRY_DELAY = 0.5
 
@@ -113,6 +114,7 @@ class HomeAssistant(Extension):
         self._waiting: deque[str] = deque()
         self._queued: set[str] = set()
         self._reading = 0
+        self._pump_scheduled = False
         self._stopping = False
         self.counts = {"configs_published": 0, "configs_removed": 0, "announcements": 0}
 
@@ -254,9 +256,21 @@ class HomeAssistant(Extension):
                 name = self._waiting.popleft()
                 self._reading += 1
             if not self.ctx.background.submit(functools.partial(self._read_info, name)):
-                log.warning("device information of %r not read: background queue full", name)
-                self.publish_endpoint(name)  # without it, then
-                self._read_done(name)
+                # The workers are busy (a start-up with many endpoints): the endpoint keeps
+                # its place and the pump tries again shortly, from the deadline thread.
+                with self._lock:
+                    self._reading -= 1
+                    self._waiting.appendleft(name)
+                    if self._pump_scheduled:
+                        return
+                    self._pump_scheduled = True
+                self.ctx.deadlines.schedule(PUMP_RETRY, self._pump_again)
+                return
+
+    def _pump_again(self) -> None:
+        with self._lock:
+            self._pump_scheduled = False
+        self._pump()
 
     def _read_info(self, name: str) -> None:
         """Start the reads of one endpoint (a background worker)."""
