@@ -92,7 +92,7 @@ class Settings(BaseSettings):
         "grow from 0.5 s, with jitter)",
     )
     pull_linger: float = Field(
-        0.005,
+        0.006,
         ge=0,
         le=1,
         description="seconds between the start of a long poll that brought notifications and "
