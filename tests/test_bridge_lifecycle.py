@@ -55,10 +55,15 @@ def test_startup_announces_every_endpoint_its_resources_and_values(stack: Stack)
     states = {f"connector/{ep}/$state" for ep in endpoints}
     resources = {f"connector/{ep}/$resources" for ep in endpoints}
     values = {f"connector/{ep}{path}" for ep, path in observed}
-    # Every value is retained once read; a late subscriber sees the ones read after it
-    # subscribed (the sleeper's, served when it wakes) as live messages, so wait for them.
-    _reads_done(stack.bridge, len(observed))
-    got = wait_retained(stack.broker, states | resources | values | {"connector/$bridge/state"})
+    wanted = states | resources | values | {"connector/$bridge/state"}
+    # What is published after a subscriber subscribed reaches it live, not as retained
+    # (the sleeper's value is read only when it wakes): first see every topic published.
+    with user(stack.broker, "5", "connector/#") as watch:
+        end = time.monotonic() + 15.0
+        while not wanted <= {m.topic for m in watch.messages}:
+            assert time.monotonic() < end, sorted(wanted - {m.topic for m in watch.messages})
+            time.sleep(0.05)
+    got = wait_retained(stack.broker, wanted)
 
     assert got["connector/$bridge/state"].payload == b"online"
     assert all(got[t].payload == b"online" for t in states)
