@@ -285,3 +285,27 @@ def test_an_instance_read_that_fails_falls_back_to_single_reads(broker: Mosquitt
             assert bridge.counters.get("initial_reads_failed") == 0
         reads = _device_reads(log, "lamp-1")
     assert sorted(reads) == sorted(observed)  # the refused instance read never reached it
+
+
+def test_an_instance_read_that_times_out_is_not_repeated_resource_by_resource(
+    broker: MosquittoBroker,
+) -> None:
+    scenario = Scenario.from_dict(
+        {
+            "templates": {"Lamp": {"type": "Lamp", "objects": ["3311"]}},
+            "devices": [{"name": "lamp-1", "template": "Lamp"}],
+        }
+    )
+    with Emulator(token="t", pull_timeout=1.0, drift=False, scenario=scenario) as emu:
+        log = Executions(emu)
+        emu.set_fault(device_timeout={"ep": "lamp-1", "path": "/3311/0"})
+        settings = bridge_settings(emu, broker, homeassistant=False)
+        with running_bridge(settings) as bridge:
+            observed = {p for e, p in emu.subscriptions() if e == "lamp-1"}
+            end = time.monotonic() + 15
+            while bridge.counters.get("initial_reads_failed") < len(observed):
+                assert time.monotonic() < end, "the failed reads were not counted"
+                time.sleep(0.05)
+            time.sleep(0.3)  # a fallback, if any, would be under way by now
+        taken = [p for ep, p, verb, _ in log.accepted if ep == "lamp-1" and verb == "GET"]
+    assert taken == ["/3311/0"]

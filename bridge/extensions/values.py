@@ -31,6 +31,9 @@ from bridge.topics import fits
 log = logging.getLogger("bridge.values")
 
 READ_RETRIES = 5
+# Answers to an instance read after which single reads are not tried: the endpoint is
+# gone, unreachable, or did not answer in time.
+UNREACHABLE = frozenset({410, 502, 503, 504})
 READ_RETRY_DELAY = 0.5
 
 
@@ -182,7 +185,14 @@ class Values(Extension):
         missing = [p for p in covered if p not in values]
         if not missing:
             return
-        # Another format, an error, or resources left out: read those one by one.
+        if outcome.status in UNREACHABLE:
+            # Gone, unreachable or not answering: single reads would fare no better.
+            self.ctx.counters.add("initial_reads_failed", len(missing))
+            log.info(
+                "initial read of %s%s failed: %s %s", name, base, outcome.status, outcome.error
+            )
+            return
+        # Another format, another error, or resources left out: read those one by one.
         log.debug(
             "instance read of %s%s gave %d of %d value(s) (%s %s %s); reading the rest singly",
             name,
