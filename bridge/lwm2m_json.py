@@ -20,6 +20,9 @@ import re
 from collections.abc import Iterable
 
 LWM2M_JSON = "application/vnd.oma.lwm2m+json"
+# Answers to an instance read after which the resources are not read one by one: the
+# endpoint is gone, unreachable, or did not answer in time; single reads would fare no better.
+UNREACHABLE = frozenset({410, 502, 503, 504})
 
 
 class _Number(str):

@@ -11,8 +11,9 @@ this extension decides *when*:
   model, ``/3/0/2`` serial, ``/3/0/3`` firmware, ``/3/0/18`` hardware) and the units of
   its sensors (``/<obj>/<inst>/5701``) are read in the background (the device object
   with one instance read where the device answers it in LwM2M JSON), so that Home
-  Assistant's device registry shows what the device says; the configs are then
-  published again with that information. At most ``INFO_READS`` endpoints are read at
+  Assistant's device registry shows what the device says; an awake endpoint's configs
+  are published once that is done, with that information (a queue-mode endpoint's at
+  once, and again when it has answered). At most ``INFO_READS`` endpoints are read at
   once; the REST calls run on the background workers, never on the channel thread;
 - Home Assistant announces itself (``online`` on ``<discovery prefix>/status``): every
   config is published again (Home Assistant may have lost its state, and a broker
@@ -56,7 +57,7 @@ from bridge.homeassistant import (
     ha_status_topic,
     is_ha_online,
 )
-from bridge.lwm2m_json import instance_values, is_lwm2m_json, read_groups
+from bridge.lwm2m_json import UNREACHABLE, instance_values, is_lwm2m_json, read_groups
 from bridge.mqtt_link import Inbound
 from bridge.settings import Settings
 
@@ -310,7 +311,7 @@ class HomeAssistant(Extension):
             for path in covered:
                 if path in found:
                     settle(path, found[path])
-                elif not self.ctx.background.submit(
+                elif outcome.status in UNREACHABLE or not self.ctx.background.submit(
                     functools.partial(
                         self._read, name, path, timeout, functools.partial(one_done, path), 1
                     )

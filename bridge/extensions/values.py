@@ -23,7 +23,7 @@ from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult, decode_payload
 from bridge.events import EndpointResources, NotificationsReceived, ValueRead
 from bridge.extensions.base import BridgeContext, Extension
-from bridge.lwm2m_json import instance_values, is_lwm2m_json, read_groups
+from bridge.lwm2m_json import UNREACHABLE, instance_values, is_lwm2m_json, read_groups
 from bridge.rules import observed_paths
 from bridge.settings import env_name
 from bridge.topics import fits
@@ -31,9 +31,6 @@ from bridge.topics import fits
 log = logging.getLogger("bridge.values")
 
 READ_RETRIES = 5
-# Answers to an instance read after which single reads are not tried: the endpoint is
-# gone, unreachable, or did not answer in time.
-UNREACHABLE = frozenset({410, 502, 503, 504})
 READ_RETRY_DELAY = 0.5
 
 
@@ -186,7 +183,6 @@ class Values(Extension):
         if not missing:
             return
         if outcome.status in UNREACHABLE:
-            # Gone, unreachable or not answering: single reads would fare no better.
             self.ctx.counters.add("initial_reads_failed", len(missing))
             log.info(
                 "initial read of %s%s failed: %s %s", name, base, outcome.status, outcome.error
