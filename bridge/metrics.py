@@ -103,7 +103,7 @@ def route_of(path: str) -> str:
     ``/v2/endpoints`` -> ``endpoints``; ``/v2/endpoints/{ep}`` -> ``endpoint``;
     ``/v2/endpoints/{ep}/{res...}`` -> ``resource``; ``/v2/subscriptions...`` ->
     ``subscriptions``; ``/v2/notification/...`` -> ``notification``; else ``other``.
-    Called for every REST call: only the first four segments are split off.
+    Called for every REST call: the path is cut with partition, never fully split.
     """
     head, _, rest = path.split("?", 1)[0].strip("/").partition("/")
     if head[:1] == "v" and head[1:].isdigit():
