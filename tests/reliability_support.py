@@ -62,12 +62,6 @@ SCENARIO = {
 }
 
 
-def reliable_broker() -> MosquittoBroker:
-    """A broker whose persistence works even when the tests run as root (Mosquitto would
-    otherwise drop to its own user and fail, silently, to write its database)."""
-    return MosquittoBroker(extra_config="user root\n" if os.geteuid() == 0 else "")
-
-
 def stream_emulator(**kw: Any) -> Emulator:
     """An emulator with one streaming sensor and one actuator, no drifting values (every
     notification is one the test emitted)."""

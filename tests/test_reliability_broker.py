@@ -29,7 +29,6 @@ from tests.reliability_support import (
     Subscriber,
     counts,
     emitted_range,
-    reliable_broker,
     report,
     stream_emulator,
     value,
@@ -38,12 +37,6 @@ from tests.support.bridge_harness import bridge_settings, retained, running_brid
 from tests.support.broker import MosquittoBroker
 
 N = 3000
-
-
-@pytest.fixture
-def broker() -> Iterator[MosquittoBroker]:
-    with reliable_broker() as b:
-        yield b
 
 
 @pytest.fixture

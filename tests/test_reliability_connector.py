@@ -33,7 +33,6 @@ from tests.reliability_support import (
     Subscriber,
     counts,
     emitted_range,
-    reliable_broker,
     report,
     stream_emulator,
     value,
@@ -42,12 +41,6 @@ from tests.support.bridge_harness import bridge_settings, running_bridge
 from tests.support.broker import MosquittoBroker
 
 HEALTH = "connector/$bridge/health"
-
-
-@pytest.fixture
-def broker() -> Iterator[MosquittoBroker]:
-    with reliable_broker() as b:
-        yield b
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from tests.reliability_support import (
     Publisher,
     Subscriber,
     bridge_process,
-    reliable_broker,
     report,
     stream_emulator,
 )
@@ -32,12 +31,6 @@ from tests.support.bridge_harness import bridge_settings, running_bridge
 from tests.support.broker import MosquittoBroker
 
 STATE = "connector/$bridge/state"
-
-
-@pytest.fixture
-def broker() -> Iterator[MosquittoBroker]:
-    with reliable_broker() as b:
-        yield b
 
 
 @pytest.fixture
