@@ -16,6 +16,7 @@ strings as they are, object links ``obj:inst``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
 
@@ -29,6 +30,7 @@ class _Number(str):
     """A JSON number kept as the text the device wrote (told apart from a string)."""
 
 
+log = logging.getLogger("bridge.lwm2m")
 _RESOURCE = re.compile(r"/\d+/\d+/\d+")
 
 
@@ -88,6 +90,18 @@ def instance_values(base: str, payload: bytes | None) -> dict[str, bytes]:
         if text is not None:
             values[path] = text.encode("utf-8")
     return values
+
+
+def answered_values(base: str, content_type: str | None, payload: bytes | None) -> dict[str, bytes]:
+    """The values a successful instance read of ``base`` gave, by full path; empty when the
+    answer is in another format or is not valid LwM2M JSON (read those one by one)."""
+    if not is_lwm2m_json(content_type):
+        return {}
+    try:
+        return instance_values(base, payload)
+    except ValueError as exc:
+        log.debug("instance read of %s: %s", base, exc)
+        return {}
 
 
 def _plain_text(entry: dict[str, object]) -> str | None:

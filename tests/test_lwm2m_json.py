@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.lwm2m_json import instance_values, is_lwm2m_json, read_groups
+from bridge.lwm2m_json import (
+    LWM2M_JSON,
+    answered_values,
+    instance_values,
+    is_lwm2m_json,
+    read_groups,
+)
 
 
 def test_resources_of_one_instance_are_grouped_and_the_rest_read_alone() -> None:
@@ -63,3 +69,11 @@ def test_content_types() -> None:
     assert not is_lwm2m_json("application/json")
     assert not is_lwm2m_json(None)
     assert not is_lwm2m_json("")
+
+
+def test_answered_values_are_empty_for_another_format_or_a_bad_payload() -> None:
+    good = b'{"e":[{"n":"5850","bv":true}]}'
+    assert answered_values("/3311/0", LWM2M_JSON, good) == {"/3311/0/5850": b"1"}
+    assert answered_values("/3311/0", "application/vnd.oma.lwm2m+tlv", good) == {}
+    assert answered_values("/3311/0", None, good) == {}
+    assert answered_values("/3311/0", LWM2M_JSON, b"not json") == {}

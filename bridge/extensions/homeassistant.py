@@ -32,7 +32,6 @@ endpoint device is reached ``via_device`` it. Availability of every entity needs
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -57,7 +56,7 @@ from bridge.homeassistant import (
     ha_status_topic,
     is_ha_online,
 )
-from bridge.lwm2m_json import UNREACHABLE, instance_values, is_lwm2m_json, read_groups
+from bridge.lwm2m_json import UNREACHABLE, answered_values, read_groups
 from bridge.mqtt_link import Inbound
 from bridge.settings import Settings
 
@@ -304,10 +303,9 @@ class HomeAssistant(Extension):
         def instance_done(base: str, covered: list[str], outcome: Outcome) -> None:
             # One read of the device object instance (/3/0) instead of one per field;
             # what it did not give is read field by field (see bridge.lwm2m_json).
-            found: dict[str, bytes] = {}
-            if outcome.ok and is_lwm2m_json(outcome.content_type):
-                with contextlib.suppress(ValueError):
-                    found = instance_values(base, outcome.payload)
+            found = (
+                answered_values(base, outcome.content_type, outcome.payload) if outcome.ok else {}
+            )
             for path in covered:
                 if path in found:
                     settle(path, found[path])

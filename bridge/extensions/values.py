@@ -23,7 +23,7 @@ from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult, decode_payload
 from bridge.events import EndpointResources, NotificationsReceived, ValueRead
 from bridge.extensions.base import BridgeContext, Extension
-from bridge.lwm2m_json import UNREACHABLE, instance_values, is_lwm2m_json, read_groups
+from bridge.lwm2m_json import UNREACHABLE, answered_values, read_groups
 from bridge.rules import observed_paths
 from bridge.settings import env_name
 from bridge.topics import fits
@@ -168,12 +168,7 @@ class Values(Extension):
     def _instance_done(
         self, name: str, base: str, covered: list[str], queue_mode: bool, outcome: Outcome
     ) -> None:
-        values: dict[str, bytes] = {}
-        if outcome.ok and is_lwm2m_json(outcome.content_type):
-            try:
-                values = instance_values(base, outcome.payload)
-            except ValueError as exc:
-                log.debug("instance read of %s%s: %s", name, base, exc)
+        values = answered_values(base, outcome.content_type, outcome.payload) if outcome.ok else {}
         got = [p for p in covered if p in values]
         for path in got:
             self.publish_value(name, path, values[path])
