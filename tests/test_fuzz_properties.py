@@ -421,3 +421,21 @@ def test_reachability_changes_state_only_when_it_should(steps: list[tuple[str, f
 
 def test_max_topic_bytes_is_mqtts() -> None:
     assert MAX_TOPIC_BYTES == 65535
+
+
+@pytest.mark.parametrize("payload", [0, [], False, 7])
+def test_a_notification_whose_payload_is_not_a_string_is_bad_not_empty(
+    values_ext: tuple[Values, list[tuple[str, bytes]]], payload: object
+) -> None:
+    # Found by the test above: a falsy non-string payload (0, [], false) was published as
+    # an empty value; the client's decode_payload refuses it, and so does the bridge.
+    ext, published = values_ext
+    published.clear()
+    before = ext.ctx.counters.snapshot().get("notifications_bad", 0)
+    ext._on_notifications(
+        NotificationsReceived([{"ep": "n1", "path": "/3/0/1", "payload": payload}])
+    )
+    assert published == []
+    assert ext.ctx.counters.snapshot().get("notifications_bad", 0) == before + 1
+    ext._on_notifications(NotificationsReceived([{"ep": "n1", "path": "/3/0/1", "payload": ""}]))
+    assert published == [(T.value("n1", "/3/0/1"), b"")]  # an empty string is an empty value

@@ -65,10 +65,15 @@ class Values(Extension):
         for entry in event.entries:
             try:
                 raw = entry.get("payload")
-                try:
-                    payload = a2b(raw) if raw else b""
-                except (binascii.Error, ValueError):
-                    payload = decode_payload(entry)  # tolerates missing padding
+                if raw is None or raw == "":
+                    payload = b""  # no value (an empty resource)
+                else:
+                    try:
+                        payload = a2b(raw)
+                    except (binascii.Error, ValueError, TypeError):
+                        # tolerates missing padding; refuses a non-string (0, [], false)
+                        # with the client's error, as the client's handler does
+                        payload = decode_payload(entry)
                 topic = value_topic(entry["ep"], entry["path"])
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 bad += 1
