@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import socket
 import ssl
 import sys
 import threading
@@ -59,6 +58,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from bridge import paho_client
 from bridge.settings import Settings, env_name
 
 log = logging.getLogger("bridge.mqtt")
@@ -117,16 +117,6 @@ class _Held:
 _Msg = tuple[str, bytes, int, bool, Properties | None]
 
 
-def _no_delay(client: mqtt.Client) -> None:
-    """Send small packets at once (TCP_NODELAY; paho leaves Nagle's algorithm on). With
-    Nagle a command's reply, written right after the command's PUBACK, waits for the
-    broker's delayed TCP acknowledgement: 40 ms on Linux, on every command."""
-    sock = client.socket()
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def apply_credentials_and_tls(client: mqtt.Client, settings: Settings) -> None:
     """Give a paho client the broker user, password and TLS set-up from the settings.
 
@@ -172,7 +162,7 @@ class MqttLink:
         self._low_water = settings.mqtt_max_queued // 2
         self._buffer_cap = settings.mqtt_buffer
 
-        client = mqtt.Client(
+        client = paho_client.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.mqtt_client_id,
             protocol=mqtt.MQTTv5 if self.is_v5 else mqtt.MQTTv311,
@@ -470,12 +460,7 @@ class MqttLink:
         """MQTT 5 PUBLISH properties (None on 3.1.1, where there are none)."""
         if not self.is_v5 or (correlation_data is None and content_type is None):
             return None
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if correlation_data is not None:
-            props.CorrelationData = correlation_data
-        if content_type is not None:
-            props.ContentType = content_type
-        return props
+        return paho_client.publish_properties(correlation_data, content_type)
 
     def publish(
         self,
@@ -661,7 +646,6 @@ class MqttLink:
             else:
                 log.error("the MQTT broker refused the connection: %s", text)
             return
-        _no_delay(client)
         first = not self._ever_connected
         self._ever_connected = True
         self.stats["connects"] += 1

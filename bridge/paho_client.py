@@ -1,0 +1,178 @@
+"""paho-mqtt's client with its three costliest per-message steps made cheap.
+
+Profiling the bridge under load (``connector-bridge bench``, py-spy and yappi on the
+bridge process) put paho's network thread at about half of the bridge's CPU, and most of
+that in three places that do far more work than the common packet needs:
+
+- **Every PUBACK** became a :class:`~paho.mqtt.reasoncodes.ReasonCode` and a
+  :class:`~paho.mqtt.properties.Properties` object, each building its lookup tables
+  anew: about 28 us for a two-byte packet (bench: 5 PUBACKs per endpoint at start-up,
+  one per command reply). A PUBACK of exactly two bytes (packet id only: success, no
+  properties, which is what Mosquitto sends) now goes straight to paho's own completion
+  with shared "Success" objects; any other PUBACK takes paho's full decoder.
+- **Every read** was a system call for one byte (the packet type), one per byte of the
+  remaining length, then one for the rest: three or more calls per packet, each releasing
+  and re-taking the GIL. :class:`ReadAheadSocket` reads what the kernel has (up to 64 KiB)
+  and serves paho's small reads from it; its ``pending()`` tells paho's loop that bytes
+  wait (the same duck-typed hook paho uses for a TLS socket's buffered record).
+- **Every MQTT 5 PUBLISH property set** made by the bridge (a reply's Correlation Data,
+  a value's Content Type) built paho's tables and packed them by name lookups:
+  :func:`publish_properties` makes a :class:`Properties` whose tables are shared by the
+  class and whose two fields are packed directly (byte-identical, tested).
+
+Only the private methods of the paho versions this was written and tested against are
+overridden (:data:`TESTED_PAHO`); on any other version :class:`Client` is plain paho
+(``SPEEDUPS`` is False), slower but correct. tests/test_paho_client.py checks byte-for-byte
+agreement with paho's own encoder and decoder, and the whole suite runs on this client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any, Literal
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+TESTED_PAHO = ("2.1.", "2.2.")
+SPEEDUPS = str(getattr(paho.mqtt, "__version__", "")).startswith(TESTED_PAHO)
+READ_AHEAD = 65536  # bytes asked of the kernel per read
+
+
+class ReadAheadSocket:
+    """A socket whose reads come from a buffer filled by one large ``recv``.
+
+    Everything but ``recv`` and ``pending`` is the wrapped socket's (``__getattr__``), so
+    ``select`` (``fileno``), ``send``, ``close`` and ``setsockopt`` work unchanged.
+    """
+
+    __slots__ = ("_buf", "_pos", "sock")
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        buf, pos = self._buf, self._pos
+        if pos < len(buf):
+            end = pos + n
+            if end >= len(buf):
+                self._buf, self._pos = b"", 0
+                return buf[pos:] if pos else buf
+            self._pos = end
+            return buf[pos:end]
+        data: bytes = self.sock.recv(max(n, READ_AHEAD))  # raises as the socket would
+        if len(data) <= n:
+            return data
+        self._buf, self._pos = data, n
+        return data[:n]
+
+    def pending(self) -> int:
+        """Bytes already read and not yet taken (plus a TLS socket's own)."""
+        inner = self.sock.pending() if hasattr(self.sock, "pending") else 0
+        return len(self._buf) - self._pos + inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+class _PublishProperties(Properties):
+    """PUBLISH properties with paho's tables shared by the class, not built per object."""
+
+    def __init__(self) -> None:
+        # The tables (types, names, properties) are class attributes: see _share_tables.
+        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
+
+    def pack(self) -> bytes:
+        body = b""
+        content_type = self.__dict__.get("ContentType")
+        if content_type is not None:
+            raw = content_type.encode("utf-8")
+            body += b"\x03" + len(raw).to_bytes(2, "big") + raw
+        correlation = self.__dict__.get("CorrelationData")
+        if correlation is not None:
+            body += b"\x09" + len(correlation).to_bytes(2, "big") + correlation
+        if set(self.__dict__) - {"packetType", "ContentType", "CorrelationData"}:
+            # someone set another property: paho's general packer
+            packed: bytes = super().pack()  # type: ignore[no-untyped-call]
+            return packed
+        return _vbi(len(body)) + body
+
+
+def _share_tables() -> None:
+    template = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name in ("types", "names", "properties"):
+        setattr(_PublishProperties, name, getattr(template, name))
+
+
+_share_tables()
+
+
+def _vbi(n: int) -> bytes:
+    """MQTT's variable byte integer."""
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | 0x80 if n else digit)
+        if not n:
+            return bytes(out)
+
+
+def publish_properties(
+    correlation_data: bytes | None = None, content_type: str | None = None
+) -> Properties:
+    """PUBLISH properties carrying these two fields; cheap to make and to pack."""
+    if not SPEEDUPS:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if correlation_data is not None:
+            props.CorrelationData = correlation_data
+        if content_type is not None:
+            props.ContentType = content_type
+        return props
+    lean = _PublishProperties()
+    # paho's __setattr__ checks the name against its tables; these two are known good.
+    if correlation_data is not None:
+        lean.__dict__["CorrelationData"] = bytes(correlation_data)
+    if content_type is not None:
+        lean.__dict__["ContentType"] = str(content_type)
+    return lean
+
+
+_SUCCESS = {
+    cmd: (ReasonCode(t), Properties(t))  # type: ignore[no-untyped-call]
+    for cmd, t in (("PUBACK", PacketTypes.PUBACK), ("PUBCOMP", PacketTypes.PUBCOMP))
+}
+
+
+class Client(mqtt.Client):
+    """paho's client; on a tested paho version with the speed-ups of the module doc."""
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        # Small packets go out at once (paho leaves Nagle's algorithm on): with Nagle a
+        # command's reply, written right after its PUBACK, waits for the broker's delayed
+        # TCP acknowledgement, 40 ms on Linux.
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):  # a Unix socket has no Nagle
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if SPEEDUPS and isinstance(sock, socket.socket):  # not the websocket wrapper
+            return ReadAheadSocket(sock)
+        return sock
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if not SPEEDUPS or len(packet) != 2:
+            return super()._handle_pubackcomp(cmd)
+        # Packet id only: success without properties (the same in MQTT 3.1.1 and 5).
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                reason, props = _SUCCESS[cmd]
+                return self._do_on_publish(mid, reason, props)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS

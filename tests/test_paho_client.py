@@ -1,0 +1,215 @@
+"""bridge/paho_client.py: paho's client with cheap PUBACKs, read-ahead and lean PUBLISH
+properties. Checked byte for byte against paho's own encoder, and end to end against a
+real Mosquitto (both PUBACK paths, bursts of packets read ahead, MQTT 5 and 3.1.1)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import (
+    MQTTException,  # where paho 2.1 and 2.2 both have it
+    Properties,
+)
+
+from bridge import paho_client
+from bridge.paho_client import ReadAheadSocket, publish_properties
+from tests.support.broker import MosquittoBroker
+
+
+def test_speedups_are_on_for_the_installed_paho() -> None:
+    # A paho release outside TESTED_PAHO silently gets the plain client: this test says
+    # so, so that whoever upgrades paho re-checks the overridden private methods.
+    assert paho_client.SPEEDUPS, f"paho {paho.mqtt.__version__} is not in {paho_client.TESTED_PAHO}"
+
+
+def _paho_properties(corr: bytes | None, ct: str | None) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if corr is not None:
+        props.CorrelationData = corr
+    if ct is not None:
+        props.ContentType = ct
+    return props
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    corr=st.none() | st.binary(max_size=300),
+    # MQTT strings exclude U+0000 and U+FEFF (paho's decoder refuses them; surrogates
+    # cannot be encoded at all)
+    ct=st.none()
+    | st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\ufeff"), max_size=200
+    ),
+)
+def test_publish_properties_pack_like_paho(corr: bytes | None, ct: str | None) -> None:
+    lean = publish_properties(corr, ct)
+    assert lean.pack() == _paho_properties(corr, ct).pack()
+    # and read back by paho's decoder, field by field
+    back = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    back.unpack(lean.pack())
+    assert getattr(back, "CorrelationData", None) == corr
+    assert getattr(back, "ContentType", None) == ct
+
+
+def test_publish_properties_behave_as_paho_properties() -> None:
+    lean = publish_properties(b"\x00\x07", "application/json")
+    assert isinstance(lean, Properties)
+    assert lean.CorrelationData == b"\x00\x07"
+    assert lean.ContentType == "application/json"
+    assert not lean.isEmpty()
+    assert lean.json() == {"CorrelationData": "0007", "ContentType": "application/json"}
+    # a property set later (paho's checks apply) is packed by paho's general packer
+    lean.MessageExpiryInterval = 30
+    full = _paho_properties(b"\x00\x07", "application/json")
+    full.MessageExpiryInterval = 30
+    assert lean.pack() == full.pack()
+    with pytest.raises(MQTTException):
+        lean.SessionExpiryInterval = 5  # not a PUBLISH property: paho refuses, as before
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    return a, b
+
+
+def test_read_ahead_serves_small_reads_from_one_large_one() -> None:
+    writer, reader = _pair()
+    with writer, reader:
+        sock = ReadAheadSocket(reader)
+        data = bytes(range(256)) * 4
+        writer.sendall(data)
+        time.sleep(0.05)
+        got = [sock.recv(1), sock.recv(1)]
+        assert sock.pending() == len(data) - 2  # the rest was read ahead
+        got.append(sock.recv(100))
+        got.append(sock.recv(10_000))  # asks more than is buffered: gets the rest
+        assert b"".join(got) == data
+        assert sock.pending() == 0
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)  # nothing buffered, nothing in the kernel: as the socket itself
+        writer.close()
+        assert sock.recv(1) == b""  # end of file passes through
+        assert sock.fileno() == reader.fileno()  # everything else is the socket's
+
+
+def test_read_ahead_returns_a_short_read_as_it_comes() -> None:
+    writer, reader = _pair()
+    with writer, reader:
+        sock = ReadAheadSocket(reader)
+        writer.sendall(b"abc")
+        time.sleep(0.05)
+        assert sock.recv(10) == b"abc"
+        assert sock.pending() == 0
+
+
+def _connect(broker: MosquittoBroker, protocol: int, name: str) -> paho_client.Client:
+    client = paho_client.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{name}-{protocol}", protocol=protocol
+    )
+    connected = threading.Event()
+    client.on_connect = lambda *a: connected.set()
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    assert connected.wait(10)
+    return client
+
+
+PROTOCOLS = [pytest.param(mqtt.MQTTv5, id="v5"), pytest.param(mqtt.MQTTv311, id="v311")]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_burst_of_messages_arrives_whole_and_in_order(
+    shared_broker: MosquittoBroker, protocol: int
+) -> None:
+    n = 3000
+    got: list[tuple[str, bytes, Any]] = []
+    done = threading.Event()
+    sub = _connect(shared_broker, protocol, "burst-sub")
+    pub = _connect(shared_broker, protocol, "burst-pub")
+    try:
+        assert isinstance(sub.socket(), ReadAheadSocket)
+
+        def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+            corr = getattr(msg.properties, "CorrelationData", None)
+            got.append((msg.topic, msg.payload, corr))
+            if len(got) == n:
+                done.set()
+
+        subscribed = threading.Event()
+        sub.on_message = on_message
+        sub.on_subscribe = lambda *a: subscribed.set()
+        sub.subscribe(f"burst/{protocol}/#", qos=1)
+        assert subscribed.wait(10)
+        v5 = protocol == mqtt.MQTTv5
+        infos = []
+        for k in range(n):
+            props = publish_properties(k.to_bytes(4, "big"), "text/plain") if v5 else None
+            payload = (b"x" * (k % 300)) + str(k).encode()  # sizes across the length bytes
+            infos.append(pub.publish(f"burst/{protocol}/{k % 7}", payload, 1, properties=props))
+        assert done.wait(30), f"{len(got)} of {n} arrived"
+        for info in infos:
+            info.wait_for_publish(10)
+        assert all(info.is_published() for info in infos)
+        for k, (topic, payload, corr) in enumerate(got):
+            assert topic == f"burst/{protocol}/{k % 7}"
+            assert payload == (b"x" * (k % 300)) + str(k).encode()
+            assert corr == (k.to_bytes(4, "big") if v5 else None)
+    finally:
+        for c in (sub, pub):
+            c.disconnect()
+            c.loop_stop()
+
+
+def test_both_puback_paths_report_the_broker_reason(
+    broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mosquitto answers an MQTT 5 QoS 1 PUBLISH that nobody subscribed to with reason
+    16 "No matching subscribers" (a 3-byte PUBACK: paho's decoder) and one with a
+    subscriber with a bare 2-byte PUBACK (the fast path): both complete the message and
+    reach on_publish with the right reason code."""
+    reasons: dict[int, int] = {}
+    acked = threading.Event()
+    decoded: list[str] = []  # PUBACKs that went through paho's own decoder
+    paho_handler = mqtt.Client._handle_pubackcomp
+
+    def counting(self: mqtt.Client, cmd: Any) -> Any:
+        decoded.append(cmd)
+        return paho_handler(self, cmd)
+
+    monkeypatch.setattr(mqtt.Client, "_handle_pubackcomp", counting)
+    pub = _connect(broker, mqtt.MQTTv5, "reasons-pub")
+    sub = _connect(broker, mqtt.MQTTv5, "reasons-sub")
+    try:
+
+        def on_publish(c: mqtt.Client, u: Any, mid: int, rc: Any, props: Any) -> None:
+            reasons[mid] = rc.value
+            if len(reasons) == 2:
+                acked.set()
+
+        pub.on_publish = on_publish
+        nobody = pub.publish("reasons/nobody", b"1", qos=1)
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *a: subscribed.set()
+        sub.subscribe("reasons/someone", qos=1)
+        assert subscribed.wait(10)
+        someone = pub.publish("reasons/someone", b"2", qos=1)
+        assert acked.wait(10)
+        assert reasons[nobody.mid] == 16
+        assert reasons[someone.mid] == 0
+        assert nobody.is_published() and someone.is_published()
+        assert decoded == ["PUBACK"]  # the 3-byte one only
+    finally:
+        for c in (sub, pub):
+            c.disconnect()
+            c.loop_stop()
