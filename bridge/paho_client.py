@@ -1,8 +1,8 @@
 """paho-mqtt's client with its three costliest per-message steps made cheap.
 
-Profiling the bridge under load (``connector-bridge bench``, py-spy and yappi on the
-bridge process) put paho's network thread at about half of the bridge's CPU, and most of
-that in three places that do far more work than the common packet needs:
+Profiling the bridge under load (``connector-bridge bench``, yappi and per-thread CPU of
+the bridge process) put paho's network thread at nearly half of the bridge's CPU, much of
+it in three places that do far more work than the common packet needs:
 
 - **Every PUBACK** became a :class:`~paho.mqtt.reasoncodes.ReasonCode` and a
   :class:`~paho.mqtt.properties.Properties` object, each building its lookup tables
@@ -15,8 +15,8 @@ that in three places that do far more work than the common packet needs:
   and re-taking the GIL. :class:`ReadAheadSocket` reads what the kernel has (up to 64 KiB)
   and serves paho's small reads from it; its ``pending()`` tells paho's loop that bytes
   wait (the same duck-typed hook paho uses for a TLS socket's buffered record).
-- **Every MQTT 5 PUBLISH property set** made by the bridge (a reply's Correlation Data,
-  a value's Content Type) built paho's tables and packed them by name lookups:
+- **Every MQTT 5 PUBLISH property set** made by the bridge (a reply's Correlation Data
+  and Content Type) built paho's tables and packed them by name lookups:
   :func:`publish_properties` makes a :class:`Properties` whose tables are shared by the
   class and whose two fields are packed directly (byte-identical, tested).
 
