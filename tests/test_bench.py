@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bridge.bench.harness import SPEED_LOOP
 from bridge.bench.report import render, targets
 from bridge.bench.stats import median, percentile, rate, ratio
 from tests.support.broker import env_with_pythonpath
@@ -57,6 +58,8 @@ def test_quick_bench_gives_every_figure(quick_run: tuple[dict[str, Any], float])
     f, elapsed = quick_run
     m = f["machine"]
     assert m["cores"] >= 1 and m["cpu_model"] and m["mosquitto"] != "not installed"
+    # the machine-speed probe, before and after, so that runs on a VM can be compared
+    assert _positive(m["python_loop_s_before"]) and _positive(m["python_loop_s_after"])
     assert f["config"]["quick"] is True
 
     for qos in ("qos0", "qos1"):
@@ -106,6 +109,7 @@ def test_the_table_shows_every_section(quick_run: tuple[dict[str, Any], float]) 
         "Scale",
         "Targets",
         f["machine"]["cpu_model"],
+        f"machine speed: {SPEED_LOOP:,} Python additions took",
     ):
         assert heading in text
     assert len(targets(f)) == 7  # no 100,000-endpoint size in --quick

@@ -12,7 +12,14 @@ from typing import Any
 
 from bridge.bench import commands, latency, scale, throughput
 from bridge.bench.context import Config, Env
-from bridge.bench.harness import BenchError, Broker, Control, EmulatorProcess, machine_info
+from bridge.bench.harness import (
+    BenchError,
+    Broker,
+    Control,
+    EmulatorProcess,
+    machine_info,
+    python_speed_s,
+)
 from bridge.bench.report import render, targets
 
 MEASUREMENTS: dict[str, Callable[[Env], dict[str, Any]]] = {
@@ -145,6 +152,7 @@ def run(cfg: Config, only: Sequence[str], mqtt_host: str | None, mqtt_port: int)
             control.close()
         broker.stop()
     figures["machine"]["load_after"] = list(os.getloadavg())
+    figures["machine"]["python_loop_s_after"] = python_speed_s()
     figures["seconds"] = round(time.monotonic() - started, 1)
     return figures
 

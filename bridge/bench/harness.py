@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -66,11 +67,31 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": model or platform.processor() or "unknown",
         "memory_mib": _meminfo_mib(),
         "load_before": list(os.getloadavg()),
+        "python_loop_s_before": python_speed_s(),
         "python": platform.python_version(),
         "paho_mqtt": getattr(paho.mqtt, "__version__", "?"),
         "mosquitto": mosquitto_version(),
         "kernel": platform.release(),
     }
+
+
+SPEED_LOOP = 2_000_000  # additions in the machine-speed probe
+
+
+def python_speed_s() -> float:
+    """Seconds a fixed pure-Python loop takes here: the best of three.
+
+    A shared virtual machine's speed changes by the hour (on one day the same code took
+    twice the CPU it took on another); the bench prints this before and after its
+    measurements so that absolute figures of two runs can be compared."""
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(SPEED_LOOP):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def _meminfo_mib() -> int:
