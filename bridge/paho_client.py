@@ -90,6 +90,10 @@ class _PublishProperties(Properties):
         object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
 
     def pack(self) -> bytes:
+        if not self.__dict__.keys() <= _LEAN_FIELDS:
+            # someone set another property: paho's general packer
+            packed: bytes = super().pack()  # type: ignore[no-untyped-call]
+            return packed
         body = b""
         content_type = self.__dict__.get("ContentType")
         if content_type is not None:
@@ -98,11 +102,10 @@ class _PublishProperties(Properties):
         correlation = self.__dict__.get("CorrelationData")
         if correlation is not None:
             body += b"\x09" + len(correlation).to_bytes(2, "big") + correlation
-        if set(self.__dict__) - {"packetType", "ContentType", "CorrelationData"}:
-            # someone set another property: paho's general packer
-            packed: bytes = super().pack()  # type: ignore[no-untyped-call]
-            return packed
         return _vbi(len(body)) + body
+
+
+_LEAN_FIELDS = frozenset({"packetType", "ContentType", "CorrelationData"})
 
 
 def _share_tables() -> None:
@@ -155,15 +158,14 @@ class Client(mqtt.Client):
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
+        if not isinstance(sock, socket.socket):
+            return sock  # paho's websocket wrapper
         # Small packets go out at once (paho leaves Nagle's algorithm on): with Nagle a
         # command's reply, written right after its PUBACK, waits for the broker's delayed
         # TCP acknowledgement, 40 ms on Linux.
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):  # a Unix socket has no Nagle
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if SPEEDUPS and isinstance(sock, socket.socket):  # not the websocket wrapper
-            return ReadAheadSocket(sock)
-        return sock
+        with contextlib.suppress(OSError):  # a Unix socket has no Nagle
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return ReadAheadSocket(sock) if SPEEDUPS else sock
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
