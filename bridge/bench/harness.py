@@ -67,6 +67,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": model or platform.processor() or "unknown",
         "memory_mib": _meminfo_mib(),
         "load_before": list(os.getloadavg()),
+        "python_loop_additions": SPEED_LOOP,
         "python_loop_s_before": python_speed_s(),
         "python": platform.python_version(),
         "paho_mqtt": getattr(paho.mqtt, "__version__", "?"),

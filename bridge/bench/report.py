@@ -6,8 +6,6 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from bridge.bench.harness import SPEED_LOOP
-
 
 class Target(NamedTuple):
     name: str
@@ -102,7 +100,7 @@ def render(f: dict[str, Any]) -> str:
         f"Mosquitto {m['mosquitto']}",
         f"load average before/after: {m['load_before'][0]:.2f} / "
         f"{m.get('load_after', [math.nan])[0]:.2f}",
-        f"machine speed: {SPEED_LOOP:,} Python additions took "
+        f"machine speed: {m.get('python_loop_additions', 0):,} Python additions took "
         f"{m.get('python_loop_s_before', math.nan) * 1000:.0f} / "
         f"{m.get('python_loop_s_after', math.nan) * 1000:.0f} ms before/after "
         "(lower is faster; absolute figures of two runs compare only at a like speed)",
