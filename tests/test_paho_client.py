@@ -213,3 +213,157 @@ def test_both_puback_paths_report_the_broker_reason(
         for c in (sub, pub):
             c.disconnect()
             c.loop_stop()
+
+
+# ---- received PUBLISH properties ------------------------------------------------------
+
+_MQTT_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\ufeff"), max_size=80
+)
+_PROPERTY_VALUES: dict[str, Any] = {
+    "PayloadFormatIndicator": st.integers(0, 1),
+    "MessageExpiryInterval": st.integers(0, 2**32 - 1),
+    "ContentType": _MQTT_TEXT,
+    "ResponseTopic": _MQTT_TEXT,
+    "CorrelationData": st.binary(max_size=300),
+    # not taken by the lean decoder: paho's decides
+    "TopicAlias": st.integers(1, 65535),
+    "UserProperty": st.tuples(_MQTT_TEXT, _MQTT_TEXT),
+    "SubscriptionIdentifier": st.integers(1, 268_435_455),
+}
+_LEAN_NAMES = {"PayloadFormatIndicator", "MessageExpiryInterval", "ContentType"}
+_LEAN_NAMES |= {"ResponseTopic", "CorrelationData"}
+
+
+def _fields(props: Properties) -> dict[str, Any]:
+    return {k: v for k, v in vars(props).items() if k not in ("packetType", "types", "names")}
+
+
+def _fields_of(props: Properties) -> dict[str, Any]:
+    fields = _fields(props)
+    fields.pop("properties", None)  # paho's table, set on the instance by paho
+    return fields
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chosen=st.fixed_dictionaries({}, optional=_PROPERTY_VALUES),
+    head=st.binary(max_size=5),
+    payload=st.binary(max_size=50),
+)
+def test_received_properties_decode_like_paho(
+    chosen: dict[str, Any], head: bytes, payload: bytes
+) -> None:
+    sent = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name, value in chosen.items():
+        setattr(sent, name, value)
+    packet = head + sent.pack() + payload
+    theirs = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    _, used = theirs.unpack(packet[len(head) :])
+    decoded = paho_client.unpack_publish_properties(packet, len(head))
+    if not set(chosen) <= _LEAN_NAMES or used > 128:
+        assert decoded is None  # left to paho: a field of the other kind, or a long set
+        return
+    assert decoded is not None
+    ours, end = decoded
+    assert end == len(head) + used
+    assert packet[end:] == payload
+    assert _fields_of(ours) == _fields_of(theirs)
+    assert str(ours) == str(theirs)
+    assert isinstance(ours, Properties)
+
+
+@settings(max_examples=500, deadline=None)
+@given(junk=st.binary(max_size=40))
+def test_received_properties_leave_what_is_odd_to_paho(junk: bytes) -> None:
+    """Whatever bytes come, the lean decoder either agrees with paho or declines."""
+    decoded = paho_client.unpack_publish_properties(junk, 0)
+    if decoded is None:
+        return
+    theirs = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    _, used = theirs.unpack(junk)  # must not raise: the lean decoder took it
+    ours, end = decoded
+    assert end == used
+    assert _fields_of(ours) == _fields_of(theirs)
+
+
+def test_received_properties_decline_repeats_and_bad_strings() -> None:
+    def one(ident: int, value: bytes) -> bytes:
+        return bytes([ident]) + value
+
+    corr = one(9, b"\x00\x01a")
+    cases = {
+        "repeat": corr + corr,
+        "null in a string": one(3, b"\x00\x01\x00"),
+        "BOM in a string": one(8, b"\x00\x03\xef\xbb\xbf"),
+        "not UTF-8": one(3, b"\x00\x01\xff"),
+        "flag 2": one(1, b"\x02"),
+        "cut short": one(2, b"\x00\x00"),
+        "string past the end": one(3, b"\x00\x09ab"),
+        "not a PUBLISH property": one(17, b"\x00\x00\x00\x01"),
+    }
+    for what, body in cases.items():
+        packet = bytes([len(body)]) + body
+        assert paho_client.unpack_publish_properties(packet, 0) is None, what
+
+
+def test_received_commands_keep_every_property(
+    broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through Mosquitto: PUBLISHes at QoS 0, 1 and 2 with Response Topic, Correlation
+    Data, Message Expiry (a command) take the lean path; one with a User Property takes
+    paho's; all arrive whole."""
+    fallbacks: list[bytes] = []
+    paho_handler = mqtt.Client._handle_publish
+
+    def counting(self: mqtt.Client) -> Any:
+        fallbacks.append(self._in_packet["packet"])
+        return paho_handler(self)
+
+    monkeypatch.setattr(mqtt.Client, "_handle_publish", counting)
+    got: list[mqtt.MQTTMessage] = []
+    arrived = threading.Event()
+    sub = _connect(broker, mqtt.MQTTv5, "props-sub")
+    pub = _connect(broker, mqtt.MQTTv5, "props-pub")
+    try:
+
+        def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+            got.append(msg)
+            if len(got) == 4:
+                arrived.set()
+
+        subscribed = threading.Event()
+        sub.on_message = on_message
+        sub.on_subscribe = lambda *a: subscribed.set()
+        sub.subscribe("props/#", qos=2)
+        assert subscribed.wait(10)
+        command = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        command.ResponseTopic = "props/lamp/set/reply"
+        command.CorrelationData = b"\x01\x02"
+        command.MessageExpiryInterval = 60
+        tagged = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        tagged.UserProperty = [("a", "1"), ("b", "2")]
+        pub.publish("props/lamp/set", b"50", qos=1, properties=command)
+        pub.publish("props/tagged", b"t", qos=2, properties=tagged)
+        pub.publish("props/plain", b"p", qos=0)
+        pub.publish("props/exactly-once", b"2", qos=2, properties=publish_properties(b"\x09"))
+        assert arrived.wait(10)
+        by_topic = {m.topic: m for m in got}
+        cmd = by_topic["props/lamp/set"]
+        assert (cmd.payload, cmd.qos) == (b"50", 1)
+        assert type(cmd.payload) is bytes  # as paho gives it (its buffer is a bytearray)
+        assert type(cmd.properties.CorrelationData) is bytes
+        assert cmd.properties.ResponseTopic == "props/lamp/set/reply"
+        assert cmd.properties.CorrelationData == b"\x01\x02"
+        assert 0 < cmd.properties.MessageExpiryInterval <= 60  # the broker counts it down
+        assert by_topic["props/tagged"].properties.UserProperty == [("a", "1"), ("b", "2")]
+        assert by_topic["props/tagged"].qos == 2
+        assert by_topic["props/plain"].payload == b"p"
+        assert not hasattr(by_topic["props/plain"].properties, "ResponseTopic")
+        once = by_topic["props/exactly-once"]
+        assert (once.qos, once.payload, once.properties.CorrelationData) == (2, b"2", b"\x09")
+        assert len(fallbacks) == 1 and b"props/tagged" in fallbacks[0]  # the User Property
+    finally:
+        for c in (sub, pub):
+            c.disconnect()
+            c.loop_stop()
