@@ -79,6 +79,19 @@ def test_quick_bench_gives_every_figure(quick_run: tuple[dict[str, Any], float])
     assert c["failed"] == 0 and c["unanswered"] == 0, c
     run = c["runs"][0]
     assert run["bridge"]["ok"] == run["floor"]["ok"] == c["m"]
+    # where each command's CPU goes, process by process, and what it allows
+    assert set(c["cpu_us"]["bridge"]) == {"client", "broker", "bridge", "emulator"}
+    assert set(c["cpu_us"]["floor"]) == {"client", "emulator"}
+    for way in ("bridge", "floor"):
+        assert all(_positive(v) for v in c["cpu_us"][way].values()), c["cpu_us"]
+    assert c["cpu_us"]["bridge"]["bridge"] == c["bridge_cpu_us_per_command"]
+    b = c["bounds"]
+    assert b["all_processes"] < b["without_bridge"]  # the bridge's own CPU counts
+    expected = c["cores"] * 1e6 / sum(run["bridge"]["cpu_us"].values()) / run["floor"]["rate"]
+    assert b["all_processes"] == pytest.approx(expected)
+    assert b["fixed_us"] == pytest.approx(
+        run["bridge"]["cpu_us"]["broker"] + run["bridge"]["cpu_us"]["emulator"]
+    )
 
     lat = f["latency"]
     assert _positive(lat["p50_ms"]) and lat["p99_ms"] >= lat["p50_ms"], lat
@@ -110,6 +123,8 @@ def test_the_table_shows_every_section(quick_run: tuple[dict[str, Any], float]) 
         "Targets",
         f["machine"]["cpu_model"],
         f"machine speed: {f['machine']['python_loop_additions']:,} Python additions took",
+        "CPU per command, bridge way (us): client ",
+        "the broker and the emulator alone use",
     ):
         assert heading in text
     assert len(targets(f)) == 7  # no 100,000-endpoint size in --quick

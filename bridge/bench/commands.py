@@ -17,14 +17,29 @@ issue to its answer, queueing included. With 100 always outstanding the latency 
 mostly queueing (Little's law: 100 / throughput), so the latency the bridge itself adds
 is measured apart as well: ``unloaded`` commands, one at a time, both ways. Ratios and
 differences are taken within each run.
+
+Every process of each way is charged its CPU time per command (from /proc: the load
+client, the broker, the bridge, the emulator), because on a small machine they all share
+the same cores: :func:`cpu_bounds` turns that into the throughput it allows, with and
+without the bridge's own share, which tells whether a target is within reach at all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from bridge.bench.context import Env
-from bridge.bench.harness import COMMAND_PATH, BenchError, BridgeProcess, new_prefix, run_child
+from bridge.bench.harness import (
+    COMMAND_PATH,
+    BenchError,
+    BridgeProcess,
+    CpuMeter,
+    new_prefix,
+    run_child,
+    usable_cores,
+)
+from bridge.bench.report import TARGET_RATIO
 from bridge.bench.stats import median, ratio
 
 WAYS = ("floor", "bridge")
@@ -45,7 +60,10 @@ def floor_once(env: Env, m: int, inflight: int, first: int) -> dict[str, Any]:
         "threads": env.config.floor_threads,
         "first": first,
     }
-    return run_child("connector-commands", args, timeout=600)
+    meter = CpuMeter({"emulator": env.emulator.pid})
+    result = run_child("connector-commands", args, timeout=600)
+    result["cpu_us"] = {"client": result["cpu_us_per_command"], **meter.us_per(result["done"])}
+    return result
 
 
 def bridge_once(env: Env) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -67,9 +85,13 @@ def bridge_once(env: Env) -> tuple[dict[str, Any], dict[str, Any]]:
             "first": 0,
             "envelope": settings.get("mqtt_protocol") == "3.1.1",
         }
-        cpu0 = bridge.cpu_seconds()
+        meter = CpuMeter(
+            {"broker": env.broker.pid, "bridge": bridge.pid, "emulator": env.emulator.pid}
+        )
         loaded = run_child("mqtt-commands", args, timeout=600)
-        loaded["cpu_us_per_command"] = (bridge.cpu_seconds() - cpu0) / max(loaded["done"], 1) * 1e6
+        cpu = meter.us_per(loaded["done"])
+        loaded["cpu_us"] = {"client": loaded["client_cpu_us_per_command"], **cpu}
+        loaded["cpu_us_per_command"] = cpu["bridge"]
         if not loaded["complete"]:
             env.say(f"bridge answered {loaded['done']} of {cfg.commands}:\n{bridge.log_tail(10)}")
         args.update(m=unloaded_count(cfg.commands), inflight=1, first=cfg.commands)
@@ -77,9 +99,39 @@ def bridge_once(env: Env) -> tuple[dict[str, Any], dict[str, Any]]:
     return loaded, unloaded
 
 
+def cpu_bounds(
+    floor_rate: float, bridge_cpu: Mapping[str, float], cores: int
+) -> dict[str, float | None]:
+    """What the CPU accounting of one run allows.
+
+    Every process of the bridge way shares the machine's ``cores``: at best (all of them
+    busy all the time) commands go at ``cores / total CPU per command``. As ratios to the
+    floor's rate: ``all_processes``; ``without_bridge``, the same with the bridge's own
+    CPU left out (the load client, the broker and the emulator alone); ``one_core``, the
+    bridge process alone on a core of its own (one GIL). ``budget_us``: the CPU per
+    command all the processes together may use for :data:`TARGET_RATIO` of the floor;
+    ``fixed_us``: what the broker and the emulator use of it, whatever the bridge does.
+    """
+    total = sum(bridge_cpu.values())
+    own = bridge_cpu.get("bridge", 0.0)
+    fixed = sum(v for k, v in bridge_cpu.items() if k not in ("bridge", "client"))
+
+    def bound(us: float, n: int) -> float | None:
+        return ratio(n * 1e6 / us, floor_rate) if us > 0 else None
+
+    return {
+        "all_processes": bound(total, cores),
+        "without_bridge": bound(total - own, cores),
+        "one_core": bound(own, 1),
+        "budget_us": cores * 1e6 / (TARGET_RATIO * floor_rate) if floor_rate > 0 else None,
+        "fixed_us": fixed,
+    }
+
+
 def measure(env: Env) -> dict[str, Any]:
     cfg = env.config
     k = unloaded_count(cfg.commands)
+    cores = usable_cores()
     runs: list[dict[str, Any]] = []
     for r in range(cfg.runs):
         env.say(f"commands run {r + 1}/{cfg.runs}: floor (Connector client)")
@@ -101,6 +153,7 @@ def measure(env: Env) -> dict[str, Any]:
                 "added_p50_ms": bridge1["p50_ms"] - floor1["p50_ms"],
                 "added_p99_ms": bridge1["p99_ms"] - floor1["p99_ms"],
                 "added_p50_loaded_ms": bridge["p50_ms"] - floor["p50_ms"],
+                "bounds": cpu_bounds(floor["rate"], bridge["cpu_us"], cores),
             }
         )
     if not runs:
@@ -127,6 +180,20 @@ def measure(env: Env) -> dict[str, Any]:
         "added_p50_loaded_ms": median(r["added_p50_loaded_ms"] for r in runs),
         "bridge_cpu_us_per_command": median(r["bridge"]["cpu_us_per_command"] for r in runs),
         "floor_cpu_us_per_command": median(r["floor"]["cpu_us_per_command"] for r in runs),
+        # CPU per command of each process, by way (median of the runs), and the ratios
+        # to the floor that the bridge way's CPU use allows (see cpu_bounds)
+        "cpu_us": {
+            way: {
+                part: median(r[way]["cpu_us"][part] for r in runs)
+                for part in runs[0][way]["cpu_us"]
+            }
+            for way in WAYS
+        },
+        "bounds": {
+            name: median(v for r in runs if (v := r["bounds"][name]) is not None)
+            for name in runs[0]["bounds"]
+        },
+        "cores": cores,
         "failed": max(r[w]["failed"] for r in runs for w in all_ways),
         "unanswered": max(r[w]["m"] - r[w]["done"] for r in runs for w in all_ways),
         "runs": runs,

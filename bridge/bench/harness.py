@@ -47,6 +47,14 @@ class BenchError(RuntimeError):
 # ---- the machine and /proc ------------------------------------------------------------------
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; all of them where unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 0
+
+
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on."""
     model = ""
@@ -55,10 +63,7 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.partition(":")[2].strip()
                 break
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 0
+    usable = usable_cores()
     import paho.mqtt
 
     return {
@@ -298,6 +303,11 @@ class Broker:
             f"mosquitto did not start: {(self.dir / 'mosquitto.log').read_text()[-500:]}"
         )
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process when the bench started it (None: an existing broker)."""
+        return self.proc.pid if self.proc is not None else None
+
     def restart(self) -> None:
         """A fresh broker (empty retained store) on the same port; own brokers only."""
         if not self.own or self.proc is None or self.dir is None:
@@ -528,6 +538,22 @@ class EmulatorProcess:
             self.proc = None
         self.session.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class CpuMeter:
+    """CPU time that some processes (name -> pid; None: not ours to read, left out) use
+    from now on, per unit of work."""
+
+    def __init__(self, pids: Mapping[str, int | None]) -> None:
+        self._pids = {name: pid for name, pid in pids.items() if pid is not None}
+        self._start = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+
+    def us_per(self, n: int) -> dict[str, float]:
+        """Microseconds of CPU per unit, by process, for ``n`` units done since the start."""
+        return {
+            name: (cpu_seconds(pid) - self._start[name]) / max(n, 1) * 1e6
+            for name, pid in self._pids.items()
+        }
 
 
 # ---- the bridge ------------------------------------------------------------------------------

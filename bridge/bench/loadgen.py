@@ -175,6 +175,7 @@ def mqtt_commands(args: dict[str, Any]) -> dict[str, Any]:
     if not subscribed.wait(15):
         raise SystemExit("no SUBACK")
     topics = [f"{prefix}/{ep}/{path}/set" for ep in endpoints]
+    cpu0 = _cpu()
     started = time.perf_counter()
     for i in range(m):
         room.acquire()
@@ -191,9 +192,11 @@ def mqtt_commands(args: dict[str, Any]) -> dict[str, Any]:
         client.publish(topics[n % nep], payload, qos=1, properties=props)
     finished = all_done.wait(float(args.get("timeout", 300)))
     ended = time.perf_counter()
+    cpu = _cpu() - cpu0
     client.disconnect()
     client.loop_stop()
     result = _summary(latencies, started, ended, counts["ok"], counts["failed"])
+    result["client_cpu_us_per_command"] = cpu / max(len(latencies), 1) * 1e6  # its own
     result["complete"] = finished
     result["m"] = m
     return result

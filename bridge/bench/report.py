@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
+
+TARGET_RATIO = 0.7  # commands: the bridge's throughput at least this share of the floor's
 
 
 class Target(NamedTuple):
@@ -39,7 +41,12 @@ def targets(f: dict[str, Any]) -> list[Target]:
         )
     if "commands" in f:
         c = f["commands"]
-        add("command throughput / floor", c["ratio"], ">= 0.7", lambda v: v >= 0.7)
+        add(
+            "command throughput / floor",
+            c["ratio"],
+            f">= {TARGET_RATIO:g}",
+            lambda v: v >= TARGET_RATIO,
+        )
         add(
             "command p50 added by the bridge, one at a time, ms",
             c["added_p50_ms"],
@@ -77,6 +84,32 @@ def _rate(v: Any) -> str:
 def _f(v: Any, spec: str = ".2f", unit: str = "") -> str:
     x = _num(v)
     return "-" if math.isnan(x) else f"{x:{spec}}{unit}"
+
+
+def _cpu_accounting(c: Mapping[str, Any]) -> list[str]:
+    """Where the CPU of a command goes, by process, and what that allows (see
+    bridge.bench.commands.cpu_bounds)."""
+    cpu, bounds = c.get("cpu_us"), c.get("bounds")
+    if not isinstance(cpu, Mapping) or not isinstance(bounds, Mapping):
+        return []  # figures of an older bench
+    lines = []
+    for way in ("bridge", "floor"):
+        parts = cpu.get(way, {})
+        total = sum(_num(v) for v in parts.values())
+        shown = ", ".join(f"{name} {_f(v, '.0f')}" for name, v in parts.items())
+        lines.append(f"  CPU per command, {way} way (us): {shown}; total {_f(total, '.0f')}")
+    lines.append(
+        f"  what that CPU allows on {c.get('cores', '?')} cores, as a ratio to the floor: "
+        f"{_f(bounds.get('all_processes'))} (all processes), {_f(bounds.get('without_bridge'))} "
+        f"(with a bridge that cost nothing), {_f(bounds.get('one_core'))} (the bridge alone "
+        "on a core of its own)"
+    )
+    lines.append(
+        f"  for {TARGET_RATIO:g} of the floor all processes together may use "
+        f"{_f(bounds.get('budget_us'), '.0f')} us per command; the broker and the emulator "
+        f"alone use {_f(bounds.get('fixed_us'), '.0f')}"
+    )
+    return lines
 
 
 def _table(rows: list[list[str]], right_from: int = 1) -> list[str]:
@@ -176,6 +209,7 @@ def render(f: dict[str, Any]) -> str:
             f"  CPU per command: bridge {_f(c['bridge_cpu_us_per_command'], '.0f', ' us')}, "
             f"floor {_f(c['floor_cpu_us_per_command'], '.0f', ' us')} (each its own process)"
         )
+        lines += _cpu_accounting(c)
         lines.append(f"  failed commands (worst run): {c['failed']}; unanswered: {c['unanswered']}")
     if "latency" in f:
         lat = f["latency"]
