@@ -1,15 +1,20 @@
-"""paho-mqtt's client with its three costliest per-message steps made cheap.
+"""paho-mqtt's client with its costliest per-message steps made cheap.
 
 Profiling the bridge under load (``connector-bridge bench``, yappi and per-thread CPU of
 the bridge process) put paho's network thread at nearly half of the bridge's CPU, much of
-it in three places that do far more work than the common packet needs:
+it in places that do far more work than the common packet needs:
 
 - **Every PUBACK** became a :class:`~paho.mqtt.reasoncodes.ReasonCode` and a
   :class:`~paho.mqtt.properties.Properties` object, each building its lookup tables
   anew: about 28 us for a two-byte packet (bench: 5 PUBACKs per endpoint at start-up,
-  one per command reply). A PUBACK of exactly two bytes (packet id only: success, no
-  properties, which is what Mosquitto sends) now goes straight to paho's own completion
-  with shared "Success" objects; any other PUBACK takes paho's full decoder.
+  one per command reply and one per value published). A PUBACK of two bytes (packet id
+  only: success) or three (and a reason code, no properties: Mosquitto's 16 "No matching
+  subscribers" for a value nobody subscribed to) now goes straight to paho's own
+  completion with shared objects; any other PUBACK takes paho's full decoder.
+- **Every received MQTT 5 PUBLISH** had its properties decoded by paho's table walks
+  (23 us for a command's Response Topic and Correlation Data on a fast machine):
+  :func:`unpack_publish_properties` reads the common ones directly and leaves the rest
+  (User Property, a repeat, anything malformed) to paho.
 - **Every read** was a system call for one byte (the packet type), one per byte of the
   remaining length, then one for the rest: three or more calls per packet, each releasing
   and re-taking the GIL. :class:`ReadAheadSocket` reads what the kernel has (up to 64 KiB)
@@ -287,12 +292,39 @@ class Client(mqtt.Client):
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
-        if not SPEEDUPS or len(packet) != 2:
+        size = len(packet)
+        done: tuple[ReasonCode, Properties] | None = None
+        if not SPEEDUPS:
+            pass
+        elif size == 2:  # packet id only: success (the same in MQTT 3.1.1 and 5)
+            done = _SUCCESS[cmd]
+        elif self._protocol == mqtt.MQTTv5 and (size == 3 or (size == 4 and packet[3] == 0)):
+            done = _outcome(cmd, packet[2])  # a reason code and no properties
+        if done is None:
             return super()._handle_pubackcomp(cmd)
-        # Packet id only: success without properties (the same in MQTT 3.1.1 and 5).
         mid = (packet[0] << 8) | packet[1]
+        if self.on_log is not None or self._logger is not None:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received %s (Mid: %d)", cmd, mid)
         with self._out_message_mutex:
             if mid in self._out_messages:
-                reason, props = _SUCCESS[cmd]
-                return self._do_on_publish(mid, reason, props)
+                return self._do_on_publish(mid, *done)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+_OUTCOMES: dict[tuple[str, int], tuple[ReasonCode, Properties]] = {}
+
+
+def _outcome(cmd: Literal["PUBACK", "PUBCOMP"], code: int) -> tuple[ReasonCode, Properties] | None:
+    """A shared (reason code, no properties) pair for a PUBACK/PUBCOMP with reason ``code``
+    (16 "No matching subscribers" is the common one: a value nobody subscribed to); None
+    for a code paho would refuse (its decoder then says so)."""
+    found = _OUTCOMES.get((cmd, code))
+    if found is None:
+        t = PacketTypes.PUBACK if cmd == "PUBACK" else PacketTypes.PUBCOMP
+        reason = ReasonCode(t)
+        try:
+            reason.unpack(bytes([code]))
+        except Exception:  # whatever paho raises, its own decoder raises again
+            return None
+        found = _OUTCOMES[(cmd, code)] = (reason, Properties(t))  # type: ignore[no-untyped-call]
+    return found

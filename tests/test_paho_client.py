@@ -175,9 +175,9 @@ def test_both_puback_paths_report_the_broker_reason(
     broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Mosquitto answers an MQTT 5 QoS 1 PUBLISH that nobody subscribed to with reason
-    16 "No matching subscribers" (a 3-byte PUBACK: paho's decoder) and one with a
-    subscriber with a bare 2-byte PUBACK (the fast path): both complete the message and
-    reach on_publish with the right reason code."""
+    16 "No matching subscribers" (a 3-byte PUBACK) and one with a subscriber with a bare
+    2-byte PUBACK: both take the fast path, complete the message and reach on_publish
+    with the right reason code."""
     reasons: dict[int, int] = {}
     acked = threading.Event()
     decoded: list[str] = []  # PUBACKs that went through paho's own decoder
@@ -208,7 +208,7 @@ def test_both_puback_paths_report_the_broker_reason(
         assert reasons[nobody.mid] == 16
         assert reasons[someone.mid] == 0
         assert nobody.is_published() and someone.is_published()
-        assert decoded == ["PUBACK"]  # the 3-byte one only
+        assert decoded == []  # neither needed paho's decoder
     finally:
         for c in (sub, pub):
             c.disconnect()
@@ -367,3 +367,54 @@ def test_received_commands_keep_every_property(
         for c in (sub, pub):
             c.disconnect()
             c.loop_stop()
+
+
+def _acked_through(client: mqtt.Client, packet: bytes) -> list[tuple[int, Any, Any]]:
+    """Feed one PUBACK ``packet`` (after the fixed header) to a client holding message 7
+    in flight; what on_publish got."""
+    seen: list[tuple[int, Any, Any]] = []
+    client.on_publish = lambda c, u, mid, rc, props: seen.append((mid, rc, props))
+    info = mqtt.MQTTMessageInfo(7)
+    message = mqtt.MQTTMessage(mid=7, topic=b"t")
+    message.qos, message.info = 1, info
+    client._out_messages[7] = message
+    client._inflight_messages = 1
+    client._in_packet["command"] = 0x40
+    client._in_packet["packet"] = bytearray(packet)
+    client._in_packet["remaining_length"] = len(packet)  # what paho 2.1 reads
+    client._handle_pubackcomp("PUBACK")
+    return seen
+
+
+def test_pubacks_with_properties_or_odd_reasons_take_paho_s_decoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[bytes] = []
+    paho_handler = mqtt.Client._handle_pubackcomp
+
+    def counting(self: mqtt.Client, cmd: Any) -> Any:
+        decoded.append(bytes(self._in_packet["packet"]))
+        return paho_handler(self, cmd)
+
+    monkeypatch.setattr(mqtt.Client, "_handle_pubackcomp", counting)
+    client = paho_client.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    # reason 0x87 "Not authorized" with a Reason String property: paho's decoder
+    reason_string = b"\x1f\x00\x04nope"
+    seen = _acked_through(client, b"\x00\x07\x87" + bytes([len(reason_string)]) + reason_string)
+    assert [(mid, rc.value, props.ReasonString) for mid, rc, props in seen] == [(7, 0x87, "nope")]
+    assert len(decoded) == 1
+    # the same reason with an empty property set, and alone: the fast path, same outcome
+    for packet in (b"\x00\x07\x87\x00", b"\x00\x07\x87"):
+        seen = _acked_through(client, packet)
+        assert [(mid, rc.value, rc.getName()) for mid, rc, _ in seen] == [
+            (7, 0x87, "Not authorized")
+        ]
+        assert len(decoded) == 1
+    # a reason code PUBACK does not have: paho's decoder, which refuses it as before
+    with pytest.raises(Exception) as ours:
+        _acked_through(client, b"\x00\x07\x05")
+    plain = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    with pytest.raises(type(ours.value)) as theirs:
+        _acked_through(plain, b"\x00\x07\x05")
+    assert str(ours.value) == str(theirs.value)
+    assert len(decoded) == 3
