@@ -10,7 +10,9 @@ It prints one JSON line with its result. Kinds:
     ``publish`` calls, in-flight limit 1,000, nothing else in the process.
 ``mqtt-commands``
     M ``.../set`` commands to the bridge over MQTT 5 with ``inflight`` outstanding,
-    each matched to its reply by Correlation Data; throughput and latency.
+    each matched to its reply by Correlation Data; throughput and latency. It shares
+    the machine's cores with the bridge, so it uses the bridge's cheaper paho client
+    (:mod:`bridge.paho_client`); its CPU per command is reported.
 ``connector-commands``
     The floor: the same PUTs straight to the Connector with the project's client
     (``bridge.connector``), ``inflight`` outstanding, each waited for until its async
@@ -35,15 +37,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bridge import paho_client
 from bridge.bench.stats import percentile
 
 
-def _client(args: dict[str, Any], name: str) -> mqtt.Client:
+def _client(args: dict[str, Any], name: str, lean: bool = False) -> mqtt.Client:
+    """A paho client; ``lean``: the bridge's subclass (:mod:`bridge.paho_client`), for a
+    load client that should leave the shared cores to what it measures."""
     v5 = str(args.get("protocol", "5")) == "5"
-    client = mqtt.Client(
+    cls = paho_client.Client if lean else mqtt.Client
+    client = cls(
         CallbackAPIVersion.VERSION2,
         client_id=f"bench-{name}-{os.getpid()}",
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -130,7 +135,7 @@ def mqtt_commands(args: dict[str, Any]) -> dict[str, Any]:
     m, inflight = int(args["m"]), int(args["inflight"])
     first = int(args.get("first", 0))  # number of the first command (sets its value)
     nep = len(endpoints)
-    client = _client({**args, "protocol": "5"}, "commands")
+    client = _client({**args, "protocol": "5"}, "commands", lean=True)
     client.max_inflight_messages_set(max(inflight * 2, 20))
     sent = [0.0] * m
     latencies: list[float] = []
@@ -186,8 +191,7 @@ def mqtt_commands(args: dict[str, Any]) -> dict[str, Any]:
             payload = json.dumps({"transaction": i, "value": value})
         else:
             payload = value
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.CorrelationData = i.to_bytes(4, "big")
+            props = paho_client.publish_properties(i.to_bytes(4, "big"))
         sent[i] = time.perf_counter()
         client.publish(topics[n % nep], payload, qos=1, properties=props)
     finished = all_done.wait(float(args.get("timeout", 300)))
