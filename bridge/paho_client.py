@@ -172,8 +172,9 @@ def unpack_publish_properties(packet: bytes, start: int) -> tuple[Properties, in
     of the payload; None where paho's own decoder must decide (see ``_LEAN_UNPACK``).
 
     paho's :meth:`Properties.unpack` finds each name by walking its tables and checks each
-    assignment against them: about 45 us for a command's Response Topic and Correlation
-    Data. The result here is a :class:`Properties` equal field by field to paho's.
+    assignment against them: 23 us (fast hour) to 45 us (slow hour) for a command's
+    Response Topic and Correlation Data, 2 us here. The result is a :class:`Properties`
+    equal field by field to paho's (tests/test_paho_client.py holds them side by side).
     """
     size = len(packet)
     if start >= size or packet[start] & 0x80:
