@@ -26,7 +26,8 @@ from types import FrameType
 from bridge import logging_setup
 from bridge.connector_side import StartupError
 from bridge.controller import Bridge
-from bridge.settings import Settings, SettingsError, load_settings
+from bridge.cpu_pinning import PinError, pin_process
+from bridge.settings import Settings, SettingsError, env_name, load_settings
 
 PROG = "connector-bridge run"
 STOP_MARGIN = 20.0  # seconds beyond stop_timeout before the watchdog ends a hanging stop
@@ -110,6 +111,11 @@ def main(argv: Sequence[str]) -> int:
     if isinstance(settings, int):
         return settings
     configure_logging(settings.log_level, settings.log_format, settings_secrets(settings))
+    try:
+        pin_process(settings.cpu_pin)  # before any thread starts: they all inherit it
+    except PinError as exc:
+        print(f"{PROG}: {env_name('cpu_pin')}: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     install_stop_signals(stop)
     bridge = Bridge(settings)

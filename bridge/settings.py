@@ -212,6 +212,13 @@ class Settings(BaseSettings):
         "those still unanswered then get a 503 reply",
     )
 
+    cpu_pin: str = Field(
+        "auto",
+        description="`connector-bridge run` keeps its threads on one CPU (the GIL hands over "
+        "far more cheaply there): auto (the CPU it starts on, with 2 or more), off, or a CPU "
+        "number",
+    )
+
     # ---- Home Assistant
     homeassistant: bool = Field(
         True, description="publish Home Assistant MQTT discovery configs for every endpoint"
@@ -337,6 +344,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().isdigit():
             return int(value)
         return value
+
+    @field_validator("cpu_pin", mode="before")
+    @classmethod
+    def _cpu_pin(cls, value: Any) -> Any:
+        text = str(value).strip().lower() if isinstance(value, str | int) else value
+        if isinstance(text, str) and (text in ("auto", "off") or text.isdigit()):
+            return str(int(text)) if text.isdigit() else text
+        raise ValueError("must be auto, off or a CPU number (0, 1, ...)")
 
     @field_validator("topic_prefix", "homeassistant_discovery_prefix")
     @classmethod
