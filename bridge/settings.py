@@ -349,8 +349,10 @@ class Settings(BaseSettings):
     @classmethod
     def _cpu_pin(cls, value: Any) -> Any:
         text = str(value).strip().lower() if isinstance(value, str | int) else value
-        if isinstance(text, str) and (text in ("auto", "off") or text.isdigit()):
-            return str(int(text)) if text.isdigit() else text
+        if isinstance(text, str) and text in ("auto", "off"):
+            return text
+        if isinstance(text, str) and text.isascii() and text.isdigit():
+            return str(int(text))
         raise ValueError("must be auto, off or a CPU number (0, 1, ...)")
 
     @field_validator("topic_prefix", "homeassistant_discovery_prefix")

@@ -46,7 +46,7 @@ def test_setting_takes_auto_off_or_a_number() -> None:
     assert _load("auto") == "auto"
     assert _load(" OFF ") == "off"
     assert _load("01") == "1"
-    for bad in ("yes", "-1", "1.5", ""):
+    for bad in ("yes", "-1", "1.5", "", "\u00b2"):
         with pytest.raises(SettingsError, match="BRIDGE_CPU_PIN"):
             _load(bad)
 
