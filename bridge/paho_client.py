@@ -222,12 +222,6 @@ def unpack_publish_properties(packet: bytes, start: int) -> tuple[Properties, in
     return props, end
 
 
-_SUCCESS = {
-    cmd: (ReasonCode(t), Properties(t))  # type: ignore[no-untyped-call]
-    for cmd, t in (("PUBACK", PacketTypes.PUBACK), ("PUBCOMP", PacketTypes.PUBCOMP))
-}
-
-
 class Client(mqtt.Client):
     """paho's client; on a tested paho version with the speed-ups of the module doc."""
 
@@ -244,19 +238,23 @@ class Client(mqtt.Client):
 
     def _handle_publish(self) -> MQTTErrorCode:
         header: int = self._in_packet["command"]
-        packet = bytes(self._in_packet["packet"])  # paho reads into a bytearray
         qos = (header & 0x06) >> 1
-        if not SPEEDUPS or self._protocol != mqtt.MQTTv5 or qos == 3 or len(packet) < 2:
+        if not SPEEDUPS or self._protocol != mqtt.MQTTv5 or qos == 3:
             return super()._handle_publish()
         # MQTT 5: what paho does (2.1 and 2.2 alike), with the properties decoded by
         # unpack_publish_properties; anything it does not take is paho's from the start.
+        packet = bytes(self._in_packet["packet"])  # paho reads into a bytearray
+        if len(packet) < 2:
+            return super()._handle_publish()  # cut short: paho's error
         pos = 2 + ((packet[0] << 8) | packet[1])
         topic = packet[2:pos]
         mid = 0
         if qos:
-            mid = (packet[pos] << 8) | packet[pos + 1] if pos + 2 <= len(packet) else -1
+            if pos + 2 > len(packet):
+                return super()._handle_publish()
+            mid = (packet[pos] << 8) | packet[pos + 1]
             pos += 2
-        decoded = unpack_publish_properties(packet, pos) if mid >= 0 else None
+        decoded = unpack_publish_properties(packet, pos)
         if decoded is None:
             return super()._handle_publish()
         message = mqtt.MQTTMessage(mid=mid, topic=topic)
@@ -294,13 +292,12 @@ class Client(mqtt.Client):
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
         size = len(packet)
-        done: tuple[ReasonCode, Properties] | None = None
-        if not SPEEDUPS:
-            pass
-        elif size == 2:  # packet id only: success (the same in MQTT 3.1.1 and 5)
-            done = _SUCCESS[cmd]
-        elif self._protocol == mqtt.MQTTv5 and (size == 3 or (size == 4 and packet[3] == 0)):
-            done = _outcome(cmd, packet[2])  # a reason code and no properties
+        done = None
+        if SPEEDUPS:
+            if size == 2:  # packet id only: success (the same in MQTT 3.1.1 and 5)
+                done = _outcome(cmd, 0)
+            elif self._protocol == mqtt.MQTTv5 and (size == 3 or (size == 4 and packet[3] == 0)):
+                done = _outcome(cmd, packet[2])  # a reason code and no properties
         if done is None:
             return super()._handle_pubackcomp(cmd)
         mid = (packet[0] << 8) | packet[1]
@@ -317,7 +314,7 @@ _OUTCOMES: dict[tuple[str, int], tuple[ReasonCode, Properties]] = {}
 
 def _outcome(cmd: Literal["PUBACK", "PUBCOMP"], code: int) -> tuple[ReasonCode, Properties] | None:
     """A shared (reason code, no properties) pair for a PUBACK/PUBCOMP with reason ``code``
-    (16 "No matching subscribers" is the common one: a value nobody subscribed to); None
+    (0 "Success", or 16 "No matching subscribers": a value nobody subscribed to); None
     for a code paho would refuse (its decoder then says so)."""
     found = _OUTCOMES.get((cmd, code))
     if found is None:
