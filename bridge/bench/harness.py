@@ -37,6 +37,8 @@ import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bridge.cpu_pinning import allowed_cpus
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -49,10 +51,7 @@ class BenchError(RuntimeError):
 
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity; all of them where unknown)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 0
+    return len(allowed_cpus()) or os.cpu_count() or 0
 
 
 def machine_info() -> dict[str, Any]:
