@@ -33,7 +33,12 @@ from tests.reliability_support import (
     stream_emulator,
     value,
 )
-from tests.support.bridge_harness import bridge_settings, retained, running_bridge
+from tests.support.bridge_harness import (
+    bridge_settings,
+    retained,
+    running_bridge,
+    wait_initial_reads,
+)
 from tests.support.broker import MosquittoBroker
 
 N = 3000
@@ -166,7 +171,12 @@ def test_while_the_broker_is_away_the_buffer_keeps_the_newest_in_order(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="bridge.mqtt")
     cap, n = 200, 500
+    # The device answers the start-up read late, as it may: its (empty) value must not be
+    # taken for one of the burst's.
+    emu.set_fault(device_latency=0.5)
     with running_bridge(bridge_settings(emu, broker, mqtt_buffer=cap)) as bridge:
+        wait_initial_reads(bridge, 1)
+        emu.clear_faults()
         sub = Subscriber(broker.port, (STREAM_TOPIC,))
         try:
             broker.stop()

@@ -163,9 +163,11 @@ class Values(Extension):
 
     def _single_done(self, name: str, path: str, outcome: Outcome) -> None:
         if outcome.ok:
-            self.ctx.counters.add("initial_reads_ok")
+            # Counted once the value is with the MQTT link: a count that has reached its
+            # total means every value read is queued for the broker.
             if outcome.payload is not None:
                 self.publish_value(name, path, outcome.payload)
+            self.ctx.counters.add("initial_reads_ok")
             return
         self.ctx.counters.add("initial_reads_failed")
         log.info("initial read of %s%s failed: %s %s", name, path, outcome.status, outcome.error)

@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,6 +52,22 @@ def running_bridge(settings: Settings) -> Iterator[Bridge]:
         yield bridge
     finally:
         bridge.stop()
+
+
+def wait_initial_reads(bridge: Bridge, count: int, timeout: float = READY) -> None:
+    """Wait until ``count`` initial reads ended (ok, failed or skipped) and their values
+    reached the broker.
+
+    ``running_bridge`` returns once the endpoints are described; a read can still be under
+    way then (the Connector answers it later, or refuses it with 412 until the channel is
+    up). A test that counts every message on a value topic waits for it first, or the
+    start-up value may arrive among the ones it counts."""
+    names = ("initial_reads_ok", "initial_reads_failed", "initial_reads_skipped")
+    end = time.monotonic() + timeout
+    while sum(bridge.ctx.counters.get(n) for n in names) < count:
+        assert time.monotonic() < end, f"initial reads: {bridge.ctx.counters.snapshot()}"
+        time.sleep(0.02)
+    assert bridge.mqtt.drain(max(0.0, end - time.monotonic())), "start-up values not sent"
 
 
 @contextlib.contextmanager
