@@ -14,7 +14,7 @@ import pytest
 
 from bridge.controller import Bridge
 from bridge.simulator import Emulator
-from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
+from tests.support.bridge_harness import bridge_settings, command, retained, running_bridge, user
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_user import MqttUser
 
@@ -36,6 +36,9 @@ def stack() -> Iterator[Stack]:
         Emulator(token="tok-commands", pull_timeout=1.0, drift=False) as emu,
         running_bridge(bridge_settings(emu, broker, max_payload=1024)) as bridge,
     ):
+        # The light's start-up value is published (retained) before any test listens for
+        # a live one on its topic, so it cannot be taken for a command's result.
+        retained(broker, LIGHT, 1)
         yield Stack(broker, emu, bridge)
 
 

@@ -17,7 +17,13 @@ from bridge.simulator import Emulator
 from bridge.simulator.scenario import Scenario
 from bridge.topics import escape_level
 from tests.reliability_support import Executions
-from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
+from tests.support.bridge_harness import (
+    bridge_settings,
+    command,
+    running_bridge,
+    user,
+    wait_initial_reads,
+)
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_user import MqttUser
 
@@ -212,14 +218,24 @@ def test_presubscription_rules_choose_what_is_observed_and_read(broker: Mosquitt
                 broker, {"connector/node-001/3303/0/5700", "connector/node-002/3303/0/5700"}
             )
             assert len(got) == 2
+            _reads_done(bridge, 2)  # counted just after the value is published
             assert bridge.counters.get("initial_reads_ok") == 2
 
 
 def test_values_unretained_when_so_configured(broker: MosquittoBroker) -> None:
-    with Emulator(token="t", pull_timeout=1.0, drift=False) as emu:
+    # One lamp only: the late subscriber below must come after every start-up read
+    # (one that ended later would arrive live), and a queue-mode device's waits for a wake.
+    scenario = Scenario.from_dict(
+        {
+            "templates": {"Lamp": {"type": "Lamp", "objects": ["3311"]}},
+            "devices": [{"name": "light-001", "template": "Lamp"}],
+        }
+    )
+    with Emulator(token="t", pull_timeout=1.0, drift=False, scenario=scenario) as emu:
         settings = bridge_settings(emu, broker, value_retain=False, value_qos=0)
-        with running_bridge(settings), user(broker, "5", "connector/light-001/#") as u:
+        with running_bridge(settings) as bridge, user(broker, "5", "connector/light-001/#") as u:
             u.wait_topic("connector/light-001/$resources")
+            wait_initial_reads(bridge, len(emu.subscriptions()))
             emu.set_value("light-001", "/3311/0/5851", "55")
             msg = u.wait_topic("connector/light-001/3311/0/5851", payload=b"55")
             assert msg.qos == 0

@@ -32,7 +32,7 @@ from bridge.controller import Bridge
 from bridge.loop_thread import LoopThread
 from bridge.settings import Settings, load_settings
 from bridge.simulator import Emulator
-from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
+from tests.support.bridge_harness import bridge_settings, command, retained, running_bridge, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.certs import Pki, make_test_pki
 from tests.support.ports import free_port, wait_for_port
@@ -161,7 +161,7 @@ def test_503_while_the_broker_is_away_and_the_connectors_retries_deliver_everyth
     503 instead of letting the buffer drop the oldest; the Connector keeps what it could
     not deliver and retries; after the broker returns every value arrives, in order."""
     broker = persistent_broker
-    values = [str(100 + i).encode() for i in range(12)]
+    values = [str(101 + i).encode() for i in range(12)]  # the dimmer starts at 100
     with Emulator(token="tok-503", pull_timeout=1.0, drift=False) as emu:
         port = free_port()
         # Only values in the buffer: no discovery configs, no periodic health message.
@@ -170,6 +170,9 @@ def test_503_while_the_broker_is_away_and_the_connectors_retries_deliver_everyth
             homeassistant=False, health_interval=0,
         )  # fmt: skip
         with running_bridge(settings) as bridge:
+            # The start-up read's value is retained before the subscriber listens (a late
+            # one would arrive live, as if it were one of the test's).
+            retained(broker, DIMMER, 1)
             sub = PersistentSubscriber(broker.port, DIMMER)
             try:
                 emu.reset_counters()
