@@ -186,6 +186,9 @@ class MqttLink:
             client.enable_logger(logging.getLogger("bridge.mqtt.paho"))
         self._client = client
 
+        # QoS 1/2 messages kept unacknowledged at most: the setting, or the broker's
+        # Receive Maximum when lower (set at each connect).
+        self.inflight_limit = settings.mqtt_max_inflight
         self._subs: dict[str, int] = {}  # filter -> qos
         self._subs_lock = threading.Lock()
         self._connected = False
@@ -646,6 +649,7 @@ class MqttLink:
             else:
                 log.error("the MQTT broker refused the connection: %s", text)
             return
+        self._apply_receive_maximum(properties)
         first = not self._ever_connected
         self._ever_connected = True
         self.stats["connects"] += 1
@@ -690,6 +694,28 @@ class MqttLink:
         )
         if self._on_connect_cb is not None:
             self._on_connect_cb(first, bool(flags.session_present))
+
+    def _apply_receive_maximum(self, properties: Properties | None) -> None:
+        """In flight: ``mqtt_max_inflight``, or fewer if the broker says so.
+
+        An MQTT 5 broker's CONNACK may carry Receive Maximum, the most QoS 1/2 messages a
+        client may leave unacknowledged (Mosquitto: ``max_inflight_messages``, 20 by
+        default). Sending more breaks the protocol, and a strict broker disconnects the
+        client for it. Without the property the broker allows 65,535."""
+        configured = self.settings.mqtt_max_inflight
+        allowed = getattr(properties, "ReceiveMaximum", None) if self.is_v5 else None
+        limit = min(configured, allowed) if isinstance(allowed, int) and allowed > 0 else configured
+        self._client.limit_in_flight(limit)
+        if limit != self.inflight_limit and limit < configured:
+            log.info(
+                "the broker's Receive Maximum %d is below %s (%d): the bridge keeps at most "
+                "%d message(s) in flight",
+                limit,
+                env_name("mqtt_max_inflight"),
+                configured,
+                limit,
+            )
+        self.inflight_limit = limit
 
     def _handle_subscribe(
         self,

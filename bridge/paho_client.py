@@ -236,6 +236,36 @@ class Client(mqtt.Client):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return ReadAheadSocket(sock) if SPEEDUPS else sock
 
+    def limit_in_flight(self, limit: int) -> None:
+        """Keep at most ``limit`` QoS 1/2 messages unacknowledged, from this connection on.
+
+        For the broker's Receive Maximum, which arrives in CONNACK: call it from
+        ``on_connect``, which paho runs before it resends what it held. paho refuses to
+        change its limit on an open connection, and its reconnect marks every held message
+        for sending at once (its reset never counts what it marks), so a reconnect with a
+        backlog sent hundreds. Here the held messages past the limit wait in paho's queue
+        instead and go out as acknowledgements free room, in order. A QoS 2 message whose
+        PUBLISH the broker already has (PUBREL to resend) is never held back: it cannot be
+        sent again as a PUBLISH.
+        """
+        with self._out_message_mutex:
+            self._max_inflight_messages = limit
+            if not SPEEDUPS:
+                return  # paho's own behaviour: its message states are not known here
+            # The first ``limit`` go out at CONNACK, the rest wait. paho's CONNACK handler
+            # stops at the first queued message, so nothing it must resend may come after
+            # one: a PUBREL past the limit (in practice they lead, being the oldest) keeps
+            # everything before it sendable, over the limit rather than stuck.
+            held = (mqtt.mqtt_ms_publish, mqtt.mqtt_ms_queued)
+            messages = list(self._out_messages.values())
+            last_pubrel = max(
+                (i for i, m in enumerate(messages) if m.state not in held), default=-1
+            )
+            for place, m in enumerate(messages):
+                if m.state in held:
+                    send = place < limit or place < last_pubrel
+                    m.state = mqtt.mqtt_ms_publish if send else mqtt.mqtt_ms_queued
+
     def _handle_publish(self) -> MQTTErrorCode:
         header: int = self._in_packet["command"]
         qos = (header & 0x06) >> 1

@@ -418,3 +418,34 @@ def test_pubacks_with_properties_or_odd_reasons_take_paho_s_decoder(
         _acked_through(plain, b"\x00\x07\x05")
     assert str(ours.value) == str(theirs.value)
     assert len(decoded) == 3
+
+
+def test_limit_in_flight_holds_back_what_is_past_the_limit_in_order() -> None:
+    """What a reconnect marked for sending: the first ``limit`` stay marked, the rest wait
+    in paho's queue; a QoS 2 message whose PUBLISH the broker has (PUBREL to resend) is
+    never turned back into a PUBLISH. (Unit test of the state walk; the wire behaviour is
+    tests/test_receive_maximum.py.)"""
+    client = paho_client.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pubrel, publish, queued = (
+        mqtt.mqtt_ms_resend_pubrel,
+        mqtt.mqtt_ms_publish,
+        mqtt.mqtt_ms_queued,
+    )
+
+    def walk(states: list[int], limit: int) -> list[int]:
+        client._out_messages.clear()
+        for mid, state in enumerate(states, start=1):
+            m = mqtt.MQTTMessage(mid, b"t")
+            m.qos, m.state = 2 if state == pubrel else 1, state
+            client._out_messages[mid] = m
+        client.limit_in_flight(limit)
+        assert client._max_inflight_messages == limit
+        return [m.state for m in client._out_messages.values()]
+
+    # A queued one before the limit is sent with the others.
+    assert walk([pubrel, publish, queued, publish, publish], 3) == [
+        pubrel, publish, publish, queued, queued
+    ]  # fmt: skip
+    assert walk([publish] * 4, 1) == [publish, queued, queued, queued]
+    # paho would never resend a PUBREL after a queued message: over the limit, not stuck.
+    assert walk([publish, publish, pubrel, publish], 1) == [publish, publish, pubrel, queued]
