@@ -125,7 +125,11 @@ class Settings(BaseSettings):
         True, description="verify the broker's certificate and host name (off: insecure)"
     )
     mqtt_max_inflight: int = Field(
-        100, ge=1, le=65535, description="QoS 1/2 messages in flight before paho queues"
+        100,
+        ge=1,
+        le=65535,
+        description="QoS 1/2 messages in flight before paho queues (fewer if the broker's "
+        "Receive Maximum is lower)",
     )
     mqtt_max_queued: int = Field(
         1000, ge=1, description="messages queued in paho before publishers wait (back-pressure)"
