@@ -58,10 +58,15 @@ def emu() -> Iterator[Emulator]:
 
 
 def _thread_cpus(pid: int) -> dict[int, str]:
-    """Each thread's allowed CPUs (``Cpus_allowed_list`` of /proc/<pid>/task/<tid>)."""
+    """Each thread's allowed CPUs (``Cpus_allowed_list`` of /proc/<pid>/task/<tid>); a
+    thread that ended between the listing and the read (a short-lived one) is left out."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for line in (task / "status").read_text().splitlines():
+        try:
+            status = (task / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for line in status.splitlines():
             if line.startswith("Cpus_allowed_list:"):
                 out[int(task.name)] = line.split(":", 1)[1].strip()
     return out
