@@ -31,25 +31,37 @@ def emu() -> Iterator[Emulator]:
         yield e
 
 
+_LOGS: dict[int, Path] = {}
+
+
 def start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bridge", "run", *args],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """``connector-bridge run`` with its output in a file: a pipe nobody reads until the
+    end holds 64 KiB, which a bridge logging at DEBUG fills in a few seconds, and then
+    the bridge blocks on its next log line."""
+    log = cwd / f"bridge-{len(_LOGS)}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run", *args],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    _LOGS[proc.pid] = log
+    return proc
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 15) -> tuple[int, str]:
+    """Wait for the bridge to exit; its exit code and everything it printed."""
     try:
-        _, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        _, err = proc.communicate()
+        proc.wait()
+        err = _LOGS[proc.pid].read_text()
         raise AssertionError(f"the bridge did not exit; stderr:\n{err[-3000:]}") from None
-    return proc.returncode, err
+    return proc.returncode, _LOGS[proc.pid].read_text()
 
 
 def test_run_serves_and_stops_cleanly_on_sigterm(
@@ -96,7 +108,7 @@ def test_sigkill_leaves_the_will_offline(
             u.wait_topic("connector/$bridge/state", payload=b"online", timeout=20)
         finally:
             proc.kill()
-            proc.communicate()
+            proc.wait()
         msg = u.wait_for(lambda m: m.payload == b"offline")[0]
     assert msg.topic == "connector/$bridge/state"
 

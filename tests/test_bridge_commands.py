@@ -6,7 +6,9 @@ Each command must get exactly one reply; tests that check "exactly one" send a l
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ from bridge.controller import Bridge
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings, command, retained, running_bridge, user
 from tests.support.broker import MosquittoBroker
+from tests.support.clients import wait_until
 from tests.support.mqtt_user import MqttUser
 
 LIGHT = "connector/light-001/3311/0/5850"
@@ -260,8 +263,13 @@ def test_queue_mode_endpoint_waits_for_its_wake_up(
     settings = bridge_settings(emulator, broker, command_timeout=0.5, queue_mode_timeout=8.0)
     with running_bridge(settings), user(broker, "5", "connector/#") as c:
         c.publish(sleeper, json.dumps({"transaction": "zz"}))
-        c.wait_for(lambda m: m.topic == "connector/sleeper-001/$state")  # retained, at once
-        emulator.wake("sleeper-001")
+        # A wake serves what waits for the device at that moment: wake it until the
+        # bridge's request was there (well within the 8 s the bridge waits).
+        end = time.monotonic() + 6
+        while not c.on(f"{sleeper}/reply") and time.monotonic() < end:
+            emulator.wake("sleeper-001")
+            with contextlib.suppress(AssertionError):
+                c.wait_for(lambda m: m.topic == f"{sleeper}/reply", timeout=0.5)
         reply = c.wait_for(lambda m: m.topic == f"{sleeper}/reply")[0].json()
     assert reply["ok"] and reply["transaction"] == "zz"
 
@@ -282,7 +290,15 @@ def test_a_full_command_queue_answers_busy(broker: MosquittoBroker, emulator: Em
     )
     with running_bridge(settings) as bridge, user(broker, "3.1.1", "connector/#") as c:
         emulator.set_fault(hang={"route": "resource-put", "count": 2})
-        for i in range(3):  # one hangs in the worker, one waits, one is refused
+        c.publish(f"{DIMMER}/set", json.dumps({"transaction": 0, "value": "1"}))
+
+        # The worker has taken the first one (its PUT hangs) before the next two come:
+        # one waits in the queue, one is refused.
+        def hangs_left() -> int:
+            return int(emulator.faults().get("hang", [{"count": 0}])[0]["count"])
+
+        assert wait_until(lambda: hangs_left() < 2, 10)
+        for i in (1, 2):
             c.publish(f"{DIMMER}/set", json.dumps({"transaction": i, "value": "1"}))
         busy = c.wait_for(lambda m: m.topic.endswith("/reply") and m.json()["status"] == 503)
         assert "bridge busy" in busy[0].json()["error"]

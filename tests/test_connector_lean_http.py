@@ -24,6 +24,7 @@ class DroppingServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.connections = 0
+        self.closed = threading.Semaphore(0)  # released once per connection closed
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -46,6 +47,7 @@ class DroppingServer:
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
                 )
+            self.closed.release()
 
     def close(self) -> None:
         self.sock.close()
@@ -64,8 +66,8 @@ def test_a_dropped_keep_alive_connection_is_not_reused(dropping: DroppingServer)
         for _ in range(3):
             r = c.getEndpoints()
             assert r.error is False and r.result == []
-            # the server has closed the connection by now; the next call must notice
-            threading.Event().wait(0.05)
+            # the server has closed the connection; the next call must notice
+            assert dropping.closed.acquire(timeout=10)
     assert dropping.connections == 3
 
 

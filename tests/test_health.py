@@ -221,23 +221,25 @@ def test_run_logs_json_lines_when_asked(
         BRIDGE_LOG_FORMAT="json",
         BRIDGE_LOG_LEVEL="DEBUG",
     )
-    with user(broker, "5", HEALTH) as u:
+    log = tmp_path / "bridge.err"  # a file, not a pipe: at DEBUG 64 KiB come in seconds
+    with user(broker, "5", HEALTH) as u, log.open("w") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bridge", "run", "--env-file", ""],
             env=env,
             cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
             text=True,
         )
         try:
             u.wait_for(lambda m: m.topic == HEALTH and m.json()["ready"], WAIT)
             proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=WAIT)
+            proc.wait(timeout=WAIT)
         finally:
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
+                proc.wait()
+    err = log.read_text()
     assert proc.returncode == 0, err[-2000:]
     records = [json.loads(line) for line in err.splitlines()]  # every line is one object
     messages = [r["message"] for r in records]

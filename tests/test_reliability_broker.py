@@ -174,7 +174,10 @@ def test_while_the_broker_is_away_the_buffer_keeps_the_newest_in_order(
     # The device answers the start-up read late, as it may: its (empty) value must not be
     # taken for one of the burst's.
     emu.set_fault(device_latency=0.5)
-    with running_bridge(bridge_settings(emu, broker, mqtt_buffer=cap)) as bridge:
+    # Only values in the buffer: no health message or discovery config published late
+    # (on a background worker, after the link dropped) to take one of its places.
+    settings = bridge_settings(emu, broker, mqtt_buffer=cap, health_interval=0, homeassistant=False)
+    with running_bridge(settings) as bridge:
         wait_initial_reads(bridge, 1)
         emu.clear_faults()
         sub = Subscriber(broker.port, (STREAM_TOPIC,))
@@ -303,7 +306,10 @@ def test_a_command_the_broker_resends_is_carried_out_once(
         try:
             emu.set_fault(latency=3.0)  # the Connector takes 3 s to take the command
             pub.command(f"{SETPOINT_TOPIC}/set", when, when)
-            time.sleep(0.3)
+            deadline = time.monotonic() + 10
+            while bridge.mqtt.held_count() < 1:  # delivered, not yet acknowledged
+                assert time.monotonic() < deadline, "the command did not reach the bridge"
+                time.sleep(0.02)
             broker.stop()
             if when == "acked-while-away":
                 deadline = time.monotonic() + 15

@@ -197,6 +197,9 @@ def test_stop_under_load_answers_what_it_took_and_leaves_the_rest_for_the_next_s
             bp.signal(sig)
             code = bp.wait(30)
             stop_took = time.monotonic() - stop_at
+            watch.wait(
+                lambda: watch.arrivals[STATE][-1].at >= stop_at, 10, "a state after the stop"
+            )
             offline = watch.arrivals[STATE][-1].payload
             assert sender.done.wait(30)
             time.sleep(0.5)

@@ -43,7 +43,7 @@ def test_pull_204_after_timeout_and_nowait_at_once(emulator: Emulator, api: Api)
     assert 0.9 <= held < 3.0  # the fixture's pull_timeout is 1 s
     start = time.monotonic()
     assert api.get("/notification/pull", params={"noWait": "true"}).status_code == 204
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 0.9  # not held for the pull_timeout of 1 s
 
 
 def test_pull_answers_as_soon_as_something_is_pending(emulator: Emulator) -> None:

@@ -221,18 +221,18 @@ def test_deregistration_answers_queued_requests_410(sleepy: Emulator) -> None:
 def test_registration_expires_when_the_device_stops_updating(emulator: Emulator) -> None:
     api = Api(emulator)
     api.open_channel()
-    emulator.register("short", ept="TempSensor", lifetime=1.2)
-    for _ in range(4):  # updating in time (every 0.2 s, lifetime 1.2 s) keeps it registered
-        time.sleep(0.2)
+    emulator.register("short", ept="TempSensor", lifetime=2.0)
+    for _ in range(8):  # updating in time (every 0.4 s for 3.2 s, lifetime 2 s) keeps it
+        time.sleep(0.4)
         emulator.update("short")
     assert "short" in emulator.endpoints()
     assert "short" not in api.seen["registrations-expired"]
-    api.wait_for(lambda s: "short" in s["registrations-expired"], timeout=5)
+    api.wait_for(lambda s: "short" in s["registrations-expired"], timeout=10)
     assert "short" not in emulator.endpoints()
     assert api.get("/endpoints/short").status_code == 410
     reg = api.seen["registrations"]
     assert [r["ep"] for r in reg] == ["short"] and reg[0]["ept"] == "TempSensor"
-    assert [u["ep"] for u in api.seen["reg-updates"] if u["ep"] == "short"] == ["short"] * 4
+    assert [u["ep"] for u in api.seen["reg-updates"] if u["ep"] == "short"] == ["short"] * 8
 
 
 def test_register_custom_resources_and_control_calls(emulator: Emulator) -> None:

@@ -18,24 +18,24 @@ def api(emulator: Emulator) -> Api:
 
 
 def test_latency_is_added_to_every_answer(emulator: Emulator, api: Api) -> None:
-    emulator.set_fault(latency=0.3)
+    emulator.set_fault(latency=1.0)
     start = time.monotonic()
     assert api.get("/endpoints").status_code == 200
-    assert time.monotonic() - start >= 0.3
+    assert time.monotonic() - start >= 1.0
     emulator.clear_faults()
     start = time.monotonic()
     api.get("/endpoints")
-    assert time.monotonic() - start < 0.3
+    assert time.monotonic() - start < 1.0  # (a loaded machine may take a few tenths)
 
 
 def test_device_latency_delays_async_answers(emulator: Emulator, api: Api) -> None:
     api.open_channel()
-    emulator.set_fault(device_latency=0.4)
+    emulator.set_fault(device_latency=1.0)
     start = time.monotonic()
     r = api.get("/endpoints/node-001/3303/0/5700")
-    assert r.status_code == 202 and time.monotonic() - start < 0.4  # the 202 is immediate
+    assert r.status_code == 202 and time.monotonic() - start < 1.0  # the 202 is immediate
     api.async_response(r.json()["async-response-id"])
-    assert time.monotonic() - start >= 0.4
+    assert time.monotonic() - start >= 1.0
 
 
 def test_error_rate_per_route() -> None:

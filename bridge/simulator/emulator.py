@@ -195,6 +195,11 @@ class Emulator:
     def clear_faults(self) -> None:
         self._call(self.core.faults.clear)
 
+    def faults(self) -> dict[str, Any]:
+        """The faults switched on, with what is left of counted ones (``GET /admin/faults``)."""
+        result: dict[str, Any] = self._call(self.core.faults.describe)
+        return result
+
     def counters(self) -> dict[str, int]:
         return self._call(self.core.snapshot_counters)
 
