@@ -12,6 +12,9 @@ What it adds to paho, and why:
 - **Back-pressure instead of unbounded memory.** A publisher waits while paho holds
   ``mqtt_max_queued`` messages (QoS 1/2: paho's queue; QoS 0: its socket write queue), so
   a burst from the Connector slows the channel down instead of growing the heap.
+- **The broker's Receive Maximum** (MQTT 5 CONNACK) caps the QoS 1/2 messages in flight,
+  below ``mqtt_max_inflight`` if lower, also for what paho resends after a reconnect
+  (:meth:`bridge.paho_client.Client.limit_in_flight`).
 - **A buffer while the broker is away.** Messages published while disconnected go to a
   bounded outbox (``mqtt_buffer``; the oldest are dropped, counted and logged when it is
   full) and are sent, in order, by the outbox thread after the next connect: first paho

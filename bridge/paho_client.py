@@ -25,6 +25,9 @@ it in places that do far more work than the common packet needs:
   :func:`publish_properties` makes a :class:`Properties` whose tables are shared by the
   class and whose two fields are packed directly (byte-identical, tested).
 
+One addition is about correctness, not speed: :meth:`Client.limit_in_flight` applies the
+broker's Receive Maximum, which paho ignores, also to what paho resends after a reconnect.
+
 Only the private methods of the paho versions this was written and tested against are
 overridden (:data:`TESTED_PAHO`); on any other version :class:`Client` is plain paho
 (``SPEEDUPS`` is False), slower but correct. tests/test_paho_client.py checks byte-for-byte
