@@ -275,7 +275,8 @@ def test_cut_polls_lose_nothing(emulator: Emulator) -> None:
         for name in names:
             emulator.register(name, ept="Light")
         assert wait_until(lambda: emulator.counters()["pulls_cut"] >= 3, 10.0)
-        assert c.longPollStats()["failures"] >= 3
+        # (the client notices a cut a moment after the emulator counted it)
+        assert wait_until(lambda: c.longPollStats()["failures"] >= 3, 10.0)
         emulator.set_fault(cut_polls=0.5)
         pause(0.5)
         emulator.clear_faults()
