@@ -15,6 +15,7 @@ from bridge.extensions import DEFAULT_EXTENSIONS
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings, request, running_bridge, user
 from tests.support.broker import MosquittoBroker
+from tests.support.clients import wait_until
 from tests.support.mqtt_user import MqttUser
 
 
@@ -142,6 +143,8 @@ def test_get_and_set_presubscriptions(stack: Stack, u: MqttUser) -> None:
 
 
 def test_info(stack: Stack, u: MqttUser) -> None:
+    counters = stack.bridge.ctx.counters
+    assert wait_until(lambda: counters.get("initial_reads_ok") >= 1, 15)  # at least one read
     data = request(u, "info")["data"]
     assert data["version"] == __version__
     assert data["uptime"] > 0

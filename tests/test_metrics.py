@@ -171,6 +171,9 @@ def test_metrics_count_notifications_commands_and_connector_latency(stack: Stack
     counters = stack.bridge.ctx.counters
     base = value(before, "bridge_notifications_published_total")
     assert _wait(lambda: counters.get("notifications_published") - base >= notified)
+    base_received = value(before, "bridge_notifications_received_total")
+    # (the health extension counts the same event just after the values extension)
+    assert _wait(lambda: counters.get("notifications_received") - base_received >= notified)
 
     after, _ = scrape(stack.port)
 

@@ -207,6 +207,8 @@ def test_both_puback_paths_report_the_broker_reason(
         assert acked.wait(10)
         assert reasons[nobody.mid] == 16
         assert reasons[someone.mid] == 0
+        nobody.wait_for_publish(5)  # marked just after on_publish returns
+        someone.wait_for_publish(5)
         assert nobody.is_published() and someone.is_published()
         assert decoded == []  # neither needed paho's decoder
     finally:
