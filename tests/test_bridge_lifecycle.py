@@ -88,7 +88,8 @@ def test_startup_announces_every_endpoint_its_resources_and_values(stack: Stack)
         t for t in got if not t.endswith(("$state", "$resources")) and "$bridge" not in t
     }
     assert value_topics == values
-    _reads_done(stack.bridge, len(observed))  # counted just after each value is published
+    wait_initial_reads(stack.bridge, len(observed))  # counted just after each value is published
+    assert stack.bridge.counters.get("initial_reads_ok") >= len(observed)
 
 
 def test_default_rules_observe_every_observable_resource(stack: Stack) -> None:
@@ -224,7 +225,7 @@ def test_presubscription_rules_choose_what_is_observed_and_read(broker: Mosquitt
                 broker, {"connector/node-001/3303/0/5700", "connector/node-002/3303/0/5700"}
             )
             assert len(got) == 2
-            _reads_done(bridge, 2)  # counted just after the value is published
+            wait_initial_reads(bridge, 2)  # counted just after the value is published
             assert bridge.counters.get("initial_reads_ok") == 2
 
 
@@ -255,14 +256,6 @@ def _device_reads(log: Executions, ep: str) -> list[str]:
     return [path for name, path, verb, _ in log.done if name == ep and verb == "GET"]
 
 
-def _reads_done(bridge: Bridge, n: int, timeout: float = 15.0) -> None:
-    """Wait until ``n`` initial reads succeeded (their values are then retained)."""
-    end = time.monotonic() + timeout
-    while bridge.counters.get("initial_reads_ok") < n:
-        assert time.monotonic() < end, f"{bridge.counters.get('initial_reads_ok')} of {n} read"
-        time.sleep(0.05)
-
-
 def test_resources_of_one_instance_come_from_one_instance_read(broker: MosquittoBroker) -> None:
     """The light's observed /3311/0/... resources: one LwM2M JSON read of /3311/0, and
     each retained value is what a read of that resource alone gives."""
@@ -272,7 +265,8 @@ def test_resources_of_one_instance_come_from_one_instance_read(broker: Mosquitto
             observed = {p for e, p in emu.subscriptions() if e == "light-001"}
             lamp = {p for p in observed if p.startswith("/3311/0/")}
             assert len(lamp) >= 2
-            _reads_done(bridge, len(observed))
+            wait_initial_reads(bridge, len(observed))
+            assert bridge.counters.get("initial_reads_ok") >= len(observed)
             got = wait_retained(broker, {f"connector/light-001{p}" for p in observed})
             for path in observed:
                 assert got[f"connector/light-001{path}"].payload == emu.get_value(
@@ -298,7 +292,7 @@ def test_an_instance_read_that_fails_falls_back_to_single_reads(broker: Mosquitt
         with running_bridge(bridge_settings(emu, broker, homeassistant=False)) as bridge:
             observed = {p for e, p in emu.subscriptions() if e == "lamp-1"}
             assert len(observed) >= 2
-            _reads_done(bridge, len(observed))
+            wait_initial_reads(bridge, len(observed))
             got = wait_retained(broker, {f"connector/lamp-1{p}" for p in observed})
             assert all(
                 got[f"connector/lamp-1{p}"].payload == emu.get_value("lamp-1", p) for p in observed
