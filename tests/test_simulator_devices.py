@@ -245,7 +245,7 @@ def test_register_custom_resources_and_control_calls(emulator: Emulator) -> None
         q=False,
     )
     listing = {e["uri"] for e in api.get("/endpoints/custom-1").json()}
-    assert listing == {"/5/0/1", "/3/0/0", "/3/0/1", "/3/0/3", "/3/0/4"}
+    assert listing == {"/5/0/1", "/3/0/0", "/3/0/1", "/3/0/2", "/3/0/3", "/3/0/4"}
     assert api.get("/endpoints", params={"type": "Gadget"}).json()[0]["name"] == "custom-1"
     api.put("/subscriptions/custom-1/5/0/1")
     emulator.set_value("custom-1", "/5/0/1", b"\x00\xff")
@@ -260,3 +260,17 @@ def test_register_custom_resources_and_control_calls(emulator: Emulator) -> None
         emulator.get_value("node-001", "/9/9/9")
     value = decode(api.request_async("GET", "/endpoints/custom-1/3311/0/5850"))
     assert value == b"0"
+
+
+def test_every_device_has_a_serial_number_of_its_own(emulator: Emulator) -> None:
+    serials = {name: emulator.get_value(name, "/3/0/2") for name in emulator.endpoints()}
+    assert len(set(serials.values())) == len(serials) > 1
+    assert all(s.startswith(b"SN-") and len(s) == 13 for s in serials.values())
+    api = Api(emulator)
+    api.open_channel()
+    assert decode(api.request_async("GET", "/endpoints/node-001/3/0/2")) == serials["node-001"]
+    with Emulator(token="another-run") as other:  # made from the name: every run the same
+        assert other.get_value("node-001", "/3/0/2") == serials["node-001"]
+    emulator.deregister("node-001")
+    emulator.register("node-001", ept="TempSensor")  # a fresh registration keeps it too
+    assert emulator.get_value("node-001", "/3/0/2") == serials["node-001"]

@@ -10,6 +10,7 @@ changes), a bit mask of observed resources and a few numbers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -130,16 +131,25 @@ IPSO_OBJECTS: dict[str, list[ResourceSpec]] = {
 }
 
 REBOOT_PATH = "/3/0/4"
+SERIAL_PATH = "/3/0/2"
 
 
 def device_object(model: str) -> list[ResourceSpec]:
-    """Object 3 (device) that every virtual device has: read-only info and reboot."""
+    """Object 3 (device) that every virtual device has: read-only info and reboot. The
+    serial number is empty here: each device gets its own (:func:`serial_number`)."""
     return [
         _r("/3/0/0", "Manufacturer", "string", "connector-bridge emulator"),
         _r("/3/0/1", "Model Number", "string", model),
+        _r(SERIAL_PATH, "Serial Number", "string", ""),
         _r("/3/0/3", "Firmware Version", "string", "1.0.0"),
         _r(REBOOT_PATH, "Reboot", "none", "", executable=True),
     ]
+
+
+def serial_number(endpoint_name: str) -> bytes:
+    """A device's serial number, made from its name so that every run gives the same."""
+    digest = hashlib.blake2b(endpoint_name.encode("utf-8", "surrogatepass"), digest_size=5)
+    return b"SN-" + digest.hexdigest().upper().encode()
 
 
 def resource_from_dict(data: Mapping[str, Any]) -> ResourceSpec:
@@ -216,6 +226,7 @@ class DeviceTemplate:
         "queue_size",
         "registration_resources_json",
         "resources",
+        "serial_index",
         "wake_interval",
     )
 
@@ -243,6 +254,9 @@ class DeviceTemplate:
         self.index: dict[str, int] = {r.path: i for i, r in enumerate(specs)}
         self.initial: tuple[bytes, ...] = tuple(r.value for r in specs)
         self.drift_indexes: tuple[int, ...] = tuple(i for i, r in enumerate(specs) if r.drift)
+        # A serial number without a value is each device's own (see serial_number).
+        serial = self.index.get(SERIAL_PATH)
+        self.serial_index = serial if serial is not None and not self.initial[serial] else None
         self.q = q
         self.lifetime = lifetime
         self.wake_interval = wake_interval
@@ -291,7 +305,8 @@ class Device:
         self.ept = template.ept if ept is None else ept
         self.q = template.q if q is None else q
         self.lifetime = template.lifetime if lifetime is None else lifetime
-        self.values: list[bytes] = list(template.initial)
+        self.values: list[bytes] = []
+        self.reset_values()
         self.registered = False
         self.subs = 0  # bit i set = resource i observed
         self.inflight = 0  # requests accepted and not answered yet
@@ -303,6 +318,8 @@ class Device:
 
     def reset_values(self) -> None:
         self.values = list(self.template.initial)
+        if self.template.serial_index is not None:
+            self.values[self.template.serial_index] = serial_number(self.name)
 
     def asleep(self, now: float) -> bool:
         return self.q and now >= self.awake_until
