@@ -72,10 +72,28 @@ class EndpointResources:
 
 @dataclass(frozen=True, slots=True)
 class EndpointRemoved:
-    """An endpoint left: de-registered (``offline``) or its registration expired."""
+    """An endpoint left: de-registered (``offline``) or its registration expired.
+
+    Not a removal: a rebooting device de-registers and registers again, so the bridge
+    keeps what it knows (and publishes) about the endpoint until it is forgotten."""
 
     name: str
     state: Literal["offline", "expired"]
+
+
+ForgetReason = Literal["request", "grace"]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointForgotten:
+    """The bridge let go of an endpoint that is gone for good: a remove request, or away
+    (de-registered or expired) for longer than ``endpoint_remove_after``. Its retained
+    messages (``$state``, ``$resources``, values, discovery configs) are to be cleared.
+    ``resources`` are what the endpoint had (None: never known)."""
+
+    name: str
+    resources: tuple[Resource, ...] | None
+    reason: ForgetReason
 
 
 @dataclass(frozen=True, slots=True)

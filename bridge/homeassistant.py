@@ -398,8 +398,8 @@ def removal_messages(
 ) -> list[RemovalMessage]:
     """Empty retained messages that remove every config :func:`discovery_messages` made.
 
-    For an endpoint removed for good (de-registered, expired and not coming back). The
-    bridge may instead remove the topics it remembers publishing: same topics.
+    For an endpoint gone for good (forgotten by the bridge; a de-registration alone is not
+    that). The bridge may instead remove the topics it remembers publishing: same topics.
     """
     return [(topic, b"") for topic, _ in discovery_messages(endpoint, settings)]
 

@@ -51,6 +51,7 @@ HELP: dict[str, str] = {
     "reg_updates": "Registration updates received from the Connector",
     "de_registrations": "Endpoint de-registrations received from the Connector",
     "registrations_expired": "Endpoint registrations that expired",
+    "endpoints_forgotten": "Endpoints forgotten (remove request or BRIDGE_ENDPOINT_REMOVE_AFTER)",
     "commands_busy": "Commands refused because the command queue was full",
     "bridge_requests": "Bridge requests received on <prefix>/$bridge/request/+",
     "initial_reads_ok": "Initial reads of observed resources that succeeded",

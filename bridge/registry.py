@@ -36,8 +36,9 @@ class Endpoint:
 
 class Registry:
     """Endpoints by name. Entries stay after a departure (with their state) so that a
-    command to a departed endpoint can say so; ``live_changes`` lets the start-up
-    listing skip endpoints whose registration changed while it ran."""
+    command to a departed endpoint can say so, until :meth:`forget` drops them;
+    ``changed_since`` lets the start-up listing skip endpoints whose registration
+    changed while it ran."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -77,6 +78,20 @@ class Registry:
             old = self._endpoints.get(name)
             ep = replace(old, state=state) if old else Endpoint(name, None, False, None, state)
             self._endpoints[name] = ep
+            self._clock += 1
+            self._generation[name] = self._clock
+            return old
+
+    def forget(self, name: str, since: int | None = None) -> Endpoint | None:
+        """Drop an endpoint that is not online, unless it changed after ``since`` (a
+        :meth:`mark`); returns the entry dropped, or None (unknown, online or changed)."""
+        with self._lock:
+            old = self._endpoints.get(name)
+            if old is None or old.state == "online":
+                return None
+            if since is not None and self._generation.get(name, 0) > since:
+                return None
+            del self._endpoints[name]
             self._clock += 1
             self._generation[name] = self._clock
             return old

@@ -195,6 +195,13 @@ class Settings(BaseSettings):
     initial_read_concurrency: int = Field(
         32, ge=1, le=10_000, description="initial reads under way at once"
     )
+    endpoint_remove_after: float = Field(
+        0.0,
+        ge=0,
+        description="seconds an endpoint may stay de-registered or expired before the bridge "
+        "forgets it (clears its retained $state, $resources, values and Home Assistant "
+        "configs); 0: only a remove request does",
+    )
 
     # ---- commands
     command_timeout: float = Field(30.0, gt=0, description="seconds to wait for a device answer")

@@ -14,6 +14,7 @@ from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult
 from bridge.events import EventBus, MqttConnected
 from bridge.mqtt_link import MqttLink
+from bridge.registry import Registry
 from bridge.settings import load_settings
 from bridge.workers import Deadlines, WorkerPool
 from tests.support.broker import MosquittoBroker
@@ -158,6 +159,23 @@ def test_async_call_finishes_exactly_once_whatever_races() -> None:
     assert len(outcomes) == 200
     assert {o.status for o in outcomes} <= {200, 504}
     assert len(calls) == 0
+
+
+def test_registry_forgets_only_an_endpoint_that_is_away_and_unchanged() -> None:
+    reg = Registry()
+    reg.put("a", "T", False, ())
+    assert reg.forget("a") is None  # online
+    assert reg.forget("nobody") is None
+    reg.remove("a", "offline")
+    mark = reg.mark()
+    reg.put("a", "T", False, ())  # it came back...
+    reg.remove("a", "expired")  # ...and left again: the first departure's mark is stale
+    assert reg.forget("a", since=mark) is None
+    assert reg.get("a") is not None
+    gone = reg.forget("a", since=reg.mark())
+    assert gone is not None and gone.state == "expired"
+    assert reg.get("a") is None and len(reg) == 0
+    assert reg.forget("a") is None
 
 
 def test_event_bus_isolates_a_failing_handler() -> None:

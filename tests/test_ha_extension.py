@@ -34,7 +34,7 @@ from bridge.simulator import Emulator
 from bridge.simulator.scenario import Scenario
 from bridge.topics import unescape_level
 from tests.reliability_support import Executions
-from tests.support.bridge_harness import bridge_settings, running_bridge, user
+from tests.support.bridge_harness import bridge_settings, command, request, running_bridge, user
 from tests.support.broker import MosquittoBroker
 from tests.support.listening import wait_listening
 from tests.support.mqtt_user import MqttUser, Received
@@ -137,11 +137,12 @@ def all_retained(broker: MosquittoBroker, topic_filter: str) -> dict[str, bytes]
         return {m.topic: m.payload for m in late.messages if m.retain}
 
 
-@pytest.fixture
-def fleet(broker: MosquittoBroker, emulator: Emulator) -> Iterator[Fleet]:
+@contextlib.contextmanager
+def running_fleet(broker: MosquittoBroker, emulator: Emulator, **overrides: Any) -> Iterator[Fleet]:
+    """A bridge with these settings, once every config of the fleet went out."""
     names = set(emulator.endpoints())
     with user(broker, "5", "homeassistant/#", "connector/#") as u:
-        settings = bridge_settings(emulator, broker)
+        settings = bridge_settings(emulator, broker, **overrides)
         with running_bridge(settings) as bridge:
             wait_listening(u)
             documents: dict[str, bytes] = {}
@@ -158,6 +159,12 @@ def fleet(broker: MosquittoBroker, emulator: Emulator) -> Iterator[Fleet]:
             f = Fleet(bridge, u, documents, expected, queue_mode)
             wait_configs(f, emulator, expected)
             yield f
+
+
+@pytest.fixture
+def fleet(broker: MosquittoBroker, emulator: Emulator) -> Iterator[Fleet]:
+    with running_fleet(broker, emulator) as f:
+        yield f
 
 
 def configs_by_endpoint(expected: dict[str, bytes]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -196,6 +203,8 @@ def test_discovery_topics_hold_valid_configs_for_every_resource_kind(
         assert device["manufacturer"] == emulator.get_value(name, "/3/0/0").decode()
         assert device["model"] == emulator.get_value(name, "/3/0/1").decode()
         assert device["sw_version"] == emulator.get_value(name, "/3/0/3").decode()
+        serial = emulator.get_value(name, "/3/0/2").decode()
+        assert device["serial_number"] == serial and serial.startswith("SN-")
         for config in configs.values():
             assert config["device"] == device  # one device per endpoint
             assert [a["topic"] for a in config["availability"]] == [
@@ -240,26 +249,190 @@ def test_home_assistant_coming_online_gets_every_config_again(
     assert len(republished) == len(fleet.expected)  # one round, not two
 
 
-def test_deregistered_endpoint_loses_its_configs_expired_one_keeps_them(
+def ha_extension(bridge: Bridge) -> Any:
+    return next(e for e in bridge.extensions if e.name == "homeassistant")
+
+
+def settled(fleet: Fleet) -> None:
+    """Wait until the bridge has handled everything before a bridge request sent now: the
+    Connector side's events (on the channel thread) and the device-information reads they
+    started, then the request's answer, which the bridge publishes after all of that."""
+    ha = ha_extension(fleet.bridge)
+    end = time.monotonic() + WAIT
+    while ha.info()["device_info_reading"] or ha.info()["device_info_waiting"]:
+        assert time.monotonic() < end, ha.info()
+        time.sleep(0.02)
+    assert request(fleet.user, "info")["ok"]
+
+
+def removals(u: MqttUser, since: int, prefix: str = "homeassistant/") -> list[str]:
+    """Topics under ``prefix`` that got an empty (removing) message after index ``since``."""
+    return [m.topic for m in u.messages[since:] if m.topic.startswith(prefix) and not m.payload]
+
+
+def test_a_departed_endpoint_keeps_its_configs_and_shows_unavailable(
     broker: MosquittoBroker, emulator: Emulator, fleet: Fleet
 ) -> None:
-    devices = configs_by_endpoint(fleet.expected)
-    gone, sleeping = devices["node-001"], devices["multi-001"]
+    """De-registered or expired: the configs stay (Home Assistant keeps the device and what
+    the user set), and ``$state`` makes the entities unavailable."""
+    u = fleet.user
+    ha = ha_extension(fleet.bridge)
+    since = len(u.messages)
+    emulator.deregister("node-001")
+    emulator.expire("multi-001")
+    u.wait_topic("connector/node-001/$state", WAIT, payload=b"offline")
+    u.wait_topic("connector/multi-001/$state", WAIT, payload=b"expired")
+    settled(fleet)
+    assert removals(u, since) == []
+    assert ha.info()["configs_removed"] == 0
+    assert all_retained(broker, "homeassistant/#") == fleet.expected
+
+    # Home Assistant restarts meanwhile: the departed endpoints' configs go out again too
+    since = len(u.messages)
+    u.publish("homeassistant/status", "online")
+    wait_configs(fleet, emulator, fleet.expected, since=since)
+
+
+def test_a_rebooting_endpoint_keeps_its_configs_unchanged(
+    broker: MosquittoBroker, emulator: Emulator, fleet: Fleet
+) -> None:
+    """A reboot (de-registration, then a registration moments later) sends no config at
+    all: nothing is removed and nothing that did not change is sent again."""
+    u = fleet.user
+    ha = ha_extension(fleet.bridge)
+    settled(fleet)
+    published = ha.info()["configs_published"]
+    since = len(u.messages)
+    reply = command(u, "connector/node-002/3/0/4/post")  # the Reboot button's topic
+    assert reply["ok"], reply
+    u.wait_topic("connector/node-002/$state", WAIT, payload=b"offline")
+    wait_after(u, since, topic_is("connector/node-002/$state", "online"))
+    settled(fleet)  # the device information of the new registration was read again
+    assert removals(u, since) == []
+    assert ha.info()["configs_published"] == published
+    assert ha.info()["configs_removed"] == 0
+    assert all_retained(broker, "homeassistant/#") == fleet.expected
+
+
+def test_an_endpoint_back_with_other_resources_gets_only_those_configs_changed(
+    broker: MosquittoBroker, emulator: Emulator, fleet: Fleet
+) -> None:
     u = fleet.user
     emulator.deregister("node-001")
-    for topic in gone:
-        u.wait_topic(topic, WAIT, payload=b"")
-    emulator.expire("multi-001")
-    u.wait_topic("connector/multi-001/$state", WAIT, payload=b"expired")
+    u.wait_topic("connector/node-001/$state", WAIT, payload=b"offline")
+    since = len(u.messages)
+    # back after a firmware update: no humidity any more, an illuminance sensor instead
+    emulator.register(
+        "node-001",
+        ept="TempSensor",
+        resources=[
+            {"path": "/3303/0/5700", "rt": "Temperature", "obs": True, "value": "21.5"},
+            {"path": "/3303/0/5701", "rt": "Units", "value": "Cel"},
+            {"path": "/3301/0/5700", "rt": "Illuminance", "obs": True, "value": "320.0"},
+        ],
+    )
+    document = wait_after(u, since, topic_is("connector/node-001/$resources")).payload
+    endpoint = endpoint_from_resources_document("node-001", document)
+    values = {
+        r.path: emulator.get_value("node-001", r.path).decode()
+        for r in endpoint.resources
+        if r.path in DEVICE_FIELDS or r.path.endswith("/5701")
+    }
+    now = {
+        t: encode_config(c)
+        for t, c in discovery_messages(
+            dataclasses.replace(endpoint, values=values), DiscoverySettings()
+        )
+    }
+    before = configs_by_endpoint(fleet.expected)["node-001"]
+    assert any("/3301_0_5700/" in t for t in now) and any("/3304_0_5700/" in t for t in before)
+    changed = {t: p for t, p in now.items() if fleet.expected.get(t) != p}
+    assert changed and len(changed) < len(now)  # the temperature and the Reboot button stay
+    wait_configs(fleet, emulator, changed, since=since)
+    settled(fleet)
+    assert not [m for m in u.messages[since:] if m.topic in now and m.topic not in changed]
+    assert sorted(removals(u, since)) == sorted(set(before) - set(now))
+    others = {t: p for t, p in fleet.expected.items() if t not in before}
+    assert all_retained(broker, "homeassistant/#") == {**others, **now}
 
-    held = all_retained(broker, "homeassistant/#")
-    assert held == {t: p for t, p in fleet.expected.items() if t not in gone}
-    assert set(sleeping) <= set(held)
 
-    # it comes back: a new registration gives its configs again
+def test_remove_request_forgets_a_departed_endpoint(
+    broker: MosquittoBroker, emulator: Emulator, fleet: Fleet
+) -> None:
+    """``connector/$bridge/request/remove`` clears every retained message of an endpoint
+    that is gone; a registered or unknown endpoint is refused, and nothing is cleared."""
+    u = fleet.user
+    gone = configs_by_endpoint(fleet.expected)["node-001"]
+    held_before = all_retained(broker, "connector/node-001/#")
+    assert "connector/node-001/$state" in held_before  # what the removal must clear
+
+    refused = request(u, "remove", {"endpoint": "node-001"})  # still registered
+    assert (refused["ok"], refused["status"]) == (False, 409), refused
+    assert "registered" in refused["error"]
+    unknown = request(u, "remove", {"endpoint": "no-such-node"})
+    assert (unknown["ok"], unknown["status"]) == (False, 404), unknown
+    missing = request(u, "remove", {})
+    assert (missing["ok"], missing["status"]) == (False, 400), missing
+    assert all_retained(broker, "homeassistant/#") == fleet.expected
+
+    emulator.deregister("node-001")
+    u.wait_topic("connector/node-001/$state", WAIT, payload=b"offline")
+    since = len(u.messages)
+    done = request(u, "remove", {"endpoint": "node-001"})
+    assert done["ok"], done
+    had = len(json.loads(fleet.documents["node-001"])["resources"])
+    assert done["data"] == {"endpoint": "node-001", "state": "offline", "resources": had}
+    assert sorted(removals(u, since)) == sorted(gone)
+    assert all_retained(broker, "homeassistant/#") == {
+        t: p for t, p in fleet.expected.items() if t not in gone
+    }
+    assert all_retained(broker, "connector/node-001/#") == {}
+    assert fleet.bridge.ctx.registry.get("node-001") is None
+    again = request(u, "remove", {"endpoint": "node-001"})
+    assert again["status"] == 404, again
+
+    # it registers again after all: everything comes back
     since = len(u.messages)
     emulator.register("node-001", ept="TempSensor")
     wait_configs(fleet, emulator, {t: fleet.expected[t] for t in gone}, since=since)
+    u.wait_for(topic_is("connector/node-001/$state", "online"), WAIT, count=2)
+
+
+def test_an_endpoint_away_longer_than_the_grace_period_is_forgotten(
+    broker: MosquittoBroker, emulator: Emulator
+) -> None:
+    """``endpoint_remove_after``: an endpoint that stays away that long is forgotten; one
+    that came back in time (a reboot) keeps everything."""
+    with running_fleet(broker, emulator, endpoint_remove_after=1.0) as fleet:
+        u = fleet.user
+        devices = configs_by_endpoint(fleet.expected)
+        # node-002 reboots first: its removal is due before node-001's, so once node-001 is
+        # forgotten, node-002's time has come and gone too
+        emulator.deregister("node-002")
+        u.wait_topic("connector/node-002/$state", WAIT, payload=b"offline")
+        since = len(u.messages)
+        emulator.register("node-002", ept="TempSensor")
+        wait_after(u, since, topic_is("connector/node-002/$state", "online"))
+        emulator.deregister("node-001")
+        emulator.expire("multi-001")
+        for name in ("node-001", "multi-001"):
+            for topic in (*devices[name], f"connector/{name}/$state"):
+                u.wait_topic(topic, WAIT, payload=b"")
+        counters = fleet.bridge.ctx.counters
+        end = time.monotonic() + WAIT
+        while counters.get("endpoints_forgotten") < 2:
+            assert time.monotonic() < end, counters.snapshot()
+            time.sleep(0.02)
+        settled(fleet)
+        assert counters.get("endpoints_forgotten") == 2
+        gone = set(devices["node-001"]) | set(devices["multi-001"])
+        assert all_retained(broker, "homeassistant/#") == {
+            t: p for t, p in fleet.expected.items() if t not in gone
+        }
+        assert all_retained(broker, "connector/node-001/#") == {}
+        assert all_retained(broker, "connector/node-002/#")["connector/node-002/$state"] == (
+            b"online"
+        )
 
 
 def test_commands_on_the_configs_command_topics_switch_the_device(

@@ -193,6 +193,7 @@ RULES = "BRIDGE_PRESUBSCRIPTIONS (--presubscriptions)"
         (["--max-path-depth", "0"], "BRIDGE_MAX_PATH_DEPTH"),
         (["--command-workers", "0"], "BRIDGE_COMMAND_WORKERS"),
         (["--initial-read-concurrency", "0"], "BRIDGE_INITIAL_READ_CONCURRENCY"),
+        (["--endpoint-remove-after", "-1"], "BRIDGE_ENDPOINT_REMOVE_AFTER"),
         (["--log-level", "chatty"], "BRIDGE_LOG_LEVEL (--log-level)"),
         (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
     ],

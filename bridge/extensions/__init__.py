@@ -12,6 +12,7 @@ from bridge.extensions.bridge_requests import BridgeRequests
 from bridge.extensions.commands import Commands
 from bridge.extensions.health import Health
 from bridge.extensions.homeassistant import HomeAssistant
+from bridge.extensions.removal import Removal
 from bridge.extensions.values import Values
 
 DEFAULT_EXTENSIONS: list[type[Extension]] = [
@@ -20,6 +21,7 @@ DEFAULT_EXTENSIONS: list[type[Extension]] = [
     Commands,
     BridgeRequests,
     HomeAssistant,
+    Removal,
     Health,
 ]
 
@@ -32,5 +34,6 @@ __all__ = [
     "Extension",
     "Health",
     "HomeAssistant",
+    "Removal",
     "Values",
 ]

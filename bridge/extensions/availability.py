@@ -4,7 +4,8 @@
 de-registration and ``expired`` when the registration lapsed. ``$resources`` is the
 endpoint's type, queue mode and resource list (path, rt, ct, obs) as JSON. Both are
 retained, so a client that subscribes later learns the fleet at once, and both are
-published again after the broker connection comes back.
+published again after the broker connection comes back. A forgotten endpoint (gone for
+good) has both cleared (empty retained messages).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 
 from bridge.events import (
+    EndpointForgotten,
     EndpointRegistered,
     EndpointRemoved,
     EndpointResources,
@@ -36,6 +38,7 @@ class Availability(Extension):
         bus.subscribe(EndpointRegistered, self._on_registered)
         bus.subscribe(EndpointResources, self._on_resources)
         bus.subscribe(EndpointRemoved, self._on_removed)
+        bus.subscribe(EndpointForgotten, self._on_forgotten)
         bus.subscribe(MqttConnected, self._on_connected)
 
     def _publish_state(self, name: str, state: str) -> None:
@@ -55,6 +58,11 @@ class Availability(Extension):
 
     def _on_removed(self, event: EndpointRemoved) -> None:
         self._publish_state(event.name, event.state)
+
+    def _on_forgotten(self, event: EndpointForgotten) -> None:
+        qos = self.ctx.settings.value_qos
+        for topic in (self.ctx.topics.state(event.name), self.ctx.topics.resources(event.name)):
+            self.ctx.mqtt.publish(topic, b"", qos, True)
 
     def _on_connected(self, event: MqttConnected) -> None:
         # Retained messages normally survive on the broker, but a broker that lost its

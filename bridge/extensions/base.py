@@ -31,9 +31,9 @@ from typing import Any, ClassVar
 
 from bridge.connector import connector
 from bridge.counters import Counters
-from bridge.events import EventBus
+from bridge.events import EndpointForgotten, EventBus, ForgetReason
 from bridge.mqtt_link import Inbound, MqttLink
-from bridge.registry import Registry
+from bridge.registry import Endpoint, Registry
 from bridge.settings import Settings
 from bridge.topics import Topics
 from bridge.workers import Deadlines, WorkerPool
@@ -59,6 +59,17 @@ class BridgeContext:
     listed: threading.Event = field(default_factory=threading.Event)  # start-up listing done
     started_at: float = field(default_factory=time.time)
     info: dict[str, Any] = field(default_factory=dict)  # facts for the `info` request
+
+    def forget_endpoint(
+        self, name: str, reason: ForgetReason, since: int | None = None
+    ) -> Endpoint | None:
+        """Let go of an endpoint that is not online (see :meth:`Registry.forget`) and tell
+        the extensions (:class:`EndpointForgotten`); returns what was forgotten, or None."""
+        ep = self.registry.forget(name, since)
+        if ep is not None:
+            self.counters.add("endpoints_forgotten")
+            self.bus.emit(EndpointForgotten(name, ep.resources, reason))
+        return ep
 
     def response_topic_problem(self, request: Inbound) -> str | None:
         """Why the request's MQTT 5 Response Topic is refused (None: fine or absent)."""

@@ -16,9 +16,15 @@ subscribe              ``endpoint``, ``path``             {endpoint, path, statu
 unsubscribe            ``endpoint``, ``path``             {endpoint, path, status}
 get-presubscriptions                                      the rules (list)
 set-presubscriptions   ``rules`` (list, Connector form)   the rules now in force
+remove                 ``endpoint``                       {endpoint, state, resources}
 info                                                      version, uptime, Connector,
                                                           counters, ...
 ====================== ================================== ===============================
+
+``remove`` forgets an endpoint that is gone for good (de-registered or expired): its
+retained ``$state``, ``$resources``, values and Home Assistant configs are cleared. A
+registered endpoint is refused (409: it would come back at once), one the bridge does not
+know is 404.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class BridgeRequests(Extension):
             "unsubscribe": self._unsubscribe,
             "get-presubscriptions": self._get_presubscriptions,
             "set-presubscriptions": self._set_presubscriptions,
+            "remove": self._remove,
             "info": self._info,
         }
 
@@ -205,6 +212,28 @@ class BridgeRequests(Extension):
         if not r.error:
             self.ctx.rules[:] = rules
         self._sync(r, respond, rules)
+
+    def _remove(self, body: dict[str, Any], respond: Respond) -> None:
+        name = _text_field(body, "endpoint")
+        known = self.ctx.registry.get(name)
+        if known is None:
+            raise _BadRequest(f"unknown endpoint {name!r}", 404)
+        ep = self.ctx.forget_endpoint(name, "request")
+        if ep is None and self.ctx.registry.get(name) is None:
+            raise _BadRequest(f"unknown endpoint {name!r}", 404)  # forgotten meanwhile
+        if ep is None:  # registered (or it registered again meanwhile)
+            raise _BadRequest(
+                f"endpoint {name!r} is registered; only a de-registered or expired endpoint "
+                "can be removed",
+                409,
+            )
+        log.info("%r removed on request (it was %s)", name, ep.state)
+        resources = None if ep.resources is None else len(ep.resources)
+        respond(
+            Outcome(
+                True, 200, None, None, {"endpoint": name, "state": ep.state, "resources": resources}
+            )
+        )
 
     def _info(self, body: dict[str, Any], respond: Respond) -> None:
         ctx = self.ctx

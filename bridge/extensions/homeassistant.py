@@ -20,10 +20,15 @@ this extension decides *when*:
   without persistence may have lost the retained configs);
 - the broker connection comes back without its session: everything again, like the
   availability extension does for ``$state``;
-- an endpoint **de-registers**: it left for good, its configs are removed and Home
-  Assistant deletes its entities. An endpoint whose registration **expired** keeps its
-  configs: it may come back (a sleeping or out-of-range device), and meanwhile its
-  ``$state`` (``expired``) makes every entity unavailable.
+- an endpoint **de-registers** or its registration **expires**: it keeps its configs.
+  A rebooting device de-registers and registers again moments later; removing its
+  configs would make Home Assistant delete its device and entities and lose what the
+  user set (area, names, a renamed entity id). Meanwhile its ``$state`` (``offline``,
+  ``expired``) makes every entity unavailable. When it comes back, only what changed is
+  sent: configs of resources it no longer has are removed, new ones published;
+- an endpoint is **forgotten** (gone for good: a remove bridge request, or away for
+  longer than ``endpoint_remove_after``): its configs are removed (empty retained
+  messages) and Home Assistant deletes its device.
 
 The bridge itself is a device too (its connection state as a connectivity sensor); every
 endpoint device is reached ``via_device`` it. Availability of every entity needs both
@@ -41,7 +46,7 @@ from collections.abc import Callable
 
 from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult
-from bridge.events import EndpointRemoved, EndpointResources, MqttConnected
+from bridge.events import EndpointForgotten, EndpointResources, MqttConnected
 from bridge.events import Resource as EventResource
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.homeassistant import (
@@ -125,7 +130,7 @@ class HomeAssistant(Extension):
     def start(self) -> None:
         bus = self.ctx.bus
         bus.subscribe(EndpointResources, self._on_resources)
-        bus.subscribe(EndpointRemoved, self._on_removed)
+        bus.subscribe(EndpointForgotten, self._on_forgotten)
         bus.subscribe(MqttConnected, self._on_connected)
         self.ctx.mqtt.subscribe(self.status_topic, self._on_ha_status, qos=1)
         self._publish_bridge()
@@ -150,9 +155,7 @@ class HomeAssistant(Extension):
             self.publish_endpoint(event.name)
         self._enqueue_read(event.name)
 
-    def _on_removed(self, event: EndpointRemoved) -> None:
-        if event.state != "offline":
-            return  # expired: keep the configs, $state makes the entities unavailable
+    def _on_forgotten(self, event: EndpointForgotten) -> None:
         with self._lock:
             self._values.pop(event.name, None)
         with self._publish_lock:
@@ -188,8 +191,8 @@ class HomeAssistant(Extension):
     def endpoint(self, name: str) -> Endpoint | None:
         """What discovery needs to know about ``name`` now (None: nothing to publish)."""
         ep = self.ctx.registry.get(name)
-        if ep is None or ep.resources is None or ep.state == "offline":
-            return None
+        if ep is None or ep.resources is None:
+            return None  # forgotten, or its resources not known yet
         with self._lock:
             values = dict(self._values.get(name, {}))
         return Endpoint(

@@ -10,6 +10,8 @@ registration) it reads every observed resource once (``initial_read``), so retai
 values exist before the first change. At most ``initial_read_concurrency`` reads are
 under way at once. A read refused with 412 (the notification channel is still being set
 up) is tried again a few times.
+
+A forgotten endpoint (gone for good) has its retained values cleared.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 
 from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult, decode_payload
-from bridge.events import EndpointResources, NotificationsReceived, ValueRead
+from bridge.events import EndpointForgotten, EndpointResources, NotificationsReceived, ValueRead
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.lwm2m_json import UNREACHABLE, answered_values, read_groups
 from bridge.rules import observed_paths
@@ -47,6 +49,8 @@ class Values(Extension):
         bus = self.ctx.bus
         bus.subscribe(NotificationsReceived, self._on_notifications)
         bus.subscribe(ValueRead, self._on_value_read)
+        if self.ctx.settings.value_retain:
+            bus.subscribe(EndpointForgotten, self._on_forgotten)
         if self.ctx.settings.initial_read:
             bus.subscribe(EndpointResources, self._on_resources)
 
@@ -97,6 +101,11 @@ class Values(Extension):
         topic = self.ctx.topics.value(endpoint, path)
         if fits(topic):
             self.ctx.mqtt.publish(topic, payload, s.value_qos, s.value_retain)
+
+    def _on_forgotten(self, event: EndpointForgotten) -> None:
+        # Gone for good: its retained values go too (an empty retained message clears one).
+        for resource in event.resources or ():
+            self.publish_value(event.name, resource.path, b"")
 
     # ---- initial reads ----------------------------------------------------------------
 
