@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,7 +33,14 @@ from bridge.simulator import Emulator
 from bridge.simulator.scenario import Scenario
 from bridge.topics import unescape_level
 from tests.reliability_support import Executions
-from tests.support.bridge_harness import bridge_settings, command, request, running_bridge, user
+from tests.support.bridge_harness import (
+    all_retained,
+    bridge_settings,
+    command,
+    request,
+    running_bridge,
+    user,
+)
 from tests.support.broker import MosquittoBroker
 from tests.support.listening import wait_listening
 from tests.support.mqtt_user import MqttUser, Received
@@ -125,16 +131,6 @@ def wait_configs(fleet: Fleet, emu: Emulator, expected: dict[str, bytes], since:
             emu.wake(name)
 
     wait_until(u, missing, wake)
-
-
-def all_retained(broker: MosquittoBroker, topic_filter: str) -> dict[str, bytes]:
-    """Every retained message under ``topic_filter``: Mosquitto sends them when it handles
-    the SUBSCRIBE, so a message this client publishes afterwards arrives after them all."""
-    barrier = topic_filter.rstrip("#") + f"zz-barrier/{uuid.uuid4().hex}"
-    with user(broker, "5", topic_filter) as late:
-        late.publish(barrier, b"x")
-        late.wait_topic(barrier, WAIT)
-        return {m.topic: m.payload for m in late.messages if m.retain}
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,3 +136,14 @@ def retained(broker: MosquittoBroker, topic_filter: str, count: int) -> list[Rec
     with user(broker, "5", topic_filter) as late:
         found = late.wait_for(lambda m: m.retain, count=count)
     return found
+
+
+def all_retained(broker: MosquittoBroker, topic_filter: str) -> dict[str, bytes]:
+    """Every retained message under ``topic_filter`` (a filter ending in ``#``): Mosquitto
+    sends them when it handles the SUBSCRIBE, so a message this client publishes
+    afterwards (the barrier) arrives after them all."""
+    barrier = topic_filter.rstrip("#") + f"zz-barrier/{uuid.uuid4().hex}"
+    with user(broker, "5", topic_filter) as late:
+        late.publish(barrier, b"x")
+        late.wait_topic(barrier, READY * 2)
+        return {m.topic: m.payload for m in late.messages if m.retain}
