@@ -215,13 +215,10 @@ class BridgeRequests(Extension):
 
     def _remove(self, body: dict[str, Any], respond: Respond) -> None:
         name = _text_field(body, "endpoint")
-        known = self.ctx.registry.get(name)
-        if known is None:
-            raise _BadRequest(f"unknown endpoint {name!r}", 404)
         ep = self.ctx.forget_endpoint(name, "request")
-        if ep is None and self.ctx.registry.get(name) is None:
-            raise _BadRequest(f"unknown endpoint {name!r}", 404)  # forgotten meanwhile
-        if ep is None:  # registered (or it registered again meanwhile)
+        if ep is None:
+            if self.ctx.registry.get(name) is None:
+                raise _BadRequest(f"unknown endpoint {name!r}", 404)
             raise _BadRequest(
                 f"endpoint {name!r} is registered; only a de-registered or expired endpoint "
                 "can be removed",
