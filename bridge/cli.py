@@ -16,10 +16,13 @@ from bridge import __version__
 # sub-command -> ("module:function", one-line help). The function takes argv (the
 # arguments after the sub-command) and returns the process exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("bridge.service_cli:main", "run the bridge between a Connector and an MQTT broker"),
+    "run": ("bridge.service.run_cli:main", "run the bridge between a Connector and an MQTT broker"),
     "simulate": ("bridge.simulator.cli:main", "run the local Connector emulator"),
-    "demo": ("bridge.demo:main", "run the emulator, a broker and the bridge together"),
-    "status": ("bridge.status_cli:main", "show a running bridge's endpoints and key figures"),
+    "demo": ("bridge.service.demo:main", "run the emulator, a broker and the bridge together"),
+    "status": (
+        "bridge.service.status_cli:main",
+        "show a running bridge's endpoints and key figures",
+    ),
     "bench": ("bridge.bench.cli:main", "measure the bridge against the ceiling of its parts"),
 }
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import requests
 
-from bridge.callback_receiver import CallbackReceiver
 from bridge.connector import connector
-from bridge.connector_side import StartupError
-from bridge.controller import Bridge
+from bridge.service.controller import Bridge
 from bridge.simulator import Emulator
+from bridge.upstream.callback_receiver import CallbackReceiver
+from bridge.upstream.side import StartupError
 from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
 from tests.support.broker import MosquittoBroker
 from tests.support.ports import free_port

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bridge.controller import Bridge
+from bridge.service.controller import Bridge
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings, command, retained, running_bridge, user
 from tests.support.broker import MosquittoBroker

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.demo import PROJECT_CONF, broker_answers, instructions
+from bridge.service.demo import PROJECT_CONF, broker_answers, instructions
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import command, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath, mosquitto_binary

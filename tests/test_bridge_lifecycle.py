@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from bridge.controller import Bridge
+from bridge.downstream.topics import escape_level
+from bridge.service.controller import Bridge
 from bridge.simulator import Emulator
 from bridge.simulator.scenario import Scenario
-from bridge.topics import escape_level
 from tests.reliability_support import Executions
 from tests.support.bridge_harness import (
     bridge_settings,

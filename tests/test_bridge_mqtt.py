@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.connector_side import StartupError
-from bridge.controller import Bridge
+from bridge.service.controller import Bridge
 from bridge.simulator import Emulator
+from bridge.upstream.side import StartupError
 from tests.support.bridge_harness import (
     bridge_settings,
     command,

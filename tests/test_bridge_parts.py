@@ -10,13 +10,13 @@ import uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult
-from bridge.events import EventBus, MqttConnected
-from bridge.mqtt_link import MqttLink
-from bridge.registry import Registry
-from bridge.settings import load_settings
-from bridge.workers import Deadlines, WorkerPool
+from bridge.core.events import EventBus, MqttConnected
+from bridge.core.registry import Registry
+from bridge.core.workers import Deadlines, WorkerPool
+from bridge.downstream.link import MqttLink
+from bridge.service.settings import load_settings
+from bridge.upstream.async_calls import AsyncCalls, Outcome
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_user import MqttUser
 

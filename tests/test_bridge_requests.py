@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from bridge import __version__
-from bridge.controller import Bridge
 from bridge.extensions import DEFAULT_EXTENSIONS
+from bridge.service.controller import Bridge
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings, request, running_bridge, user
 from tests.support.broker import MosquittoBroker

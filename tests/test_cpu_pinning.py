@@ -1,5 +1,5 @@
 """``BRIDGE_CPU_PIN``: ``connector-bridge run`` keeps its threads on one CPU (see
-bridge/cpu_pinning.py for why). The choice is a pure function; the pinning itself is
+bridge/service/cpu_pinning.py for why). The choice is a pure function; the pinning itself is
 checked on a real bridge process through /proc, thread by thread."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cpu_pinning import PinError, choose_cpu, current_cpu
-from bridge.settings import SettingsError, load_settings
+from bridge.service.cpu_pinning import PinError, choose_cpu, current_cpu
+from bridge.service.settings import SettingsError, load_settings
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import user
 from tests.support.broker import MosquittoBroker

@@ -698,7 +698,7 @@ def bridge_environment(
     """The bridge's MQTT settings for ``broker``: its own user, the password in a file,
     TLS with the test CA (and the client certificate when ``client_cert``).
 
-    Names: BRIDGE_MQTT_* and BRIDGE_TOPIC_PREFIX as in bridge/settings.py (TLS:
+    Names: BRIDGE_MQTT_* and BRIDGE_TOPIC_PREFIX as in bridge/service/settings.py (TLS:
     BRIDGE_MQTT_TLS, BRIDGE_MQTT_TLS_CA, _CERT, _KEY; the password from a file with
     BRIDGE_MQTT_PASSWORD_FILE, as deploy/ hands it over).
     """

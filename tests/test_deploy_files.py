@@ -35,7 +35,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.cli import COMMANDS
-from bridge.settings import SettingsError, load_settings
+from bridge.service.settings import SettingsError, load_settings
 from bridge.simulator import Emulator
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.ports import free_port
@@ -56,7 +56,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 SECRET_SETTINGS = {"BRIDGE_CONNECTOR_TOKEN", "BRIDGE_MQTT_PASSWORD"}
 SECRET_FILE_SETTINGS = {"BRIDGE_CONNECTOR_TOKEN_FILE", "BRIDGE_MQTT_PASSWORD_FILE"}
-# Names deploy/ may use before bridge/settings.py defines them. Empty: every name deploy/
+# Names deploy/ may use before bridge/service/settings.py defines them. Empty: every name deploy/
 # uses (the secret files, BRIDGE_HEALTH_PORT, the webhook's) is a real setting now.
 ASSUMED_SETTINGS: set[str] = set()
 
@@ -578,7 +578,7 @@ def test_systemd_secrets_are_credentials_read_through_the_file_settings() -> Non
 
 
 def test_every_bridge_setting_named_in_deploy_exists_or_is_a_listed_assumption() -> None:
-    from bridge.settings import Settings, env_name
+    from bridge.service.settings import Settings, env_name
 
     known = {env_name(field) for field in Settings.model_fields}
     used = set()

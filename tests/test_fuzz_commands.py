@@ -8,7 +8,7 @@ good and refused. Every command carries unique Correlation Data, so each reply i
 to its command. Afterwards:
 
 - every command whose topic the bridge answers (worked out with the pure functions of
-  :mod:`bridge.topics`) got exactly one reply, on the expected topic; the others none;
+  :mod:`bridge.downstream.topics`) got exactly one reply, on the expected topic; the others none;
 - the bridge still answers normally (a command, a bridge request);
 - its memory (RSS of the process) did not keep growing over the measured rounds.
 
@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from paho.mqtt.client import topic_matches_sub
 
+from bridge.downstream.topics import TopicError, Topics
 from bridge.simulator import Emulator
-from bridge.topics import TopicError, Topics
 from tests.reliability_support import Publisher, bridge_process, report
 from tests.support.broker import MosquittoBroker
 

@@ -19,16 +19,10 @@ from paho.mqtt.client import topic_matches_sub
 from bridge.connector import response_codes
 from bridge.connector.channel import parse_message
 from bridge.connector.result import asyncResult, decode_payload
-from bridge.connector_side import ConnectorSide, parse_resources
-from bridge.controller import Bridge
-from bridge.counters import Counters
-from bridge.events import ConnectorStateChanged, EventBus, NotificationsReceived
-from bridge.extensions.commands import RETRY_CAP, RETRY_TRIES, mark_redelivered, retry_delay
-from bridge.extensions.values import Values
-from bridge.reachability import DOWN_AFTER, Reachability
-from bridge.registry import Registry
-from bridge.settings import load_settings
-from bridge.topics import (
+from bridge.core.counters import Counters
+from bridge.core.events import ConnectorStateChanged, EventBus, NotificationsReceived
+from bridge.core.registry import Registry
+from bridge.downstream.topics import (
     MAX_TOPIC_BYTES,
     PayloadError,
     TopicError,
@@ -41,6 +35,12 @@ from bridge.topics import (
     parse_command_payload,
     unescape_level,
 )
+from bridge.extensions.commands import RETRY_CAP, RETRY_TRIES, mark_redelivered, retry_delay
+from bridge.extensions.values import Values
+from bridge.service.controller import Bridge
+from bridge.service.settings import load_settings
+from bridge.upstream.reachability import DOWN_AFTER, Reachability
+from bridge.upstream.side import ConnectorSide, parse_resources
 
 T = Topics("connector")
 FILTERS = T.command_filters(8)

@@ -2,10 +2,10 @@
 
 The emulator runs its default scenario. What the bridge publishes under
 ``homeassistant/`` is compared, byte for byte, with the configs the pure functions of
-:mod:`bridge.homeassistant` make from the endpoint's ``$resources`` document and the
-device-object values the emulator really holds (so the device registry fields prove that
-the bridge read them), and every config is checked field by field against the Home
-Assistant documentation with :func:`tests.test_homeassistant.check_config`.
+:mod:`bridge.extensions.homeassistant.discovery` make from the endpoint's ``$resources``
+document and the device-object values the emulator really holds (so the device registry
+fields prove that the bridge read them), and every config is checked field by field
+against the Home Assistant documentation with :func:`tests.test_homeassistant.check_config`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from bridge import controller
-from bridge.controller import Bridge
-from bridge.homeassistant import (
+from bridge.downstream.topics import unescape_level
+from bridge.extensions.homeassistant.discovery import (
     DEVICE_FIELDS,
     DiscoverySettings,
     bridge_discovery_messages,
@@ -29,9 +28,10 @@ from bridge.homeassistant import (
     encode_config,
     endpoint_from_resources_document,
 )
+from bridge.service import controller
+from bridge.service.controller import Bridge
 from bridge.simulator import Emulator
 from bridge.simulator.scenario import Scenario
-from bridge.topics import unescape_level
 from tests.reliability_support import Executions
 from tests.support.bridge_harness import (
     all_retained,

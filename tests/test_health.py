@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 from bridge import __version__
-from bridge.connector_side import StartupError
-from bridge.controller import Bridge
-from bridge.logging_setup import JsonFormatter, TextFormatter
+from bridge.service.controller import Bridge
+from bridge.service.logging_setup import JsonFormatter, TextFormatter
 from bridge.simulator import Emulator
+from bridge.upstream.side import StartupError
 from tests.support.bridge_harness import bridge_settings, retained, running_bridge, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.mqtt_user import MqttUser, Received

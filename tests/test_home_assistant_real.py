@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from bridge.controller import Bridge
-from bridge.homeassistant import bridge_node_id
-from bridge.settings import Settings
+from bridge.extensions.homeassistant.discovery import bridge_node_id
+from bridge.service.controller import Bridge
+from bridge.service.settings import Settings
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import all_retained, bridge_settings, running_bridge, user
 from tests.support.broker import MosquittoBroker

@@ -34,7 +34,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.homeassistant import (
+from bridge.downstream.topics import Topics, encode_resources, unescape_level
+from bridge.extensions.homeassistant.discovery import (
     AVAILABILITY_TEMPLATE,
     BOOLEAN_TEMPLATE,
     DiscoverySettings,
@@ -55,7 +56,6 @@ from bridge.homeassistant import (
     slug,
     unique_id,
 )
-from bridge.topics import Topics, encode_resources, unescape_level
 
 # ----------------------------------------------------------------- the documented rules
 
@@ -795,10 +795,10 @@ def test_availability_template_makes_anything_but_online_unavailable(payload, av
 
 def test_configs_from_the_resources_documents_of_the_running_bridge(broker, emulator):
     """The bridge's retained ``$resources`` documents (demo scenario) give valid configs."""
-    controller = pytest.importorskip("bridge.controller", reason="needs the bridge service")
+    controller = pytest.importorskip("bridge.service.controller", reason="needs the bridge service")
     import paho.mqtt.client as mqtt
 
-    from bridge.settings import load_settings
+    from bridge.service.settings import load_settings
 
     settings = load_settings(
         env_file=None,

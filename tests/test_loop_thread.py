@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bridge.loop_thread import LoopThread
+from bridge.core.loop_thread import LoopThread
 
 
 def test_setup_runs_before_start_returns_and_teardown_on_stop() -> None:

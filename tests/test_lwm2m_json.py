@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.lwm2m_json import (
+from bridge.upstream.lwm2m_json import (
     LWM2M_JSON,
     answered_values,
     instance_values,

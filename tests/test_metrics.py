@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from bridge import __version__
-from bridge.controller import Bridge
-from bridge.metrics import LatencyHistogram, _url_path, route_of
+from bridge.extensions.health.figures import LatencyHistogram, _url_path, route_of
+from bridge.service.controller import Bridge
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
 from tests.support.broker import MosquittoBroker

@@ -217,10 +217,10 @@ def demo(node_red_cmd: list[str], broker: MosquittoBroker, emulator: Any) -> Ite
     Yields the emulator, whose devices the test inspects.
     """
     try:
-        from bridge.controller import Bridge
-        from bridge.settings import load_settings
+        from bridge.service.controller import Bridge
+        from bridge.service.settings import load_settings
     except ImportError as exc:
-        pytest.skip(f"needs the bridge service (bridge.controller): {exc}")
+        pytest.skip(f"needs the bridge service (bridge.service.controller): {exc}")
     settings = load_settings(
         env_file=None,
         overrides={

@@ -1,4 +1,4 @@
-"""bridge/paho_client.py: paho's client with cheap PUBACKs, read-ahead and lean PUBLISH
+"""bridge/downstream/paho_client.py: paho's client with cheap PUBACKs, read-ahead and lean PUBLISH
 properties. Checked byte for byte against paho's own encoder, and end to end against a
 real Mosquitto (both PUBACK paths, bursts of packets read ahead, MQTT 5 and 3.1.1)."""
 
@@ -21,8 +21,8 @@ from paho.mqtt.properties import (
     Properties,
 )
 
-from bridge import paho_client
-from bridge.paho_client import ReadAheadSocket, publish_properties
+from bridge.downstream import paho_client
+from bridge.downstream.paho_client import ReadAheadSocket, publish_properties
 from tests.support.broker import MosquittoBroker
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bridge.controller import Bridge
+from bridge.service.controller import Bridge
 from bridge.simulator import Emulator
 from tests.reliability_support import (
     ACT_EP,

@@ -14,7 +14,7 @@ import pytest
 
 from bridge.connector import response_codes
 from bridge.connector.result import asyncResult
-from bridge.events import ConnectorStateChanged
+from bridge.core.events import ConnectorStateChanged
 from bridge.extensions.commands import RETRY_TRIES, retry_delay
 from bridge.simulator import Emulator
 from tests.reliability_support import (

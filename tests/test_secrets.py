@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from bridge.settings import SECRET_FIELDS, SettingsError, load_settings
+from bridge.service.settings import SECRET_FIELDS, SettingsError, load_settings
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import command, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath

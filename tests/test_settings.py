@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.rules import observed_paths
-from bridge.settings import (
+from bridge.service.settings import (
     SECRET_FIELDS,
     Settings,
     SettingsError,
@@ -17,6 +16,7 @@ from bridge.settings import (
     load_settings,
     parse_listen,
 )
+from bridge.upstream.rules import observed_paths
 
 TOKEN = "tok-S3CRET-d41d8"
 BASE = ["--connector-url", "http://127.0.0.1:8080", "--connector-token", TOKEN]

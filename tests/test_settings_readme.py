@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.settings import Settings
+from bridge.service.settings import Settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -22,7 +22,8 @@ def test_readme_settings_table_matches_the_code() -> None:
     stale = sorted(set(rows) - set(expected))
     assert not missing and not stale, (
         "README settings table differs from the code; regenerate it with "
-        "`python -c 'from bridge.settings import Settings; print(Settings.markdown_table())'`\n"
+        "`python -c 'from bridge.service.settings import Settings; "
+        "print(Settings.markdown_table())'`\n"
         f"missing or changed: {missing}\nnot in the code: {stale}"
     )
 

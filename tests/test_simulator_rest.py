@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from bridge.lwm2m_json import instance_values
 from bridge.simulator import Emulator
+from bridge.upstream.lwm2m_json import instance_values
 from tests.simulator_support import Api, decode
 
 

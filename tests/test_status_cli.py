@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.controller import Bridge
+from bridge.service.controller import Bridge
+from bridge.service.status_cli import Snapshot, duration, endpoint_rows, main, render, split_options
 from bridge.simulator import Emulator
-from bridge.status_cli import Snapshot, duration, endpoint_rows, main, render, split_options
 from tests.support.bridge_harness import bridge_settings, running_bridge, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.listening import wait_listening

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from bridge.controller import Bridge
-from bridge.settings import Settings, SettingsError, load_settings
+from bridge.service.controller import Bridge
+from bridge.service.settings import Settings, SettingsError, load_settings
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings
 from tests.support.broker import MosquittoBroker

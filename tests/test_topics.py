@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from paho.mqtt.client import topic_matches_sub
 
-from bridge.topics import (
+from bridge.downstream.topics import (
     VERBS,
     PayloadError,
     TopicError,

@@ -26,12 +26,12 @@ import requests
 from aiohttp import web
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.callback_receiver import CallbackReceiver, server_ssl_context
-from bridge.connector_side import StartupError
-from bridge.controller import Bridge
-from bridge.loop_thread import LoopThread
-from bridge.settings import Settings, load_settings
+from bridge.core.loop_thread import LoopThread
+from bridge.service.controller import Bridge
+from bridge.service.settings import Settings, load_settings
 from bridge.simulator import Emulator
+from bridge.upstream.callback_receiver import CallbackReceiver, server_ssl_context
+from bridge.upstream.side import StartupError
 from tests.support.bridge_harness import bridge_settings, command, retained, running_bridge, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.certs import Pki, make_test_pki

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from bridge import callback_receiver as cr
-from bridge.callback_receiver import (
+from bridge.upstream import callback_receiver as cr
+from bridge.upstream.callback_receiver import (
     MAX_WAITING,
     CallbackReceiver,
     MalformedMessage,

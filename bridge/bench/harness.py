@@ -37,7 +37,7 @@ import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.cpu_pinning import allowed_cpus
+from bridge.service.cpu_pinning import allowed_cpus
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

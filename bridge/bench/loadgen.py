@@ -12,7 +12,7 @@ It prints one JSON line with its result. Kinds:
     M ``.../set`` commands to the bridge over MQTT 5 with ``inflight`` outstanding,
     each matched to its reply by Correlation Data; throughput and latency. It shares
     the machine's cores with the bridge, so it uses the bridge's cheaper paho client
-    (:mod:`bridge.paho_client`); its CPU per command is reported.
+    (:mod:`bridge.downstream.paho_client`); its CPU per command is reported.
 ``connector-commands``
     The floor: the same PUTs straight to the Connector with the project's client
     (``bridge.connector``), ``inflight`` outstanding, each waited for until its async
@@ -39,12 +39,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
-from bridge import paho_client
 from bridge.bench.stats import percentile
+from bridge.downstream import paho_client
 
 
 def _client(args: dict[str, Any], name: str, lean: bool = False) -> mqtt.Client:
-    """A paho client; ``lean``: the bridge's subclass (:mod:`bridge.paho_client`), for a
+    """A paho client; ``lean``: the bridge's subclass (:mod:`bridge.downstream.paho_client`), for a
     load client that should leave the shared cores to what it measures."""
     v5 = str(args.get("protocol", "5")) == "5"
     cls = paho_client.Client if lean else mqtt.Client

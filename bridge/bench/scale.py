@@ -27,7 +27,7 @@ from bridge.bench.harness import (
     status_mib,
 )
 from bridge.bench.stats import median
-from bridge.homeassistant import (
+from bridge.extensions.homeassistant.discovery import (
     DiscoverySettings,
     Endpoint,
     Resource,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 
-from bridge.events import (
+from bridge.core.events import (
     EndpointForgotten,
     EndpointRegistered,
     EndpointRemoved,
@@ -20,8 +20,8 @@ from bridge.events import (
     MqttConnected,
     Resource,
 )
+from bridge.downstream.topics import encode_resources
 from bridge.extensions.base import Extension
-from bridge.topics import encode_resources
 
 
 @functools.lru_cache(maxsize=256)

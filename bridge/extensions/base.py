@@ -19,7 +19,7 @@ Writing one::
             self.ctx.mqtt.publish(f"{self.ctx.topics.prefix}/$bridge/health", b"...")
 
 and add the class to ``DEFAULT_EXTENSIONS`` in ``bridge/extensions/__init__.py`` (or
-pass ``extensions=[...]`` to :class:`bridge.controller.Bridge`).
+pass ``extensions=[...]`` to :class:`bridge.service.controller.Bridge`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bridge.connector import connector
-from bridge.counters import Counters
-from bridge.events import EndpointForgotten, EventBus, ForgetReason
-from bridge.mqtt_link import Inbound, MqttLink
-from bridge.registry import Endpoint, Registry
-from bridge.settings import Settings
-from bridge.topics import Topics
-from bridge.workers import Deadlines, WorkerPool
+from bridge.core.counters import Counters
+from bridge.core.events import EndpointForgotten, EventBus, ForgetReason
+from bridge.core.registry import Endpoint, Registry
+from bridge.core.workers import Deadlines, WorkerPool
+from bridge.downstream.link import Inbound, MqttLink
+from bridge.downstream.topics import Topics
+from bridge.service.settings import Settings
 
 REPLY_QOS = 1
 

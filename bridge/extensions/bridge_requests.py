@@ -35,14 +35,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bridge import __version__
-from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult
-from bridge.connector_side import parse_resources
+from bridge.downstream.link import Inbound
+from bridge.downstream.topics import PayloadError, encode_bridge_response, parse_bridge_request
 from bridge.extensions.base import BridgeContext, Extension
-from bridge.mqtt_link import Inbound
-from bridge.rules import check_rules
-from bridge.settings import env_name
-from bridge.topics import PayloadError, encode_bridge_response, parse_bridge_request
+from bridge.service.settings import env_name
+from bridge.upstream.async_calls import AsyncCalls, Outcome
+from bridge.upstream.rules import check_rules
+from bridge.upstream.side import parse_resources
 
 log = logging.getLogger("bridge.requests")
 

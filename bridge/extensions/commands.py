@@ -10,7 +10,7 @@ answer comes back on the channel thread (async response) or from the deadline he
 - on ``<command topic>/reply``, or on the MQTT 5 Response Topic with its Correlation
   Data when the command had one;
 - JSON with endpoint, path, verb, method, status, ok, payload (+ encoding), error and the
-  envelope's ``transaction`` (see :func:`bridge.topics.parse_command_payload`).
+  envelope's ``transaction`` (see :func:`bridge.downstream.topics.parse_command_payload`).
 
 A successful ``get`` also republishes the value on the value topic. Commands that arrive
 before the start-up listing of endpoints is done wait for it (bounded), so that a
@@ -38,15 +38,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult, response_codes
 from bridge.connector.channel import backoff_delay
-from bridge.events import EndpointsListed, ValueRead
-from bridge.extensions.base import BridgeContext, Extension
-from bridge.mqtt_link import Inbound
-from bridge.reachability import is_transient
-from bridge.settings import env_name
-from bridge.topics import (
+from bridge.core.events import EndpointsListed, ValueRead
+from bridge.downstream.link import Inbound
+from bridge.downstream.topics import (
     BRIDGE_LEVEL,
     Command,
     CommandPayload,
@@ -56,6 +52,10 @@ from bridge.topics import (
     encode_reply,
     parse_command_payload,
 )
+from bridge.extensions.base import BridgeContext, Extension
+from bridge.service.settings import env_name
+from bridge.upstream.async_calls import AsyncCalls, Outcome
+from bridge.upstream.reachability import is_transient
 
 log = logging.getLogger("bridge.commands")
 

@@ -15,7 +15,7 @@ import functools
 import logging
 from typing import Any
 
-from bridge.events import EndpointRemoved
+from bridge.core.events import EndpointRemoved
 from bridge.extensions.base import Extension
 
 log = logging.getLogger("bridge.removal")

@@ -21,14 +21,19 @@ import logging
 import threading
 from collections.abc import Callable
 
-from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult, decode_payload
-from bridge.events import EndpointForgotten, EndpointResources, NotificationsReceived, ValueRead
+from bridge.core.events import (
+    EndpointForgotten,
+    EndpointResources,
+    NotificationsReceived,
+    ValueRead,
+)
+from bridge.downstream.topics import fits
 from bridge.extensions.base import BridgeContext, Extension
-from bridge.lwm2m_json import UNREACHABLE, answered_values, read_groups
-from bridge.rules import observed_paths
-from bridge.settings import env_name
-from bridge.topics import fits
+from bridge.service.settings import env_name
+from bridge.upstream.async_calls import AsyncCalls, Outcome
+from bridge.upstream.lwm2m_json import UNREACHABLE, answered_values, read_groups
+from bridge.upstream.rules import observed_paths
 
 log = logging.getLogger("bridge.values")
 
@@ -130,7 +135,7 @@ class Values(Extension):
         self, name: str, paths: list[str], queue_mode: bool, by_instance: bool = True
     ) -> None:
         """Read ``paths``, one slot per request; resources of one object instance with
-        one instance read where ``by_instance`` (see :mod:`bridge.lwm2m_json`)."""
+        one instance read where ``by_instance`` (see :mod:`bridge.upstream.lwm2m_json`)."""
         groups = read_groups(paths) if by_instance else [(p, [p]) for p in paths]
         for target, covered in groups:
             while not self._slots.acquire(timeout=0.5):

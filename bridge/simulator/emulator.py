@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from bridge.loop_thread import LoopThread
+from bridge.core.loop_thread import LoopThread
 from bridge.simulator.app import RestApp
 from bridge.simulator.core import EmulatorCore
 from bridge.simulator.scenario import Scenario

@@ -1,6 +1,6 @@
 """Running a real bridge in tests: settings for an emulator and a broker, start and stop.
 
-The bridge runs in-process (a :class:`bridge.controller.Bridge`) against a real Mosquitto
+The bridge runs in-process (a :class:`bridge.service.controller.Bridge`) against a real Mosquitto
 and the emulator over real HTTP; users are paho clients (:mod:`tests.support.mqtt_user`).
 """
 
@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from bridge.controller import Bridge
-from bridge.settings import Settings, load_settings
+from bridge.service.controller import Bridge
+from bridge.service.settings import Settings, load_settings
 from bridge.simulator import Emulator
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_user import MqttUser, Received

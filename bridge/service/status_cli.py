@@ -29,10 +29,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from bridge.mqtt_link import apply_credentials_and_tls
-from bridge.service_cli import split_env_file
-from bridge.settings import Settings, SettingsError, env_name, load_settings
-from bridge.topics import BRIDGE_LEVEL, RESOURCES_LEVEL, STATE_LEVEL, unescape_level
+from bridge.downstream.link import apply_credentials_and_tls
+from bridge.downstream.topics import BRIDGE_LEVEL, RESOURCES_LEVEL, STATE_LEVEL, unescape_level
+from bridge.service.run_cli import split_env_file
+from bridge.service.settings import Settings, SettingsError, env_name, load_settings
 
 PROG = "connector-bridge status"
 DEFAULT_TIMEOUT = 5.0

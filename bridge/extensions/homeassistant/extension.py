@@ -1,7 +1,7 @@
 """Home Assistant discovery: retained configs that make every endpoint a device in HA.
 
-What goes on the topics is decided by the pure functions of :mod:`bridge.homeassistant`;
-this extension decides *when*:
+What goes on the topics is decided by the pure functions of
+:mod:`bridge.extensions.homeassistant.discovery`; this extension decides *when*:
 
 - an endpoint's resources become known (start-up, registration, reg-update): its configs
   are published, retained, under ``<discovery prefix>/<component>/<node>/<object>/config``.
@@ -44,12 +44,12 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from bridge.async_calls import AsyncCalls, Outcome
 from bridge.connector import asyncResult
-from bridge.events import EndpointForgotten, EndpointResources, MqttConnected
-from bridge.events import Resource as EventResource
+from bridge.core.events import EndpointForgotten, EndpointResources, MqttConnected
+from bridge.core.events import Resource as EventResource
+from bridge.downstream.link import Inbound
 from bridge.extensions.base import BridgeContext, Extension
-from bridge.homeassistant import (
+from bridge.extensions.homeassistant.discovery import (
     DEVICE_FIELDS,
     SENSORS,
     DiscoverySettings,
@@ -61,9 +61,9 @@ from bridge.homeassistant import (
     ha_status_topic,
     is_ha_online,
 )
-from bridge.lwm2m_json import UNREACHABLE, answered_values, read_groups
-from bridge.mqtt_link import Inbound
-from bridge.settings import Settings
+from bridge.service.settings import Settings
+from bridge.upstream.async_calls import AsyncCalls, Outcome
+from bridge.upstream.lwm2m_json import UNREACHABLE, answered_values, read_groups
 
 log = logging.getLogger("bridge.homeassistant")
 
@@ -305,7 +305,7 @@ class HomeAssistant(Extension):
 
         def instance_done(base: str, covered: list[str], outcome: Outcome) -> None:
             # One read of the device object instance (/3/0) instead of one per field;
-            # what it did not give is read field by field (see bridge.lwm2m_json).
+            # what it did not give is read field by field (see bridge.upstream.lwm2m_json).
             found = (
                 answered_values(base, outcome.content_type, outcome.payload) if outcome.ok else {}
             )

@@ -7,8 +7,8 @@
                                  (async response / time-out) --> MqttLink (reply)
 
 :class:`Bridge` owns every long-lived part and thread: paho's network thread and the
-outbox thread (:mod:`bridge.mqtt_link`), the long-poll thread or the callback receiver
-(:mod:`bridge.connector_side`), a fixed pool of command workers, a small background pool
+outbox thread (:mod:`bridge.downstream.link`), the long-poll thread or the callback receiver
+(:mod:`bridge.upstream.side`), a fixed pool of command workers, a small background pool
 (start-up descriptions, initial reads), one deadline thread, and the start-up thread.
 
 Start-up, on its own thread so that ``start()`` returns at once: check the Connector
@@ -29,10 +29,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from bridge.callback_receiver import publications
-from bridge.connector_side import ConnectorSide, StartupError
-from bridge.counters import Counters
-from bridge.events import (
+from bridge.core.counters import Counters
+from bridge.core.events import (
     BridgeStarted,
     BridgeStopping,
     EndpointRegistered,
@@ -42,12 +40,14 @@ from bridge.events import (
     MqttConnected,
     MqttDisconnected,
 )
+from bridge.core.registry import Registry
+from bridge.core.workers import Deadlines, WorkerPool
+from bridge.downstream.link import MqttLink
+from bridge.downstream.topics import Topics
 from bridge.extensions import DEFAULT_EXTENSIONS, BridgeContext, Extension
-from bridge.mqtt_link import MqttLink
-from bridge.registry import Registry
-from bridge.settings import Settings
-from bridge.topics import Topics
-from bridge.workers import Deadlines, WorkerPool
+from bridge.service.settings import Settings
+from bridge.upstream.callback_receiver import publications
+from bridge.upstream.side import ConnectorSide, StartupError
 
 log = logging.getLogger("bridge")
 

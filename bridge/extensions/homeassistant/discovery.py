@@ -13,7 +13,7 @@ IPSO objects become entities (see ``SENSORS``, ``BINARY_SENSORS``, ``SWITCHES``,
 out. Each entity
 
 - reads the bridge's value topic ``<prefix>/<ep>/<path without leading />`` (escaped by
-  :mod:`bridge.topics`, like every topic of the contract) and writes
+  :mod:`bridge.downstream.topics`, like every topic of the contract) and writes
   ``<value topic>/set`` (values) or ``<value topic>/post`` (buttons, executes);
 - belongs to one device per endpoint, reached ``via_device`` the bridge's own device;
 - is available only while both ``<prefix>/$bridge/state`` and ``<prefix>/<ep>/$state``
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import __version__
-from bridge.topics import Topics, validate_prefix
+from bridge.downstream.topics import Topics, validate_prefix
 
 DEFAULT_TOPIC_PREFIX = "connector"
 DEFAULT_DISCOVERY_PREFIX = "homeassistant"
@@ -122,7 +122,7 @@ def endpoint_from_resources_document(
     """An :class:`Endpoint` from the bridge's retained ``<prefix>/<ep>/$resources`` document.
 
     The document is ``{"type": ..., "q": ..., "resources": [{"path", "rt", "ct", "obs"}]}``
-    (:func:`bridge.topics.encode_resources`), as JSON text or already decoded.
+    (:func:`bridge.downstream.topics.encode_resources`), as JSON text or already decoded.
     """
     if isinstance(document, (bytes, str)):
         document = json.loads(document)

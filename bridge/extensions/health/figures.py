@@ -1,11 +1,11 @@
 """The bridge's key figures, read in one go from the parts that already keep them.
 
 Nothing here sits on the hot path. The parts count what they do in the places they
-already have (:class:`~bridge.counters.Counters`, the MQTT link's ``stats``, the
+already have (:class:`~bridge.core.counters.Counters`, the MQTT link's ``stats``, the
 Connector client's long-poll statistics and pending async ids, the registry); this
 module *reads* them when somebody asks: a Prometheus scrape
-(:mod:`bridge.prometheus_metrics`), the periodic health message on MQTT and the
-``/readyz`` answer (:mod:`bridge.extensions.health`). The only thing measured here is
+(:mod:`bridge.extensions.health.prometheus`), the periodic health message on MQTT and the
+``/readyz`` answer (:mod:`bridge.extensions.health.extension`). The only thing measured here is
 the latency of the Connector's HTTP calls (:class:`ConnectorLatency`: a timer around
 each REST call, one bisect and one short lock per call, none per notification).
 
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bridge import __version__
-from bridge.events import ConnectorStateChanged
+from bridge.core.events import ConnectorStateChanged
 
 if TYPE_CHECKING:  # the extensions import this module
     from bridge.extensions.base import BridgeContext
@@ -196,7 +196,7 @@ class ConnectorLatency:
 class Watch:
     """What the health extension observes itself; everything else is read from the parts.
 
-    ``connector`` is the last :class:`~bridge.events.ConnectorStateChanged` (the Connector
+    ``connector`` is the last :class:`~bridge.core.events.ConnectorStateChanged` (the Connector
     side's reachability: ``up``, ``down``, ``refused``; None before the first answer).
     """
 

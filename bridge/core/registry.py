@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from bridge.events import Resource
+from bridge.core.events import Resource
 
 State = Literal["online", "offline", "expired"]
 

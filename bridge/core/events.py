@@ -1,6 +1,6 @@
 """The typed event bus between the Connector side and the extensions.
 
-The Connector side (:mod:`bridge.connector_side`) turns channel messages into the
+The Connector side (:mod:`bridge.upstream.side`) turns channel messages into the
 events below; the MQTT link reports its connection changes the same way. Extensions
 subscribe to the events they care about; they never call each other, and the two
 protocol sides never import each other.

@@ -15,7 +15,7 @@ it may run on two or more (the scheduler put it where there was room; bridges st
 side by side land on different CPUs as they would anyway); ``off`` leaves placement to
 the kernel; a number pins to that CPU (for a machine laid out by hand, e.g. next to a
 broker pinned elsewhere). Only ``connector-bridge run`` pins: a program that embeds
-:class:`~bridge.controller.Bridge` owns its process and decides for itself.
+:class:`~bridge.service.controller.Bridge` owns its process and decides for itself.
 """
 
 from __future__ import annotations

@@ -1,20 +1,20 @@
 """Health: the retained ``<prefix>/$bridge/health`` message, liveness, readiness, metrics.
 
 - **On MQTT** (like zigbee2mqtt's ``bridge/health``): the key figures of
-  :func:`bridge.metrics.key_figures` as JSON, retained, every ``health_interval``
+  :func:`bridge.extensions.health.figures.key_figures` as JSON, retained, every ``health_interval``
   seconds, and at once when readiness changes (start-up done, broker or Connector lost
   or back), so a dashboard sees a problem within seconds. The last one, on a clean
   stop, says ``"state": "offline"``. ``health_interval`` 0 turns the message off.
 - **Over HTTP** on ``health_port`` (off unless set): ``/healthz``, ``/readyz`` and
-  Prometheus ``/metrics`` (:mod:`bridge.health_server`). One port for all three, the one
-  orchestrators already probe.
+  Prometheus ``/metrics`` (:mod:`bridge.extensions.health.http_server`). One port for all
+  three, the one orchestrators already probe.
 
 It also counts the notifications the Connector delivered (``notifications_received``,
 one counter addition per channel message), measures the Connector's HTTP latency
-(:class:`bridge.metrics.ConnectorLatency`) and follows the Connector's reachability
-(:class:`~bridge.events.ConnectorStateChanged`, from :mod:`bridge.reachability`).
-Everything else is read from the counters the other parts keep, only when a figure is
-asked for.
+(:class:`bridge.extensions.health.figures.ConnectorLatency`) and follows the Connector's
+reachability (:class:`~bridge.core.events.ConnectorStateChanged`, from
+:mod:`bridge.upstream.reachability`). Everything else is read from the counters the other
+parts keep, only when a figure is asked for.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import threading
 import time
 from typing import Any
 
-from bridge.connector_side import StartupError
-from bridge.events import (
+from bridge.core.events import (
     BridgeStarted,
     BridgeStopping,
     ConnectorStateChanged,
@@ -34,12 +33,13 @@ from bridge.events import (
     MqttDisconnected,
     NotificationsReceived,
 )
+from bridge.core.workers import Deadline
+from bridge.downstream.topics import BRIDGE_LEVEL
 from bridge.extensions.base import BridgeContext, Extension
-from bridge.health_server import HealthServer, Metrics
-from bridge.metrics import Watch, key_figures, readiness
-from bridge.settings import env_name
-from bridge.topics import BRIDGE_LEVEL
-from bridge.workers import Deadline
+from bridge.extensions.health.figures import Watch, key_figures, readiness
+from bridge.extensions.health.http_server import HealthServer, Metrics
+from bridge.service.settings import env_name
+from bridge.upstream.side import StartupError
 
 log = logging.getLogger("bridge.health")
 
@@ -171,7 +171,7 @@ class Health(Extension):
     def _start_server(self, host: str, port: int) -> None:
         metrics: Metrics | None = None
         try:
-            from bridge.prometheus_metrics import exposition, make_registry
+            from bridge.extensions.health.prometheus import exposition, make_registry
         except ImportError:
             log.warning("/metrics is off: the prometheus-client package is not installed")
         else:

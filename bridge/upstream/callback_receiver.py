@@ -25,11 +25,12 @@ link's bounded buffer while the broker is away). Only then does the Connector ge
 retried for 15 minutes). So a message can arrive twice (the answer lost on the way back)
 but is not lost between the two services.
 
-Threads: the aiohttp server runs on its own event loop (:class:`bridge.loop_thread.LoopThread`);
-the hand-over runs on one more thread, so the loop keeps answering (refusals, TLS
-handshakes) while a message waits for room on the MQTT side, and messages are handed on
-one at a time, in the order they came. At most ``MAX_WAITING`` accepted bodies wait for
-that thread; more get ``503``, which bounds memory to about ``MAX_WAITING * max_body``.
+Threads: the aiohttp server runs on its own event loop
+(:class:`bridge.core.loop_thread.LoopThread`); the hand-over runs on one more thread, so
+the loop keeps answering (refusals, TLS handshakes) while a message waits for room on the
+MQTT side, and messages are handed on one at a time, in the order they came. At most
+``MAX_WAITING`` accepted bodies wait for that thread; more get ``503``, which bounds
+memory to about ``MAX_WAITING * max_body``.
 
 Behind a reverse proxy (TLS at the proxy) or on its own with TLS (``ssl_context``): see
 the README's Deployment section.
@@ -50,7 +51,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.connector.channel import parse_message
-from bridge.loop_thread import LoopThread
+from bridge.core.loop_thread import LoopThread
 
 log = logging.getLogger("bridge.callback")
 

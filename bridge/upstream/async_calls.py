@@ -4,7 +4,7 @@ A resource verb answers at once (cache, error) or later on the notification chan
 the bridge also gives up after its own time-out. Whichever comes first finishes the
 call, through one ``dict.pop`` (atomic), so a command gets exactly one reply however the
 answer, a refusal and the time-out race. Time-outs are entries in the shared
-:class:`~bridge.workers.Deadlines` heap, not threads.
+:class:`~bridge.core.workers.Deadlines` heap, not threads.
 
 A call may be tried again when its HTTP request failed in a way a retry can mend (the
 caller's ``retry`` policy says which, and how long to wait): the retry is scheduled on
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.connector import asyncResult
-from bridge.counters import Counters
-from bridge.workers import Deadline, Deadlines
+from bridge.core.counters import Counters
+from bridge.core.workers import Deadline, Deadlines
 
 log = logging.getLogger("bridge.calls")
 

@@ -24,14 +24,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bridge.connector_side import StartupError
-from bridge.controller import Bridge
-from bridge.service_cli import configure_logging, install_stop_signals
-from bridge.settings import SettingsError, load_settings
+from bridge.service.controller import Bridge
+from bridge.service.run_cli import configure_logging, install_stop_signals
+from bridge.service.settings import SettingsError, load_settings
+from bridge.upstream.side import StartupError
 
 PROG = "connector-bridge demo"
 LIGHT = ("light-001", "/3311/0/5850")
-PROJECT_CONF = Path(__file__).resolve().parents[1] / "mosquitto.conf"
+PROJECT_CONF = Path(__file__).resolve().parents[2] / "mosquitto.conf"
 FALLBACK_CONF = """# connector-bridge demo broker: loopback only, anonymous, no persistence.
 listener {port} 127.0.0.1
 allow_anonymous true

@@ -2,7 +2,7 @@
 
 It owns the :class:`~bridge.connector.connector` (one HTTP session) and the channel
 (long polling, or the callback receiver), and turns every channel message into events
-on the bus (:mod:`bridge.events`), keeping the endpoint registry up to date first. It
+on the bus (:mod:`bridge.core.events`), keeping the endpoint registry up to date first. It
 knows nothing about MQTT.
 """
 
@@ -15,10 +15,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from bridge.callback_receiver import CallbackReceiver, server_ssl_context
 from bridge.connector import connector, response_codes
-from bridge.counters import Counters
-from bridge.events import (
+from bridge.core.counters import Counters
+from bridge.core.events import (
     EndpointRegistered,
     EndpointRemoved,
     EndpointResources,
@@ -27,9 +26,10 @@ from bridge.events import (
     Resource,
     Source,
 )
-from bridge.reachability import Monitor, Reachability, is_refusal, is_transient
-from bridge.registry import Registry
-from bridge.settings import Settings, env_name
+from bridge.core.registry import Registry
+from bridge.service.settings import Settings, env_name
+from bridge.upstream.callback_receiver import CallbackReceiver, server_ssl_context
+from bridge.upstream.reachability import Monitor, Reachability, is_refusal, is_transient
 
 log = logging.getLogger("bridge.connector_side")
 
@@ -138,7 +138,7 @@ class ConnectorSide:
             fastHttp=settings.connector_http == "fast",
         )
         self._receiver: CallbackReceiver | None = None
-        # Whether the Connector answers: see bridge.reachability (events on the bus).
+        # Whether the Connector answers: see bridge.upstream.reachability (events on the bus).
         self.reachability = Reachability(bus, counters)
         self._monitor: Monitor | None = None
         self._stopping = threading.Event()

@@ -14,7 +14,7 @@ What it adds to paho, and why:
   a burst from the Connector slows the channel down instead of growing the heap.
 - **The broker's Receive Maximum** (MQTT 5 CONNACK) caps the QoS 1/2 messages in flight,
   below ``mqtt_max_inflight`` if lower, also for what paho resends after a reconnect
-  (:meth:`bridge.paho_client.Client.limit_in_flight`).
+  (:meth:`bridge.downstream.paho_client.Client.limit_in_flight`).
 - **A buffer while the broker is away.** Messages published while disconnected go to a
   bounded outbox (``mqtt_buffer``; the oldest are dropped, counted and logged when it is
   full) and are sent, in order, by the outbox thread after the next connect: first paho
@@ -61,8 +61,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bridge import paho_client
-from bridge.settings import Settings, env_name
+from bridge.downstream import paho_client
+from bridge.service.settings import Settings, env_name
 
 log = logging.getLogger("bridge.mqtt")
 

@@ -1,6 +1,6 @@
 """Prometheus exposition of the bridge's key figures (``GET /metrics``).
 
-A custom collector reads :func:`bridge.metrics.key_figures` at scrape time, so the
+A custom collector reads :func:`bridge.extensions.health.figures.key_figures` at scrape time, so the
 bridge's hot path never calls into ``prometheus_client`` and there is one bookkeeping,
 not two: the counters the parts already keep. Imported only when the health server
 runs (``BRIDGE_HEALTH_PORT``), so ``prometheus-client`` is needed only then.
@@ -27,11 +27,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from bridge.metrics import ConnectorLatency
+from bridge.extensions.health.figures import ConnectorLatency
 
 Figures = Callable[[], dict[str, Any]]
 
-# Counters of bridge.counters with an explicit metric below; the others are exported
+# Counters of bridge.core.counters with an explicit metric below; the others are exported
 # as bridge_<name>_total with these help texts (or a generic one).
 _EXPLICIT = frozenset(
     (

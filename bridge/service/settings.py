@@ -26,8 +26,8 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-from bridge.rules import check_rules
-from bridge.topics import validate_prefix
+from bridge.downstream.topics import validate_prefix
+from bridge.upstream.rules import check_rules
 
 ENV_PREFIX = "BRIDGE_"
 SECRET_FIELDS = frozenset(("connector_token", "mqtt_password", "callback_secret"))

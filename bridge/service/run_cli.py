@@ -23,11 +23,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from types import FrameType
 
-from bridge import logging_setup
-from bridge.connector_side import StartupError
-from bridge.controller import Bridge
-from bridge.cpu_pinning import PinError, pin_process
-from bridge.settings import Settings, SettingsError, env_name, load_settings
+from bridge.service import logging_setup
+from bridge.service.controller import Bridge
+from bridge.service.cpu_pinning import PinError, pin_process
+from bridge.service.settings import Settings, SettingsError, env_name, load_settings
+from bridge.upstream.side import StartupError
 
 PROG = "connector-bridge run"
 STOP_MARGIN = 20.0  # seconds beyond stop_timeout before the watchdog ends a hanging stop
@@ -56,7 +56,7 @@ def split_env_file(argv: Sequence[str]) -> tuple[list[str], str | None]:
 
 
 def configure_logging(level: str, fmt: str = "text", secrets: Iterable[str] = ()) -> None:
-    """Text or JSON lines on stderr, secrets masked (see :mod:`bridge.logging_setup`)."""
+    """Text or JSON lines on stderr, secrets masked (see :mod:`bridge.service.logging_setup`)."""
     logging_setup.configure_logging(level, fmt, secrets)
 
 

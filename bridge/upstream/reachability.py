@@ -5,7 +5,7 @@ long poll retries with capped exponential back-off and jitter
 (:mod:`bridge.connector.channel`), start-up retries the same way, and commands retry
 what is safe to retry within their time-out. This module only *watches*, so that the
 bridge can say how it is doing: it turns what those parts see into one state and emits
-:class:`~bridge.events.ConnectorStateChanged` on the bus when the state changes (the
+:class:`~bridge.core.events.ConnectorStateChanged` on the bus when the state changes (the
 health extension publishes it).
 
 - ``up``: the Connector answers.
@@ -14,7 +14,7 @@ health extension publishes it).
 - ``refused``: 401 or 403, the access key is refused; at once, since waiting will not
   mend it (the long poll then tries only once per back-off cap, 30 s, not in a loop).
 
-Who feeds it: the start-up calls (:class:`bridge.connector_side.ConnectorSide`), and a
+Who feeds it: the start-up calls (:class:`bridge.upstream.side.ConnectorSide`), and a
 monitor thread that reads the long poll's counters once a second (long-poll channel) or
 asks for the Connector's version now and then (callback channel, where the bridge
 makes no call of its own while all is quiet).
@@ -30,8 +30,8 @@ from typing import Any
 
 from bridge.connector import response_codes
 from bridge.connector.channel import backoff_delay
-from bridge.counters import Counters
-from bridge.events import ConnectorState, ConnectorStateChanged, EventBus
+from bridge.core.counters import Counters
+from bridge.core.events import ConnectorState, ConnectorStateChanged, EventBus
 
 log = logging.getLogger("bridge.reachability")
 

@@ -1,0 +1,3 @@
+"""The middle of the bridge, shared by both sides and the extensions: typed events and
+their bus, the endpoint registry, counters, worker pools and deadlines, and the asyncio
+loop thread."""
