@@ -17,9 +17,8 @@ Code written for the original library runs after changing only its import line::
         print("temperature:", r.result)       # str for text values, bytes for binary
     c.stopLongPolling()
 
-What differs from the original, and where the REST page
-(``shared/docs/connector-rest-api.md``), the seed reference and the original library
-disagree (what was chosen):
+What differs from the original, and where the Connector's REST API description, the seed
+reference and the original library disagree (what was chosen):
 
 - Paths: every call goes to ``/v2/...`` except ``GET /`` and ``GET /rest-versions``,
   the two the page marks unversioned. The original sent ``PUT /subscriptions``

@@ -1,9 +1,10 @@
 """An asyncio event loop on one thread of its own, for aiohttp servers in a threaded program.
 
 The bridge is thread-based (the seed API's long-poll thread, paho's network thread, worker
-pools), but its HTTP servers (the emulator, the webhook receiver, the health endpoint)
-are aiohttp applications. Each runs on a ``LoopThread``: one long-lived thread with one
-loop, started and stopped from ordinary code, so no caller has to know asyncio.
+pools), but two of its HTTP servers (the emulator and the webhook receiver) are aiohttp
+applications. Each runs on a ``LoopThread``: one long-lived thread with one loop, started
+and stopped from ordinary code, so no caller has to know asyncio. (The health endpoint is
+a plain ``http.server``.)
 """
 
 from __future__ import annotations

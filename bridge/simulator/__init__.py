@@ -1,6 +1,6 @@
 """The Connector emulator: a local mbed Device Connector with virtual devices.
 
-It speaks the REST API of ``shared/docs/connector-rest-api.md`` (long polling and
+It speaks the 2016 Connector REST API (long polling and
 callback URL channels, subscriptions, pre-subscriptions, asynchronous device requests)
 over real HTTP, hosts virtual IPSO devices from a scenario, and can be steered and
 broken on purpose from Python (:class:`Emulator`) or over ``/admin/`` HTTP routes.

@@ -50,7 +50,8 @@ class Server:
 
 
 class Emulator:
-    """A local mbed Device Connector with virtual devices (see ``notes/interfaces.md``)."""
+    """A local mbed Device Connector with virtual devices (the README's "The Connector
+    emulator" says what it offers)."""
 
     def __init__(
         self,
@@ -68,10 +69,12 @@ class Emulator:
         channel_idle_timeout: float = 120.0,
         transaction_quota: int = 10_000,
     ) -> None:
-        """See ``notes/interfaces.md``. Extras: ``batch_size`` caps the entries of one
-        message (pull or webhook PUT); ``max_pending`` bounds the queue (the oldest are
-        dropped and counted beyond it); ``channel_idle_timeout`` is how long after the
-        last pull the long-poll channel still counts as set up (else async calls get
+        """``token`` is the access key; ``scenario`` and ``devices`` say which virtual devices
+        exist; ``pull_timeout``, ``latency``, ``callback_retry_period``, ``seed`` and
+        ``drift`` are the ``simulate`` options of the same names. ``batch_size`` caps the
+        entries of one message (pull or webhook PUT); ``max_pending`` bounds the queue (the
+        oldest are dropped and counted beyond it); ``channel_idle_timeout`` is how long after
+        the last pull the long-poll channel still counts as set up (else async calls get
         412); ``transaction_quota`` is what ``GET /limits`` reports (not enforced)."""
         self.core = EmulatorCore(
             token,
