@@ -4,11 +4,10 @@ CPython runs one thread at a time (the GIL). The bridge's threads (paho's networ
 thread, the long poll, the command workers, the deadline thread) hand the GIL and their
 work to each other several times per message. When the kernel spreads them over cores,
 every hand-over wakes a thread on another core: a futex wake-up across cores, the
-waiting core spinning or sleeping, caches warmed again. Measured with the command round
-trip (``connector-bridge bench --only commands``, 2 cores, interleaved pairs): the bridge
-process used 277-294 us of CPU per command spread over both cores and 171 us pinned to
-one, and carried 4,654-4,704 commands/s instead of 3,034-3,194. The bridge cannot use a
-second core for Python code anyway; only what runs outside the GIL (system calls) could.
+waiting core spinning or sleeping, caches warmed again. Pinned, the bridge spends far
+less CPU per command (the README's Performance section has the A/B). The bridge cannot
+use a second core for Python code anyway; only what runs outside the GIL (system calls)
+could.
 
 ``cpu_pin`` (``BRIDGE_CPU_PIN``): ``auto`` pins the process to the CPU it starts on, when
 it may run on two or more (the scheduler put it where there was room; bridges started
