@@ -82,25 +82,6 @@ def expected_configs(
     return out
 
 
-def wait_until(
-    u: MqttUser, done: Callable[[], str | None], between: Callable[[], None] = lambda: None
-) -> None:
-    """Wait until ``done()`` says nothing is missing (returns None), looking again at every
-    new message (bounded by WAIT); ``between`` runs before each wait."""
-    end = time.monotonic() + WAIT
-    while True:
-        missing = done()
-        if missing is None:
-            return
-        left = end - time.monotonic()
-        if left <= 0:
-            raise AssertionError(missing)
-        between()
-        count = len(u.messages) + 1
-        with contextlib.suppress(AssertionError):  # anything new (bounded), then look again
-            u.wait_for(lambda m: True, timeout=min(left, 1.0), count=count)
-
-
 def wait_after(u: MqttUser, since: int, predicate: Callable[[Received], bool]) -> Received:
     """The first message after index ``since`` that matches ``predicate`` (waits for it)."""
     before = sum(1 for m in u.messages[:since] if predicate(m))
@@ -130,7 +111,7 @@ def wait_configs(fleet: Fleet, emu: Emulator, expected: dict[str, bytes], since:
         for name in fleet.queue_mode:
             emu.wake(name)
 
-    wait_until(u, missing, wake)
+    u.wait_nothing_missing(missing, wake, WAIT)
 
 
 @contextlib.contextmanager
@@ -149,7 +130,7 @@ def running_fleet(broker: MosquittoBroker, emulator: Emulator, **overrides: Any)
                         documents[unescape_level(m.topic.split("/")[1])] = m.payload
                 return None if set(documents) >= names else f"$resources of {sorted(documents)}"
 
-            wait_until(u, resources_missing)
+            u.wait_nothing_missing(resources_missing, timeout=WAIT)
             queue_mode = [n for n, d in documents.items() if json.loads(d)["q"]]
             expected = expected_configs(emulator, documents, DiscoverySettings())
             f = Fleet(bridge, u, documents, expected, queue_mode)

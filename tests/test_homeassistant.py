@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from typing import Any
 
 import pytest
@@ -57,6 +56,7 @@ from bridge.extensions.homeassistant.discovery import (
     slug,
     unique_id,
 )
+from tests.support.mqtt_user import MqttUser
 
 # ----------------------------------------------------------------- the documented rules
 
@@ -803,8 +803,6 @@ def test_availability_template_makes_anything_but_online_unavailable(payload, av
 def test_configs_from_the_resources_documents_of_the_running_bridge(broker, emulator):
     """The bridge's retained ``$resources`` documents (demo scenario) give valid configs."""
     controller = pytest.importorskip("bridge.service.controller", reason="needs the bridge service")
-    import paho.mqtt.client as mqtt
-
     from bridge.service.settings import load_settings
 
     settings = load_settings(
@@ -817,32 +815,29 @@ def test_configs_from_the_resources_documents_of_the_running_bridge(broker, emul
         },
     )
     expected = set(emulator.endpoints())
-    documents: dict[str, bytes] = {}
-    got_all = threading.Event()
+    watch = MqttUser(broker.port).subscribe(f"{settings.topic_prefix}/+/$resources")
 
-    def on_message(_client, _userdata, msg):
-        endpoint = unescape_level(msg.topic.split("/")[1])
-        documents[endpoint] = msg.payload
-        if set(documents) >= expected:
-            got_all.set()
+    def documents() -> dict[str, bytes]:  # the latest document of each endpoint
+        return {unescape_level(m.topic.split("/")[1]): m.payload for m in list(watch.messages)}
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = on_message
-    client.on_connect = lambda c, *_: c.subscribe(f"{settings.topic_prefix}/+/$resources")
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
     bridge = controller.Bridge(settings).start()
     try:
         assert bridge.wait_ready(30), bridge.failure
-        assert got_all.wait(30), f"$resources seen for {sorted(documents)} of {sorted(expected)}"
+        watch.wait_nothing_missing(
+            lambda: (
+                None
+                if set(documents()) >= expected
+                else f"$resources seen for {sorted(documents())} of {sorted(expected)}"
+            ),
+            timeout=30,
+        )
     finally:
         bridge.stop()
-        client.loop_stop()
-        client.disconnect()
+        watch.close()
 
     components: set[str] = set()
     for name in expected:
-        endpoint = endpoint_from_resources_document(name, documents[name])
+        endpoint = endpoint_from_resources_document(name, documents()[name])
         messages = discovery_messages(endpoint)
         assert messages, name
         for topic, config in messages:
