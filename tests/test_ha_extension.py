@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,6 +41,7 @@ from tests.support.bridge_harness import (
     user,
 )
 from tests.support.broker import MosquittoBroker
+from tests.support.clients import wait_until
 from tests.support.listening import wait_listening
 from tests.support.mqtt_user import MqttUser, Received
 from tests.test_homeassistant import check_config, render
@@ -235,10 +235,8 @@ def settled(fleet: Fleet) -> None:
     Connector side's events (on the channel thread) and the device-information reads they
     started, then the request's answer, which the bridge publishes after all of that."""
     ha = ha_extension(fleet.bridge)
-    end = time.monotonic() + WAIT
-    while ha.info()["device_info_reading"] or ha.info()["device_info_waiting"]:
-        assert time.monotonic() < end, ha.info()
-        time.sleep(0.02)
+    busy = ("device_info_reading", "device_info_waiting")
+    assert wait_until(lambda: not any(ha.info()[k] for k in busy), WAIT), ha.info()
     assert request(fleet.user, "info")["ok"]
 
 
@@ -396,10 +394,9 @@ def test_an_endpoint_away_longer_than_the_grace_period_is_forgotten(
             for topic in (*devices[name], f"connector/{name}/$state"):
                 u.wait_topic(topic, WAIT, payload=b"")
         counters = fleet.bridge.ctx.counters
-        end = time.monotonic() + WAIT
-        while counters.get("endpoints_forgotten") < 2:
-            assert time.monotonic() < end, counters.snapshot()
-            time.sleep(0.02)
+        assert wait_until(lambda: counters.get("endpoints_forgotten") >= 2, WAIT), (
+            counters.snapshot()
+        )
         settled(fleet)
         assert counters.get("endpoints_forgotten") == 2
         gone = set(devices["node-001"]) | set(devices["multi-001"])
