@@ -322,6 +322,8 @@ def test_an_instance_read_that_times_out_is_not_repeated_resource_by_resource(
             while bridge.counters.get("initial_reads_failed") < len(observed):
                 assert time.monotonic() < end, "the failed reads were not counted"
                 time.sleep(0.05)
-            time.sleep(0.3)  # a fallback, if any, would be under way by now
+            # A fallback, if any, would start as the instance read ends: no read under way.
+            reads = bridge.ctx.info["extensions"]["values"]
+            assert wait_until(lambda: reads()["initial_reads_under_way"] == 0, 15), reads()
         taken = [p for ep, p, verb, _ in log.accepted if ep == "lamp-1" and verb == "GET"]
     assert taken == ["/3311/0"]

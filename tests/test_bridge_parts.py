@@ -7,9 +7,6 @@ import threading
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from bridge.connector import asyncResult
 from bridge.core.events import EventBus, MqttConnected
 from bridge.core.registry import Registry
@@ -33,16 +30,7 @@ def test_outbox_keeps_the_newest_in_order_and_counts_what_it_dropped(
 ) -> None:
     # A persistent subscriber: the broker queues what arrives while it is away.
     sub_id = f"sub-{uuid.uuid4().hex[:8]}"
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=sub_id, clean_session=False,
-                      protocol=mqtt.MQTTv311)  # fmt: skip
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *args: subscribed.set()
-    sub.connect("127.0.0.1", broker.port)
-    sub.loop_start()
-    sub.subscribe("buf/#", qos=1)
-    assert subscribed.wait(10)
-    sub.disconnect()
-    sub.loop_stop()
+    MqttUser(broker.port, "3.1.1", sub_id, persistent=True).subscribe("buf/#").close()
 
     link = MqttLink(link_settings(broker.port, mqtt_buffer=5), state_topic="buf-state")
     for i in range(10):  # not started yet: everything goes to the outbox
@@ -56,24 +44,12 @@ def test_outbox_keeps_the_newest_in_order_and_counts_what_it_dropped(
     finally:
         link.stop()
 
-    got: list[bytes] = []
-    done = threading.Event()
-
-    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
-        got.append(bytes(msg.payload))
-        if len(got) == 5:
-            done.set()
-
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=sub_id, clean_session=False,
-                      protocol=mqtt.MQTTv311)  # fmt: skip
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", broker.port)
-    sub.loop_start()
+    sub = MqttUser(broker.port, "3.1.1", sub_id, persistent=True)
     try:
-        assert done.wait(10), got
+        sub.wait_for(lambda m: True, count=5)
+        got = [m.payload for m in sub.messages]
     finally:
-        sub.disconnect()
-        sub.loop_stop()
+        sub.close()
     assert got == [b"5", b"6", b"7", b"8", b"9"]
 
 

@@ -28,16 +28,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import paho.mqtt.client as mqtt
 import pytest
 import requests
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.cli import COMMANDS
 from bridge.service.settings import SettingsError, load_settings
 from bridge.simulator import Emulator
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
+from tests.support.mqtt_user import MqttUser
 from tests.support.ports import free_port
 
 if sys.version_info >= (3, 11):
@@ -479,16 +478,11 @@ def test_the_compose_demo_broker_config_runs() -> None:
     broker = MosquittoBroker(listener=False)
     broker.extra_config = text.replace("listener 1883\n", f"listener {broker.port} 127.0.0.1\n")
     with broker.start():
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        client.connect("127.0.0.1", broker.port)
+        client = MqttUser(broker.port)  # anonymous
         try:
-            client.loop_start()
-            info = client.publish("connector/node-001/3303/0/5700", b"21", qos=1)
-            info.wait_for_publish(timeout=10)
-            assert info.is_published()
+            assert client.publish("connector/node-001/3303/0/5700", b"21", qos=1).is_published()
         finally:
-            client.disconnect()
-            client.loop_stop()
+            client.close()
 
 
 # --- systemd ---------------------------------------------------------------------------

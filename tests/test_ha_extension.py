@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,6 +41,7 @@ from tests.support.bridge_harness import (
     user,
 )
 from tests.support.broker import MosquittoBroker
+from tests.support.clients import wait_until
 from tests.support.listening import wait_listening
 from tests.support.mqtt_user import MqttUser, Received
 from tests.test_homeassistant import check_config, render
@@ -82,25 +82,6 @@ def expected_configs(
     return out
 
 
-def wait_until(
-    u: MqttUser, done: Callable[[], str | None], between: Callable[[], None] = lambda: None
-) -> None:
-    """Wait until ``done()`` says nothing is missing (returns None), looking again at every
-    new message (bounded by WAIT); ``between`` runs before each wait."""
-    end = time.monotonic() + WAIT
-    while True:
-        missing = done()
-        if missing is None:
-            return
-        left = end - time.monotonic()
-        if left <= 0:
-            raise AssertionError(missing)
-        between()
-        count = len(u.messages) + 1
-        with contextlib.suppress(AssertionError):  # anything new (bounded), then look again
-            u.wait_for(lambda m: True, timeout=min(left, 1.0), count=count)
-
-
 def wait_after(u: MqttUser, since: int, predicate: Callable[[Received], bool]) -> Received:
     """The first message after index ``since`` that matches ``predicate`` (waits for it)."""
     before = sum(1 for m in u.messages[:since] if predicate(m))
@@ -130,7 +111,7 @@ def wait_configs(fleet: Fleet, emu: Emulator, expected: dict[str, bytes], since:
         for name in fleet.queue_mode:
             emu.wake(name)
 
-    wait_until(u, missing, wake)
+    u.wait_nothing_missing(missing, wake, WAIT)
 
 
 @contextlib.contextmanager
@@ -149,7 +130,7 @@ def running_fleet(broker: MosquittoBroker, emulator: Emulator, **overrides: Any)
                         documents[unescape_level(m.topic.split("/")[1])] = m.payload
                 return None if set(documents) >= names else f"$resources of {sorted(documents)}"
 
-            wait_until(u, resources_missing)
+            u.wait_nothing_missing(resources_missing, timeout=WAIT)
             queue_mode = [n for n, d in documents.items() if json.loads(d)["q"]]
             expected = expected_configs(emulator, documents, DiscoverySettings())
             f = Fleet(bridge, u, documents, expected, queue_mode)
@@ -254,10 +235,8 @@ def settled(fleet: Fleet) -> None:
     Connector side's events (on the channel thread) and the device-information reads they
     started, then the request's answer, which the bridge publishes after all of that."""
     ha = ha_extension(fleet.bridge)
-    end = time.monotonic() + WAIT
-    while ha.info()["device_info_reading"] or ha.info()["device_info_waiting"]:
-        assert time.monotonic() < end, ha.info()
-        time.sleep(0.02)
+    busy = ("device_info_reading", "device_info_waiting")
+    assert wait_until(lambda: not any(ha.info()[k] for k in busy), WAIT), ha.info()
     assert request(fleet.user, "info")["ok"]
 
 
@@ -415,10 +394,9 @@ def test_an_endpoint_away_longer_than_the_grace_period_is_forgotten(
             for topic in (*devices[name], f"connector/{name}/$state"):
                 u.wait_topic(topic, WAIT, payload=b"")
         counters = fleet.bridge.ctx.counters
-        end = time.monotonic() + WAIT
-        while counters.get("endpoints_forgotten") < 2:
-            assert time.monotonic() < end, counters.snapshot()
-            time.sleep(0.02)
+        assert wait_until(lambda: counters.get("endpoints_forgotten") >= 2, WAIT), (
+            counters.snapshot()
+        )
         settled(fleet)
         assert counters.get("endpoints_forgotten") == 2
         gone = set(devices["node-001"]) | set(devices["multi-001"])

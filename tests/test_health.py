@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from bridge.simulator import Emulator
 from bridge.upstream.side import StartupError
 from tests.support.bridge_harness import bridge_settings, retained, running_bridge, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
+from tests.support.clients import wait_until
 from tests.support.mqtt_user import MqttUser, Received
 
 HEALTH = "connector/$bridge/health"
@@ -135,21 +135,12 @@ def test_liveness_and_readiness_follow_the_connector_and_the_broker(
 
     # The broker goes away: not ready (nobody would read a health message now).
     broker.stop()
-    assert _wait_disconnected(bridge)
+    assert wait_until(lambda: not bridge.mqtt.connected, WAIT)  # no event to wait on
     status, body = get(port, "/readyz")
     assert status == 503 and "not connected to the MQTT broker" in body["reasons"]
     broker.start()
     assert bridge.mqtt.wait_connected(WAIT)
     assert get(port, "/readyz")[0] == 200
-
-
-def _wait_disconnected(bridge: Bridge) -> bool:
-    """True once the MQTT link noticed the broker is gone (it reports no event to wait on
-    for the outside, so: short polls, bounded)."""
-    end = time.monotonic() + WAIT
-    while bridge.mqtt.connected and time.monotonic() < end:
-        time.sleep(0.02)
-    return not bridge.mqtt.connected
 
 
 def test_health_port_in_use_is_a_clear_start_up_error(

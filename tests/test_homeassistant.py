@@ -27,26 +27,26 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.core.events import Resource
 from bridge.downstream.topics import Topics, encode_resources, unescape_level
 from bridge.extensions.homeassistant.discovery import (
     AVAILABILITY_TEMPLATE,
     BOOLEAN_TEMPLATE,
     DiscoverySettings,
-    Endpoint,
-    Resource,
+    EndpointView,
     bridge_discovery_messages,
     bridge_node_id,
     bridge_removal_messages,
     discovery_messages,
     encode_config,
     endpoint_from_resources_document,
+    endpoint_view,
     ha_status_topic,
     id_token,
     is_ha_online,
@@ -56,6 +56,7 @@ from bridge.extensions.homeassistant.discovery import (
     slug,
     unique_id,
 )
+from tests.support.mqtt_user import MqttUser
 
 # ----------------------------------------------------------------- the documented rules
 
@@ -270,7 +271,7 @@ def _device_object(model: str) -> list[Resource]:
 DEVICE_VALUES = {"/3/0/0": "ACME", "/3/0/1": "TH-1", "/3/0/3": "2.4.1"}
 
 # Every IPSO object the issue names, with its value resource, in one endpoint.
-KITCHEN_SINK = Endpoint(
+KITCHEN_SINK = endpoint_view(
     name="sink-001",
     ept="Everything",
     resources=(
@@ -328,7 +329,7 @@ KITCHEN_SINK_EXPECTED: dict[str, tuple[str, str | None, str | None]] = {
 }
 
 
-def default_scenario_endpoints() -> list[Endpoint]:
+def default_scenario_endpoints() -> list[EndpointView]:
     """The emulator's default scenario as the bridge would describe it."""
     from bridge.simulator import default_scenario
 
@@ -339,7 +340,7 @@ def default_scenario_endpoints() -> list[Endpoint]:
             for r in template.resources
         )
         values = {r.path: r.value for r in template.resources if r.value}
-        endpoints.append(Endpoint(name, template.ept, resources, values))
+        endpoints.append(endpoint_view(name, template.ept, resources, values))
     return endpoints
 
 
@@ -422,12 +423,12 @@ def test_one_device_per_endpoint_with_registry_info_from_the_device_object():
         "sw_version": "2.4.1",
         "via_device": bridge_node_id(),
     }
-    bare = Endpoint("bare", "Kind", (Resource("/3303/0/5700"),))
+    bare = endpoint_view("bare", "Kind", (Resource("/3303/0/5700"),))
     assert discovery_messages(bare)[0][1]["device"]["model"] == "Kind"  # the type, lacking 3/0/1
 
 
 def test_availability_needs_both_the_bridge_and_the_endpoint_online():
-    odd = Endpoint("hall/way #1", resources=(Resource("/3303/0/5700"),))
+    odd = endpoint_view("hall/way #1", resources=(Resource("/3303/0/5700"),))
     [(_, config)] = discovery_messages(odd, DiscoverySettings(topic_prefix="home/lwm2m"))
     topics = Topics("home/lwm2m")
     assert config["availability_mode"] == "all"
@@ -478,7 +479,7 @@ def test_commands_go_to_the_bridge_command_topics_and_parse_back():
 
 
 def test_light_brightness_comes_from_the_dimmer_only_when_there_is_one():
-    plain = Endpoint("lamp", resources=(Resource("/3311/0/5850"),))
+    plain = endpoint_view("lamp", resources=(Resource("/3311/0/5850"),))
     [(topic, config)] = discovery_messages(plain)
     check_config(topic, config)
     assert "brightness_command_topic" not in config and "brightness_scale" not in config
@@ -498,7 +499,7 @@ def test_light_brightness_comes_from_the_dimmer_only_when_there_is_one():
 )
 def test_temperature_units_from_the_device(device_unit, device_class, unit):
     values = {} if device_unit is None else {"/3303/0/5701": device_unit}
-    endpoint = Endpoint("t", resources=(Resource("/3303/0/5700"),), values=values)
+    endpoint = endpoint_view("t", resources=(Resource("/3303/0/5700"),), values=values)
     [(topic, config)] = discovery_messages(endpoint)
     check_config(topic, config)
     assert config.get("device_class") == device_class
@@ -524,7 +525,7 @@ def test_temperature_units_from_the_device(device_unit, device_class, unit):
     ],
 )
 def test_units_map_to_what_home_assistant_accepts(obj, res, device_unit, device_class, unit):
-    endpoint = Endpoint(
+    endpoint = endpoint_view(
         "u", resources=(Resource(f"/{obj}/0/{res}"),), values={f"/{obj}/0/5701": device_unit}
     )
     [(topic, config)] = discovery_messages(endpoint)
@@ -536,7 +537,7 @@ def test_units_map_to_what_home_assistant_accepts(obj, res, device_unit, device_
 
 
 def test_writability_and_executability_when_the_device_says_so():
-    endpoint = Endpoint(
+    endpoint = endpoint_view(
         "flags",
         resources=(
             Resource("/3201/0/5550", writable=False),  # read-only output: a binary sensor
@@ -561,7 +562,9 @@ def test_writability_and_executability_when_the_device_says_so():
 
 
 def test_several_instances_are_numbered_in_names_not_in_ids():
-    endpoint = Endpoint("multi", resources=(Resource("/3303/0/5700"), Resource("/3303/1/5700")))
+    endpoint = endpoint_view(
+        "multi", resources=(Resource("/3303/0/5700"), Resource("/3303/1/5700"))
+    )
     messages = discovery_messages(endpoint)
     assert sorted(c["name"] for _, c in messages) == ["Temperature 0", "Temperature 1"]
     assert len({c["unique_id"] for _, c in messages}) == 2
@@ -577,7 +580,7 @@ def test_unique_id_is_stable_and_readable():
     assert node_id("node-001") == "connector__node-001"
     assert bridge_node_id() == "connector--bridge"
     first = discovery_messages(KITCHEN_SINK)
-    shuffled = Endpoint(
+    shuffled = endpoint_view(
         KITCHEN_SINK.name,
         KITCHEN_SINK.ept,
         tuple(reversed(KITCHEN_SINK.resources)),
@@ -595,7 +598,7 @@ def test_unique_ids_and_topics_differ_between_entities_endpoints_and_bridges():
     for prefix in ("connector", "other/bridge"):
         settings = DiscoverySettings(topic_prefix=prefix)
         for name in ("sink-001", "sink_001", "sink/001", "$sink-001"):
-            endpoint = Endpoint(name, KITCHEN_SINK.ept, KITCHEN_SINK.resources)
+            endpoint = endpoint_view(name, KITCHEN_SINK.ept, KITCHEN_SINK.resources)
             for topic, config in discovery_messages(endpoint, settings):
                 assert config["unique_id"] not in seen_ids
                 assert topic not in seen_topics
@@ -653,7 +656,7 @@ def test_unique_ids_never_collide(ep_a, ep_b, path_a, path_b):
 
 @given(names)
 def test_any_endpoint_name_gives_valid_discovery_topics_and_entity_ids(name):
-    endpoint = Endpoint(name, resources=(Resource("/3303/0/5700"), Resource("/3/0/4")))
+    endpoint = endpoint_view(name, resources=(Resource("/3303/0/5700"), Resource("/3/0/4")))
     messages = discovery_messages(endpoint)
     assert len(messages) == 2
     for topic, config in messages:
@@ -676,7 +679,7 @@ def test_removal_empties_exactly_the_published_topics():
     removal = removal_messages(KITCHEN_SINK)
     assert [t for t, _ in removal] == [t for t, _ in published]
     assert all(payload == b"" for _, payload in removal)
-    other = removal_messages(Endpoint("other", resources=KITCHEN_SINK.resources))
+    other = removal_messages(endpoint_view("other", resources=KITCHEN_SINK.resources))
     assert not {t for t, _ in other} & {t for t, _ in published}  # removes only its own
 
 
@@ -699,6 +702,10 @@ def test_endpoint_from_the_resources_document_the_bridge_publishes():
         endpoint_from_resources_document("x", b"[]")
     with pytest.raises(ValueError):
         Resource.from_dict({"rt": "no path"})
+    # The bridge's one resource model: unknown abilities stay out of listings.
+    assert Resource("/1/0/1").as_dict() == {"path": "/1/0/1", "rt": None, "ct": None, "obs": False}
+    known = Resource("/3/0/4", "Reboot", writable=False, executable=True)
+    assert Resource.from_dict(known.as_dict()) == known
 
 
 # ------------------------------------------------------- Home Assistant's own messages
@@ -735,12 +742,12 @@ def test_status_topic_and_settings_validation():
         "https://example.org/help"
     )
     with pytest.raises(ValueError):
-        discovery_messages(Endpoint(""))
+        discovery_messages(endpoint_view(""))
 
 
 def test_encoded_payload_is_compact_utf8_json():
     [(_, config)] = discovery_messages(
-        Endpoint("t", resources=(Resource("/3303/0/5700"),), values={"/3303/0/5701": "Cel"})
+        endpoint_view("t", resources=(Resource("/3303/0/5700"),), values={"/3303/0/5701": "Cel"})
     )
     payload = encode_config(config)
     assert "°C".encode() in payload and b": " not in payload
@@ -796,8 +803,6 @@ def test_availability_template_makes_anything_but_online_unavailable(payload, av
 def test_configs_from_the_resources_documents_of_the_running_bridge(broker, emulator):
     """The bridge's retained ``$resources`` documents (demo scenario) give valid configs."""
     controller = pytest.importorskip("bridge.service.controller", reason="needs the bridge service")
-    import paho.mqtt.client as mqtt
-
     from bridge.service.settings import load_settings
 
     settings = load_settings(
@@ -810,32 +815,29 @@ def test_configs_from_the_resources_documents_of_the_running_bridge(broker, emul
         },
     )
     expected = set(emulator.endpoints())
-    documents: dict[str, bytes] = {}
-    got_all = threading.Event()
+    watch = MqttUser(broker.port).subscribe(f"{settings.topic_prefix}/+/$resources")
 
-    def on_message(_client, _userdata, msg):
-        endpoint = unescape_level(msg.topic.split("/")[1])
-        documents[endpoint] = msg.payload
-        if set(documents) >= expected:
-            got_all.set()
+    def documents() -> dict[str, bytes]:  # the latest document of each endpoint
+        return {unescape_level(m.topic.split("/")[1]): m.payload for m in list(watch.messages)}
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = on_message
-    client.on_connect = lambda c, *_: c.subscribe(f"{settings.topic_prefix}/+/$resources")
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
     bridge = controller.Bridge(settings).start()
     try:
         assert bridge.wait_ready(30), bridge.failure
-        assert got_all.wait(30), f"$resources seen for {sorted(documents)} of {sorted(expected)}"
+        watch.wait_nothing_missing(
+            lambda: (
+                None
+                if set(documents()) >= expected
+                else f"$resources seen for {sorted(documents())} of {sorted(expected)}"
+            ),
+            timeout=30,
+        )
     finally:
         bridge.stop()
-        client.loop_stop()
-        client.disconnect()
+        watch.close()
 
     components: set[str] = set()
     for name in expected:
-        endpoint = endpoint_from_resources_document(name, documents[name])
+        endpoint = endpoint_from_resources_document(name, documents()[name])
         messages = discovery_messages(endpoint)
         assert messages, name
         for topic, config in messages:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -24,6 +23,7 @@ from bridge.service.controller import Bridge
 from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
 from tests.support.broker import MosquittoBroker
+from tests.support.clients import wait_until
 from tests.support.listening import wait_listening
 from tests.support.mqtt_user import MqttUser
 
@@ -170,10 +170,12 @@ def test_metrics_count_notifications_commands_and_connector_latency(stack: Stack
     notified = sent + 1
     counters = stack.bridge.ctx.counters
     base = value(before, "bridge_notifications_published_total")
-    assert _wait(lambda: counters.get("notifications_published") - base >= notified)
+    assert wait_until(lambda: counters.get("notifications_published") - base >= notified, WAIT)
     base_received = value(before, "bridge_notifications_received_total")
     # (the health extension counts the same event just after the values extension)
-    assert _wait(lambda: counters.get("notifications_received") - base_received >= notified)
+    assert wait_until(
+        lambda: counters.get("notifications_received") - base_received >= notified, WAIT
+    )
 
     after, _ = scrape(stack.port)
 
@@ -233,9 +235,11 @@ def test_buffer_depth_drops_and_reconnects_follow_a_broker_outage(
         emu, port = stack.emu, stack.port
         health = next(e for e in stack.bridge.extensions if e.name == "health")
         broker.stop()
-        assert _wait(lambda: not stack.bridge.mqtt.connected)
+        assert wait_until(lambda: not stack.bridge.mqtt.connected, WAIT)
         sent = emu.burst(20, ep="node-001", path="/3303/0/5700")
-        assert _wait(lambda: stack.bridge.ctx.counters.get("notifications_received") >= sent)
+        assert wait_until(
+            lambda: stack.bridge.ctx.counters.get("notifications_received") >= sent, WAIT
+        )
         during, _ = scrape(port)
         assert value(during, "bridge_mqtt_connected") == 0
         assert value(during, "bridge_ready") == 0
@@ -244,19 +248,11 @@ def test_buffer_depth_drops_and_reconnects_follow_a_broker_outage(
         assert health.ready()[0] is False
 
         broker.start()
-        assert _wait(lambda: stack.bridge.mqtt.connected and not stack.bridge.mqtt.outbox_size())
+        assert wait_until(
+            lambda: stack.bridge.mqtt.connected and not stack.bridge.mqtt.outbox_size(), WAIT
+        )
         after, _ = scrape(port)
         assert value(after, "bridge_mqtt_reconnects_total") == 1
         assert value(after, "bridge_mqtt_disconnects_total") == 1
         assert value(after, "bridge_mqtt_buffer_messages") == 0
         assert value(after, "bridge_ready") == 1
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Wait for a condition of the bridge itself (no event to wait on): short polls."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())

@@ -25,15 +25,14 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from tests.support.broker import MosquittoBroker
+from tests.support.mqtt_user import MqttUser, Received
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -140,63 +139,13 @@ class NodeRed:
         self._reader.join(5)
 
 
-@dataclass
-class Seen:
-    """Everything the monitor client received, with a condition to wait on."""
-
-    messages: list[tuple[str, bytes, Any]] = field(default_factory=list)
-    changed: threading.Condition = field(default_factory=threading.Condition)
-
-    def add(self, msg: mqtt.MQTTMessage) -> None:
-        with self.changed:
-            self.messages.append((msg.topic, msg.payload, msg.properties))
-            self.changed.notify_all()
-
-    def mark(self) -> int:
-        """A position in the message list: ``wait(..., since=mark)`` ignores older ones."""
-        with self.changed:
-            return len(self.messages)
-
-    def wait(
-        self, what: str, predicate: Callable[[str, bytes, Any], bool], since: int = 0
-    ) -> tuple[str, bytes, Any]:
-        """The latest message from ``since`` on that satisfies ``predicate``."""
-        with self.changed:
-            found: list[tuple[str, bytes, Any]] = []
-
-            def check() -> bool:
-                found[:] = [m for m in self.messages[since:] if predicate(*m)]
-                return bool(found)
-
-            if not self.changed.wait_for(check, WAIT):
-                recent = "\n".join(f"{t} {p[:200]!r}" for t, p, _ in self.messages[-20:])
-                raise AssertionError(f"never saw {what}; last messages:\n{recent}")
-            return found[-1]
-
-    def payloads(self, topic: str) -> list[bytes]:
-        with self.changed:
-            return [p for t, p, _ in self.messages if t == topic]
-
-
 @pytest.fixture
-def monitor(broker: MosquittoBroker) -> Iterator[Seen]:
+def monitor(broker: MosquittoBroker) -> Iterator[MqttUser]:
     """An MQTT 5 client watching the demo's and the flow's topics."""
-    seen = Seen()
-    subscribed = threading.Event()
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id="node-red-test-monitor", protocol=mqtt.MQTTv5
-    )
-    client.on_message = lambda c, u, msg: seen.add(msg)
-    client.on_subscribe = lambda c, u, mid, codes, props: subscribed.set()
-    client.on_connect = lambda c, u, f, rc, props: c.subscribe(
-        [("node-red-demo/#", 1), ("connector/+/3303/0/5700", 1), (LIGHT_VALUE, 1)]
-    )
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    assert subscribed.wait(10), "monitor could not subscribe"
-    yield seen
-    client.loop_stop()
-    client.disconnect()
+    user = MqttUser(broker.port, client_id="node-red-test-monitor")
+    user.subscribe("node-red-demo/#", "connector/+/3303/0/5700", LIGHT_VALUE)
+    yield user
+    user.close()
 
 
 @pytest.fixture
@@ -253,45 +202,40 @@ def node_red(
 
 
 def test_flow_shows_temperatures_and_switches_the_light_with_a_response_topic(
-    monitor: Seen, demo: Any, node_red: NodeRed
+    monitor: MqttUser, demo: Any, node_red: NodeRed
 ) -> None:
     # The flow's table holds node-001's temperature, a value the bridge published.
-    def table_has_bridge_value(topic: str, payload: bytes, _props: Any) -> bool:
-        if topic != "node-red-demo/temperatures":
+    def table_has_bridge_value(m: Received) -> bool:
+        if m.topic != "node-red-demo/temperatures":
             return False
-        value = json.loads(payload).get("node-001")
-        return value is not None and any(float(p) == value for p in monitor.payloads(TEMPERATURE))
+        value = json.loads(m.payload).get("node-001")
+        return value is not None and any(float(t.payload) == value for t in monitor.on(TEMPERATURE))
 
-    _, table, _ = monitor.wait("node-001 in the flow's temperature table", table_has_bridge_value)
+    table = monitor.wait_for(table_has_bridge_value, WAIT)[0].payload  # node-001 in the table
     assert isinstance(json.loads(table)["node-001"], (int, float))
 
     for inject, value in ((INJECT_ON, b"1"), (INJECT_OFF, b"0")):
         since = monitor.mark()
         node_red.inject(inject)
         # the bridge's reply on the flow's response topic, carrying Correlation Data
-        _, reply, props = monitor.wait(
-            f"the reply to {value!r} on the response topic",
-            lambda t, p, pr: t == "node-red-demo/light-001/reply",
-            since,
+        [reply] = monitor.wait_for(
+            lambda m: m.topic == "node-red-demo/light-001/reply", WAIT, since=since
         )
-        correlation = getattr(props, "CorrelationData", None)
+        correlation = reply.correlation_data
         assert correlation, "the bridge's reply lost the Correlation Data"
-        assert json.loads(reply)["ok"] is True, reply
+        assert json.loads(reply.payload)["ok"] is True, reply
         # the flow matched that reply to the command it sent
-        _, result, _ = monitor.wait(
-            f"the flow's result for {value!r}",
-            lambda t, p, pr, c=correlation: (
-                t == "node-red-demo/light-001/result" and json.loads(p)["correlation"] == c.decode()
+        [result] = monitor.wait_for(
+            lambda m, c=correlation: (
+                m.topic == "node-red-demo/light-001/result"
+                and json.loads(m.payload)["correlation"] == c.decode()
             ),
-            since,
+            WAIT,
+            since=since,
         )
-        outcome = json.loads(result)
+        outcome = json.loads(result.payload)
         assert outcome["matched"] is True, outcome
         assert outcome["request"]["value"] == value.decode()
         # and the light really is in that state: on the broker and in the device
-        monitor.wait(
-            f"{LIGHT_VALUE} = {value!r}",
-            lambda t, p, pr, v=value: t == LIGHT_VALUE and p == v,
-            since,
-        )
+        monitor.wait_topic(LIGHT_VALUE, WAIT, payload=value, since=since)
         assert demo.get_value("light-001", "/3311/0/5850") == value

@@ -11,7 +11,6 @@ the bridge resends what it held after a connection was lost.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -76,7 +75,11 @@ def test_after_a_lost_connection_the_resent_messages_respect_the_limit(
             assert wait_until(lambda: len(tap.most_in_flight()) >= 2, 20), "no reconnect"
             last = f"{first + n - 1:06d}".encode()
             u.wait_for(lambda m: m.payload == last, timeout=60)
-            time.sleep(0.2)
+            # A marker after the burst, on the same path: once it is here, whatever the
+            # bridge resent before it is here too.
+            marker = f"{emu.counters()['emitted_notifications']:06d}".encode()
+            emu.burst(1, ep="burst-ep", path="/1/0/1", size=6)
+            u.wait_for(lambda m: m.payload == marker, timeout=60)
             got = {m.payload for m in u.on(STREAM)}
     sent = {f"{first + k:06d}".encode() for k in range(n)}
     assert sent <= got, f"{len(sent - got)} values lost"

@@ -40,6 +40,7 @@ from tests.support.bridge_harness import (
     wait_initial_reads,
 )
 from tests.support.broker import MosquittoBroker
+from tests.support.clients import wait_until
 
 N = 3000
 
@@ -196,8 +197,12 @@ def test_while_the_broker_is_away_the_buffer_keeps_the_newest_in_order(
             broker.start()
             newest = {value(first + k) for k in range(n - cap, n)}
             sub.wait_values(STREAM_TOPIC, newest, timeout=30)
-            time.sleep(0.3)  # anything else would have arrived with them
-            got = sub.payloads(STREAM_TOPIC)
+            # A marker value after the burst, on the same path: the link publishes in
+            # order, so once it is here anything else of the burst would be here too.
+            marker = value(emitted_range(emu))
+            emu.burst(1, ep=STREAM_EP, path=STREAM_PATH, size=VALUE_WIDTH)
+            sub.wait_values(STREAM_TOPIC, {marker}, timeout=30)
+            got = [p for p in sub.payloads(STREAM_TOPIC) if p != marker]
         finally:
             sub.close()
         dropped = bridge.mqtt.stats["dropped_buffer_full"]
@@ -319,7 +324,11 @@ def test_a_command_the_broker_resends_is_carried_out_once(
             broker.start()
             pub.wait_replies({when.encode()}, 30)
             emu.clear_faults()
-            time.sleep(1.0)  # a second reply would come now
+            # The copy was recognised and dropped (a counter), and a marker command sent
+            # after it on the same path is answered: the bridge is past the copy.
+            assert wait_until(lambda: bridge.mqtt.stats["duplicates_ignored"] >= 1, 15)
+            pub.command(f"{SETPOINT_TOPIC}/set", "marker", f"marker-{when}")
+            pub.wait_replies({f"marker-{when}".encode()}, 30)
             replies = pub.count(when.encode())
         finally:
             pub.close()

@@ -29,6 +29,7 @@ from tests.reliability_support import (
 )
 from tests.support.bridge_harness import bridge_settings, running_bridge
 from tests.support.broker import MosquittoBroker
+from tests.support.clients import wait_until
 
 STATE = "connector/$bridge/state"
 
@@ -152,7 +153,9 @@ def test_bridge_killed_mid_stream_of_commands_nothing_is_lost(
             while not all_carried_out():
                 assert time.monotonic() < deadline, "not every command was carried out"
                 time.sleep(0.1)
-            time.sleep(1.0)  # replies of the last ones
+            # Replies of the last ones: a marker command after them, on the same path.
+            pub.command(f"{SETPOINT_TOPIC}/set", "marker", "marker")
+            pub.wait_replies({b"marker"}, 30)
             recovery = time.monotonic() - restarted
             answered = {k for k in keys if pub.count(k.encode())}
     finally:
@@ -202,15 +205,23 @@ def test_stop_under_load_answers_what_it_took_and_leaves_the_rest_for_the_next_s
             )
             offline = watch.arrivals[STATE][-1].payload
             assert sender.done.wait(30)
-            time.sleep(0.5)
             keys = sender.keys
+            # What the Connector took for the devices is carried out (they are slower than
+            # the stop): every accepted command executed, a counter, not a pause.
+            sent = {k.encode() for k in keys}
+            assert wait_until(
+                lambda: sent & log.accepted_bodies() <= set(log.bodies(ACT_EP, SETPOINT, "PUT")),
+                10,
+            )
             executed_by_first = log.bodies(ACT_EP, SETPOINT, "PUT")
             answered_by_first = {k for k in keys if pub.count(k.encode())}
             first_log = bp.log()
             # what the first run did not take, the next one does
             bp.start()
             pub.wait_replies({k.encode() for k in keys}, 60)
-            time.sleep(0.5)
+            # A second execution would come before the reply to a marker sent after them.
+            pub.command(f"{SETPOINT_TOPIC}/set", "marker", "marker")
+            pub.wait_replies({b"marker"}, 30)
     finally:
         watch.close()
         pub.close()

@@ -16,20 +16,13 @@ import requests
 
 from bridge.simulator import Emulator
 from tests.simulator_support import Api, decode
+from tests.support.clients import wait_until
 from tests.support.ports import free_port
 
 
 @pytest.fixture
 def api(emulator: Emulator) -> Api:
     return Api(emulator)
-
-
-def wait_until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # --- long polling ---------------------------------------------------------------------
@@ -62,7 +55,7 @@ def test_second_pull_gets_409(emulator: Emulator, api: Api) -> None:
     first: list[int] = []
     t = threading.Thread(target=lambda: first.append(api.get("/notification/pull").status_code))
     t.start()
-    wait_until(lambda: emulator.counters()["pulls"] == 1)
+    assert wait_until(lambda: emulator.counters()["pulls"] == 1)
     other = Api(emulator)
     assert other.get("/notification/pull").status_code == 409
     t.join()
@@ -83,7 +76,7 @@ def test_batch_carries_everything_pending_and_is_capped() -> None:
         emu.update("light-001")
         emu.expire("node-001")
         emu.deregister("node-002")
-        wait_until(lambda: emu.counters()["pending"] >= 6)
+        assert wait_until(lambda: emu.counters()["pending"] >= 6)
         body = api.pull().json()
         assert set(body) == {
             "notifications",
@@ -119,7 +112,7 @@ def test_pull_whose_client_died_keeps_its_messages(emulator: Emulator) -> None:
     api = Api(emulator)
     api.put("/subscriptions/light-001/3311/0/5851")
     sock = _raw_pull(emulator.port, emulator.token, reset=False)
-    wait_until(lambda: emulator.counters()["pulls"] == 1)
+    assert wait_until(lambda: emulator.counters()["pulls"] == 1)
     sock.close()  # the client dies while its pull is held
     emulator.set_value("light-001", "/3311/0/5851", "33")
     # the dead pull did not take it; a new pull (not refused) gets it
@@ -138,10 +131,10 @@ def test_held_pull_reset_by_its_client_keeps_its_messages(emulator: Emulator) ->
     for i in range(5):
         pulls = emulator.counters()["pulls"]
         sock = _raw_pull(emulator.port, emulator.token, reset=True)
-        wait_until(lambda n=pulls: emulator.counters()["pulls"] == n + 1)
+        assert wait_until(lambda n=pulls: emulator.counters()["pulls"] == n + 1)
         sock.close()  # RST while the pull is held
         emulator.set_value("light-001", "/3311/0/5851", str(i))
-        wait_until(lambda: not emulator.core.pull_open)
+        assert wait_until(lambda: not emulator.core.pull_open)
         # the reset pull took nothing: the next pull gets the value (and the queue is
         # empty again, so the next reset pull is held)
         expected = [str(k).encode() for k in range(i + 1)]
@@ -165,7 +158,7 @@ def test_failed_write_puts_the_batch_back_at_the_head() -> None:
         )
         assert sock.recv(100).startswith(b"HTTP/1.1 200")
         sock.close()
-        wait_until(lambda: emu.counters()["redelivered"] == 10_000)
+        assert wait_until(lambda: emu.counters()["redelivered"] == 10_000)
         emu.set_value("light-001", "/3311/0/5851", "1")
         api.wait_for(lambda s: len(s["notifications"]) == 10_001, timeout=20)
         values = api.notifications("light-001", "/3311/0/5851")
@@ -278,7 +271,7 @@ def test_callback_retries_with_backoff_then_delivers(
     receiver.statuses = [500, 503, 500]
     emulator.set_value("light-001", "/3311/0/5850", "1")
     receiver.wait(lambda: len(receiver.entries("notifications")) == 1)
-    wait_until(lambda: emulator.counters()["delivered"] == 1)  # counted once answered
+    assert wait_until(lambda: emulator.counters()["delivered"] == 1)  # counted once answered
     c = emulator.counters()
     assert c["retried"] == 3
     assert c["delivered"] == c["emitted"] == 1
@@ -292,7 +285,7 @@ def test_callback_drops_after_retry_period(receiver: Receiver) -> None:
         api.put("/subscriptions/light-001/3311/0/5850")
         receiver.statuses = [500] * 1000
         emu.set_value("light-001", "/3311/0/5850", "1")
-        wait_until(lambda: emu.counters()["dropped"] == 1, timeout=10)
+        assert wait_until(lambda: emu.counters()["dropped"] == 1, timeout=10)
         c = emu.counters()
         assert c["retried"] >= 2
         assert c["delivered"] == 0
@@ -320,7 +313,7 @@ def test_pull_open_when_callback_set_returns_empty(emulator: Emulator, receiver:
         result: list[requests.Response] = []
         t = threading.Thread(target=lambda: result.append(api.get("/notification/pull")))
         t.start()
-        wait_until(lambda: emu.counters()["pulls"] == 1)
+        assert wait_until(lambda: emu.counters()["pulls"] == 1)
         assert api.put("/notification/callback", json={"url": receiver.url}).status_code == 204
         api.put("/subscriptions/light-001/3311/0/5850")
         emu.set_value("light-001", "/3311/0/5850", "1")

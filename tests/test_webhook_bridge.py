@@ -12,19 +12,15 @@ import contextlib
 import os
 import subprocess
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import paho.mqtt.client as mqtt
 import pytest
 import requests
 from aiohttp import web
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.core.loop_thread import LoopThread
 from bridge.service.controller import Bridge
@@ -35,20 +31,13 @@ from bridge.upstream.side import StartupError
 from tests.support.bridge_harness import bridge_settings, command, retained, running_bridge, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.certs import Pki, make_test_pki
+from tests.support.clients import wait_until
+from tests.support.mqtt_user import MqttUser
 from tests.support.ports import free_port, wait_for_port
 
 DIMMER_PATH = "/3311/0/5851"
 DIMMER = "connector/light-001/3311/0/5851"
 WAIT = 20.0
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Poll a condition the code under test offers no event for (bounded, short steps)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def callback_overrides(port: int, **extra: Any) -> dict[str, Any]:
@@ -107,45 +96,6 @@ def test_a_configured_secret_from_a_file(
 # --- 503 and the Connector's retries ---------------------------------------------------------
 
 
-class PersistentSubscriber:
-    """A client whose session outlives a broker restart: after reconnecting it receives
-    what was published for it while it was away (QoS 1). MQTT 3.1.1 with a persistent
-    session: Mosquitto 2.0.11 does not restore MQTT 5 sessions from its persistence file
-    (eclipse-mosquitto/mosquitto#2265)."""
-
-    def __init__(self, port: int, topic: str) -> None:
-        self.payloads: list[bytes] = []
-        self._cond = threading.Condition()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"persistent-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311, clean_session=False,
-        )  # fmt: skip
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.reconnect_delay_set(1, 1)
-        self.client.connect("127.0.0.1", port, keepalive=30)
-        self.client.loop_start()
-        self.client.subscribe(topic, qos=1)
-        assert subscribed.wait(10), "SUBACK not received"
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.retain:
-            return  # the value retained before this test's values
-        with self._cond:
-            self.payloads.append(bytes(msg.payload))
-            self._cond.notify_all()
-
-    def wait_for(self, payload: bytes, timeout: float = WAIT) -> list[bytes]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: payload in self.payloads, timeout), self.payloads
-            return list(self.payloads)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 @pytest.fixture
 def persistent_broker() -> Iterator[MosquittoBroker]:
     """A broker whose sessions survive a restart. ("user root": started as root, Mosquitto
@@ -173,19 +123,28 @@ def test_503_while_the_broker_is_away_and_the_connectors_retries_deliver_everyth
             # The start-up read's value is retained before the subscriber listens (a late
             # one would arrive live, as if it were one of the test's).
             retained(broker, DIMMER, 1)
-            sub = PersistentSubscriber(broker.port, DIMMER)
+            # A session that outlives the broker restart: after reconnecting it receives
+            # what was published for it while it was away (QoS 1). MQTT 3.1.1: Mosquitto
+            # 2.0.11 does not restore MQTT 5 sessions from its persistence file
+            # (eclipse-mosquitto/mosquitto#2265).
+            sub = MqttUser(
+                broker.port, "3.1.1", f"persistent-{uuid.uuid4().hex[:8]}", persistent=True
+            )
+            sub.subscribe(DIMMER)
             try:
                 emu.reset_counters()
                 broker.stop()
-                wait_until(lambda: not bridge.mqtt.connected)
+                assert wait_until(lambda: not bridge.mqtt.connected, WAIT)
                 for v in values:
                     emu.set_value("light-001", DIMMER_PATH, v)
-                wait_until(lambda: emu.counters()["retried"] >= 2)
+                assert wait_until(lambda: emu.counters()["retried"] >= 2, WAIT)
                 refused = receiver_of(bridge).stats["refused_unavailable"]
                 assert refused >= 2
                 assert bridge.mqtt.outbox_size() <= 3
                 broker.start()
-                got = sub.wait_for(values[-1])
+                sub.wait_for(lambda m: not m.retain and m.payload == values[-1], WAIT)
+                # (not the value retained before this test's values)
+                got = [m.payload for m in sub.messages if not m.retain]
             finally:
                 sub.close()
             counters = emu.counters()
@@ -443,6 +402,6 @@ def test_a_message_refused_at_stop_stays_with_the_connector(
         receiver = receiver_of(bridge)
         receiver.refuse_new()  # the first step of Bridge.stop's channel shutdown
         emulator.set_value("light-001", DIMMER_PATH, "61")
-        wait_until(lambda: receiver.stats["refused_unavailable"] >= 1)
+        assert wait_until(lambda: receiver.stats["refused_unavailable"] >= 1, WAIT)
     with running_bridge(settings), user(broker, "5", DIMMER) as u:
         u.wait_topic(DIMMER, payload=b"61")

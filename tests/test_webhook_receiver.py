@@ -11,8 +11,7 @@ import shutil
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,21 +29,13 @@ from bridge.upstream.callback_receiver import (
     server_ssl_context,
 )
 from tests.support.certs import Pki, make_test_pki
+from tests.support.clients import wait_until
 
 SECRET = "s3cret-Webhook-Value-9f2c41d7e0"
 PATH = "/connector/notify"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 NOTE = {"notifications": [{"ep": "node-001", "path": "/3303/0/5700", "payload": "MjEuNQ=="}]}
 WAIT = 10.0
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Poll a condition the code under test offers no event for (bounded, short steps)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 class Sink:
@@ -242,7 +233,7 @@ def test_503_when_too_many_wait_for_the_hand_over(receiver: CallbackReceiver, si
     sink.release.clear()
     with ThreadPoolExecutor(MAX_WAITING) as pool:
         held = [pool.submit(put, receiver, NOTE) for _ in range(MAX_WAITING)]
-        wait_until(lambda: receiver._waiting == MAX_WAITING)
+        assert wait_until(lambda: receiver._waiting == MAX_WAITING, WAIT)
         extra = put(receiver, NOTE)
         assert extra.status_code == 503 and "waiting" in extra.text
         sink.release.set()

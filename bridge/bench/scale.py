@@ -27,12 +27,12 @@ from bridge.bench.harness import (
     status_mib,
 )
 from bridge.bench.stats import median
+from bridge.core.events import Resource
 from bridge.extensions.homeassistant.discovery import (
     DiscoverySettings,
-    Endpoint,
-    Resource,
     bridge_discovery_messages,
     discovery_messages,
+    endpoint_view,
 )
 
 STALL = 30.0  # seconds without a message before a count is given up
@@ -51,15 +51,7 @@ def discovery_count(emulator: EmulatorProcess, size: int, prefix: str) -> int:
     answer = emulator.session.get(f"{emulator.url}/v2/endpoints/{LAMP_NAME.format(n=1)}")
     answer.raise_for_status()
     settings = DiscoverySettings(discovery_prefix=f"{prefix}-ha", topic_prefix=prefix)
-    lamp = Endpoint(
-        name=LAMP_NAME.format(n=1),
-        ept="Lamp",
-        resources=tuple(
-            Resource(r["uri"], r.get("rt") or "", r.get("ct") or "", bool(r.get("obs")))
-            for r in answer.json()
-        ),
-        values={},
-    )
+    lamp = endpoint_view(LAMP_NAME.format(n=1), "Lamp", map(Resource.from_dict, answer.json()))
     return size * len(discovery_messages(lamp, settings)) + len(bridge_discovery_messages(settings))
 
 

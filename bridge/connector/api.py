@@ -29,23 +29,16 @@ from bridge.connector.errors import (
     REQUEST_TIMEOUT,
     response_codes,
 )
+from bridge.connector.messages import DISPATCH_ORDER, MessageKind
 from bridge.connector.pending import PendingAsync
 from bridge.connector.result import Callback, asyncResult, decode_payload, value_of
 from bridge.connector.transport import make_session
 
 log = logging.getLogger("bridge.connector")
 
-#: The notification types ``setHandler`` accepts, in the order a message is dispatched:
-#: new registrations before notifications (a message may carry a device's registration
-#: and its first values), departures last.
-HANDLER_NAMES: Final = (
-    "registrations",
-    "reg-updates",
-    "async-responses",
-    "notifications",
-    "de-registrations",
-    "registrations-expired",
-)
+#: The notification types ``setHandler`` accepts, in the order a message is dispatched
+#: (:data:`bridge.connector.messages.DISPATCH_ORDER`).
+HANDLER_NAMES: Final = DISPATCH_ORDER
 
 _LEVELS: Final = {
     "DEBUG": logging.DEBUG,
@@ -411,7 +404,7 @@ class connector:
         for name in HANDLER_NAMES:
             if name not in message:
                 continue
-            if name == "async-responses":
+            if name == MessageKind.ASYNC_RESPONSES:
                 self._match_async(message[name])
             with self._handlers_lock:
                 fn = self._handlers.get(name)
@@ -428,7 +421,7 @@ class connector:
     def _default_handler(name: str, message: Message) -> None:
         items = message.get(name)
         count = len(items) if isinstance(items, list) else 0
-        if name != "async-responses":
+        if name != MessageKind.ASYNC_RESPONSES:
             log.debug("%s: %d entr%s (no handler set)", name, count, "y" if count == 1 else "ies")
 
     # ---- service information -----------------------------------------------------------

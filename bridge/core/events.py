@@ -28,15 +28,54 @@ log = logging.getLogger("bridge.events")
 
 @dataclass(frozen=True, slots=True)
 class Resource:
-    """One resource of an endpoint, as registrations and listings describe it."""
+    """One resource of an endpoint, as registrations and listings describe it.
+
+    The one resource model of the bridge: the registry, the events and Home Assistant
+    discovery all use it. ``writable`` and ``executable`` are ``None`` when unknown (the
+    Connector's registrations and listings do not say; the emulator's scenarios and tests
+    may); whoever reads them decides what unknown means.
+    """
 
     path: str
     rt: str | None = None
     ct: str | None = None
     obs: bool = False
+    writable: bool | None = None
+    executable: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "rt": self.rt, "ct": self.ct, "obs": self.obs}
+        """``path``, ``rt``, ``ct``, ``obs``, and ``writable``/``executable`` when known."""
+        out: dict[str, Any] = {"path": self.path, "rt": self.rt, "ct": self.ct, "obs": self.obs}
+        if self.writable is not None:
+            out["writable"] = self.writable
+        if self.executable is not None:
+            out["executable"] = self.executable
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Resource:
+        """A resource from an :meth:`as_dict` mapping (a ``$resources`` entry) or a
+        resource listing entry (``uri`` instead of ``path``); the path gets one leading
+        ``/``, an empty ``rt``/``ct`` becomes ``None``. Raises ValueError without a path."""
+        path = data.get("path", data.get("uri"))
+        if not isinstance(path, str) or not path.strip("/"):
+            raise ValueError(f"resource needs a path: {dict(data)!r}")
+        writable, executable = data.get("writable"), data.get("executable")
+        return cls(
+            path="/" + path.strip().strip("/"),
+            rt=str(data.get("rt") or "") or None,
+            ct=str(data.get("ct") or "") or None,
+            obs=_truthy(data.get("obs", False)),
+            writable=None if writable is None else _truthy(writable),
+            executable=None if executable is None else _truthy(executable),
+        )
+
+
+def _truthy(value: Any) -> bool:
+    """``True``/``1``/``"yes"``/``"on"``... as a bool (strings by their text)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 Source = Literal["registration", "reg-update", "startup"]

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import requests
 
+from bridge.connector.messages import MessageKind
+
 
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
@@ -70,7 +72,7 @@ def run(devices: int, notifications: int) -> dict[str, float]:
             while received < notifications:
                 r = puller.get(f"{url}/v2/notification/pull", timeout=60)
                 if r.status_code == 200:
-                    received += len(json.loads(r.content).get("notifications", ()))
+                    received += len(json.loads(r.content).get(MessageKind.NOTIFICATIONS, ()))
                     last[0] = time.monotonic()
             done.set()
 

@@ -14,16 +14,11 @@ import json
 from collections import deque
 from collections.abc import Iterable
 
-# Entry kinds, in the order their arrays appear in a message.
+from bridge.connector.messages import MESSAGE_KINDS
+
+# Entry kinds, in the order their arrays appear in a message: indexes into KIND_KEYS.
 NOTIFICATION, REGISTRATION, REG_UPDATE, DEREGISTRATION, EXPIRED, ASYNC_RESPONSE = range(6)
-KIND_KEYS = (
-    "notifications",
-    "registrations",
-    "reg-updates",
-    "de-registrations",
-    "registrations-expired",
-    "async-responses",
-)
+KIND_KEYS = MESSAGE_KINDS
 
 Entry = tuple[int, str]
 

@@ -51,6 +51,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.connector.channel import parse_message
+from bridge.connector.messages import MESSAGE_KINDS, MessageKind
 from bridge.core.loop_thread import LoopThread
 
 log = logging.getLogger("bridge.callback")
@@ -63,16 +64,9 @@ SHUTDOWN_GRACE = 2.0  # seconds a request being handed over may still take at st
 LOG_EVERY = 100  # a refusal of a kind is logged the first time, then every LOG_EVERY-th
 
 # The parts of a channel message; each is a list when present.
-MESSAGE_PARTS = (
-    "notifications",
-    "registrations",
-    "reg-updates",
-    "de-registrations",
-    "registrations-expired",
-    "async-responses",
-)
+MESSAGE_PARTS = MESSAGE_KINDS
 # MQTT publications a part's entry may cause (a registration: $state and $resources).
-_PUBLICATIONS = {"registrations": 2, "reg-updates": 2}
+_PUBLICATIONS = {MessageKind.REGISTRATIONS: 2, MessageKind.REG_UPDATES: 2}
 
 Message = dict[str, Any]
 Handle = Callable[[Message], object]

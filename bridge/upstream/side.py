@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from bridge.connector import connector, response_codes
+from bridge.connector.messages import MessageKind
 from bridge.core.counters import Counters
 from bridge.core.events import (
     EndpointRegistered,
@@ -114,7 +115,7 @@ def _registered_names(message: Mapping[str, Any]) -> frozenset[str]:
     """The endpoints a channel message registers (or updates)."""
     return frozenset(
         e["ep"]
-        for key in ("registrations", "reg-updates")
+        for key in (MessageKind.REGISTRATIONS, MessageKind.REG_UPDATES)
         for e in _entries(message, key)
         if isinstance(e, Mapping) and isinstance(e.get("ep"), str)
     )
@@ -146,11 +147,11 @@ class ConnectorSide:
         # receiver then answers 503 and the Connector delivers it again), or None.
         self.admit_callback: Callable[[Mapping[str, Any]], str | None] | None = None
         handlers = {
-            "registrations": self._on_registrations,
-            "reg-updates": self._on_reg_updates,
-            "notifications": self._on_notifications,
-            "de-registrations": self._on_deregistrations,
-            "registrations-expired": self._on_expirations,
+            MessageKind.REGISTRATIONS: self._on_registrations,
+            MessageKind.REG_UPDATES: self._on_reg_updates,
+            MessageKind.NOTIFICATIONS: self._on_notifications,
+            MessageKind.DE_REGISTRATIONS: self._on_deregistrations,
+            MessageKind.REGISTRATIONS_EXPIRED: self._on_expirations,
         }
         for name, fn in handlers.items():
             self.client.setHandler(name, fn)

@@ -31,7 +31,11 @@ def client_for(emu: Emulator, *, poll: bool = True, **kw: Any) -> Iterator[conne
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
-    """Poll a condition on state we cannot wait on directly (e.g. the emulator's)."""
+    """Poll a condition on state we cannot wait on directly (e.g. the emulator's); True
+    once it holds, False if it still does not after ``timeout`` (``assert wait_until(...)``).
+
+    The tests' one polling wait. Waiting for MQTT messages is event-driven instead:
+    :meth:`tests.support.mqtt_user.MqttUser.wait_for` and ``wait_nothing_missing``."""
     end = time.monotonic() + timeout
     while True:
         if pred():

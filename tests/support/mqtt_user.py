@@ -40,15 +40,31 @@ class Received:
 
 
 class MqttUser:
-    """One MQTT client; ``protocol`` is ``5`` or ``3.1.1``."""
+    """One MQTT client; ``protocol`` is ``5`` or ``3.1.1``.
 
-    def __init__(self, port: int, protocol: str = "5", client_id: str | None = None) -> None:
+    ``persistent`` (MQTT 3.1.1 only): a session that outlives the connection
+    (``clean_session=False``; give a ``client_id`` to come back to it), reconnecting every
+    second, so a broker restart costs it nothing of what it subscribed to.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        protocol: str = "5",
+        client_id: str | None = None,
+        persistent: bool = False,
+    ) -> None:
         self.protocol = protocol
+        if persistent and protocol == "5":
+            raise ValueError("persistent sessions here are MQTT 3.1.1 ones")
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"user-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
+            clean_session=False if persistent else None,
         )
+        if persistent:
+            self.client.reconnect_delay_set(1, 1)
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
@@ -89,7 +105,8 @@ class MqttUser:
         retain: bool = False,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
-    ) -> None:
+    ) -> mqtt.MQTTMessageInfo:
+        """Publish and wait (bounded) until it is sent (QoS 0) or acknowledged."""
         props = None
         if response_topic or correlation_data:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -99,15 +116,21 @@ class MqttUser:
                 props.CorrelationData = correlation_data
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         info.wait_for_publish(WAIT)
+        return info
 
     def wait_for(
-        self, predicate: Callable[[Received], bool], timeout: float = WAIT, count: int = 1
+        self,
+        predicate: Callable[[Received], bool],
+        timeout: float = WAIT,
+        count: int = 1,
+        since: int = 0,
     ) -> list[Received]:
-        """The first ``count`` messages (received so far or later) matching ``predicate``."""
+        """The first ``count`` messages (received so far or later) matching ``predicate``,
+        counting from message ``since`` (a :meth:`mark`) on."""
         end = time.monotonic() + timeout
         with self._cond:
             while True:
-                found = [m for m in self.messages if predicate(m)]
+                found = [m for m in self.messages[since:] if predicate(m)]
                 if len(found) >= count:
                     return found[:count]
                 left = end - time.monotonic()
@@ -119,12 +142,40 @@ class MqttUser:
                     )
                 self._cond.wait(left)
 
+    def wait_nothing_missing(
+        self,
+        missing: Callable[[], str | None],
+        between: Callable[[], None] = lambda: None,
+        timeout: float = WAIT,
+    ) -> None:
+        """Until ``missing()`` says nothing is missing (returns None), looking again at
+        every new message and at least every second; ``between`` runs before each wait.
+        On time-out, AssertionError with what ``missing()`` said last."""
+        end = time.monotonic() + timeout
+        while True:
+            what = missing()
+            if what is None:
+                return
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(what)
+            between()
+            with self._cond:
+                self._cond.wait(min(left, 1.0))  # woken by the next message
+
     def wait_topic(
-        self, topic: str, timeout: float = WAIT, payload: bytes | None = None
+        self, topic: str, timeout: float = WAIT, payload: bytes | None = None, since: int = 0
     ) -> Received:
         return self.wait_for(
-            lambda m: m.topic == topic and (payload is None or m.payload == payload), timeout
+            lambda m: m.topic == topic and (payload is None or m.payload == payload),
+            timeout,
+            since=since,
         )[0]
+
+    def mark(self) -> int:
+        """A position in :attr:`messages`: ``wait_for(..., since=mark)`` skips older ones."""
+        with self._cond:
+            return len(self.messages)
 
     def on(self, topic: str) -> list[Received]:
         with self._cond:

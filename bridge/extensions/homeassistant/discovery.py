@@ -33,11 +33,13 @@ import functools
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import __version__
+from bridge.core.events import Resource
+from bridge.core.registry import Endpoint
 from bridge.downstream.topics import Topics, validate_prefix
 
 DEFAULT_TOPIC_PREFIX = "connector"
@@ -68,58 +70,54 @@ RemovalMessage = tuple[str, bytes]
 
 
 @dataclass(frozen=True)
-class Resource:
-    """One resource of an endpoint, as listed in ``<prefix>/<ep>/$resources``.
+class EndpointView:
+    """What discovery reads about one endpoint: the registry's entry and the values seen.
 
-    ``writable`` and ``executable`` are ``None`` when unknown (the Connector's resource
-    listing does not say); the IPSO defaults then decide.
+    ``endpoint`` is the bridge's one endpoint model (:class:`bridge.core.registry.Endpoint`,
+    whose :class:`bridge.core.events.Resource` entries may say ``writable`` and
+    ``executable``; ``None`` there leaves the IPSO defaults to decide). Its ``name`` is
+    the raw endpoint name (topics escape it themselves). ``values`` holds the values seen
+    so far by path (``/3/0/0`` manufacturer, ``/3/0/1`` model, ``/3/0/2`` serial,
+    ``/3/0/3`` firmware, ``/<obj>/<inst>/5701`` a sensor's units...). Missing values
+    just leave fields out.
     """
 
-    path: str
-    rt: str = ""
-    ct: str = ""
-    obs: bool = False
-    writable: bool | None = None
-    executable: bool | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Resource:
-        """A resource from a ``$resources`` entry or a Connector registration entry."""
-        path = data.get("path", data.get("uri"))
-        if not isinstance(path, str) or not path.strip("/"):
-            raise ValueError(f"resource needs a path: {dict(data)!r}")
-        return cls(
-            path=_normalise_path(path),
-            rt=str(data.get("rt") or ""),
-            ct=str(data.get("ct") or ""),
-            obs=_truthy(data.get("obs", False)),
-            writable=None if data.get("writable") is None else _truthy(data["writable"]),
-            executable=None if data.get("executable") is None else _truthy(data["executable"]),
-        )
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """What the bridge knows about one endpoint.
-
-    ``name`` is the raw endpoint name (topics escape it themselves); ``values`` holds
-    the values seen so far by path (``/3/0/0`` manufacturer, ``/3/0/1`` model, ``/3/0/2``
-    serial, ``/3/0/3`` firmware, ``/<obj>/<inst>/5701`` a sensor's units...). Missing
-    values just leave fields out.
-    """
-
-    name: str
-    ept: str = ""
-    resources: Sequence[Resource] = ()
+    endpoint: Endpoint
     values: Mapping[str, str | bytes] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    @property
+    def ept(self) -> str:
+        """The endpoint type, ``""`` when unknown."""
+        return self.endpoint.type or ""
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        """The resources, ``()`` when unknown."""
+        return self.endpoint.resources or ()
+
+
+def endpoint_view(
+    name: str,
+    ept: str = "",
+    resources: Iterable[Resource] = (),
+    values: Mapping[str, str | bytes] | None = None,
+) -> EndpointView:
+    """An :class:`EndpointView` of an online endpoint described by its parts (not in queue
+    mode: discovery does not depend on it)."""
+    endpoint = Endpoint(name, ept or None, False, tuple(resources), "online")
+    return EndpointView(endpoint, dict(values or {}))
 
 
 def endpoint_from_resources_document(
     name: str,
     document: Mapping[str, Any] | bytes | str,
     values: Mapping[str, str | bytes] | None = None,
-) -> Endpoint:
-    """An :class:`Endpoint` from the bridge's retained ``<prefix>/<ep>/$resources`` document.
+) -> EndpointView:
+    """An :class:`EndpointView` from the bridge's retained ``<prefix>/<ep>/$resources`` document.
 
     The document is ``{"type": ..., "q": ..., "resources": [{"path", "rt", "ct", "obs"}]}``
     (:func:`bridge.downstream.topics.encode_resources`), as JSON text or already decoded.
@@ -131,11 +129,11 @@ def endpoint_from_resources_document(
     entries = document.get("resources") or []
     if not isinstance(entries, list):
         raise ValueError("$resources: 'resources' must be a list")
-    return Endpoint(
-        name=name,
-        ept=str(document.get("type") or ""),
-        resources=tuple(Resource.from_dict(e) for e in entries if isinstance(e, Mapping)),
-        values=dict(values or {}),
+    return endpoint_view(
+        name,
+        str(document.get("type") or ""),
+        (Resource.from_dict(e) for e in entries if isinstance(e, Mapping)),
+        values,
     )
 
 
@@ -351,7 +349,7 @@ def slug(text: str) -> str:
 
 
 def discovery_messages(
-    endpoint: Endpoint, settings: DiscoverySettings | None = None
+    endpoint: EndpointView, settings: DiscoverySettings | None = None
 ) -> list[DiscoveryMessage]:
     """The (topic, config) pairs that make ``endpoint`` a device in Home Assistant.
 
@@ -394,7 +392,7 @@ def discovery_messages(
 
 
 def removal_messages(
-    endpoint: Endpoint, settings: DiscoverySettings | None = None
+    endpoint: EndpointView, settings: DiscoverySettings | None = None
 ) -> list[RemovalMessage]:
     """Empty retained messages that remove every config :func:`discovery_messages` made.
 
@@ -482,7 +480,7 @@ class _Entity:
     config: Config
 
 
-def _entities(endpoint: Endpoint, topics: Topics) -> list[_Entity]:
+def _entities(endpoint: EndpointView, topics: Topics) -> list[_Entity]:
     """The entities of an endpoint, in resource-path order."""
     by_path: dict[str, Resource] = {}
     for resource in endpoint.resources:
@@ -667,7 +665,7 @@ def _entity(component: str, path: str, name: str, **config: Any) -> _Entity:
     return _Entity(component, path, name, {k: v for k, v in config.items() if v is not None})
 
 
-def _device(endpoint: Endpoint, settings: DiscoverySettings) -> Config:
+def _device(endpoint: EndpointView, settings: DiscoverySettings) -> Config:
     device: Config = {
         "identifiers": [node_id(endpoint.name, settings.topic_prefix)],
         "name": endpoint.name,
@@ -690,7 +688,7 @@ def _origin(settings: DiscoverySettings) -> Config:
     return origin
 
 
-def _availability(endpoint: Endpoint, topics: Topics) -> list[Config]:
+def _availability(endpoint: EndpointView, topics: Topics) -> list[Config]:
     return [
         {
             "topic": topic,
@@ -731,9 +729,3 @@ def _instance_counts(by_path: Iterable[str]) -> dict[int, int]:
 
 def _text(value: str | bytes) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)

@@ -53,8 +53,7 @@ from bridge.extensions.homeassistant.discovery import (
     DEVICE_FIELDS,
     SENSORS,
     DiscoverySettings,
-    Endpoint,
-    Resource,
+    EndpointView,
     bridge_discovery_messages,
     discovery_messages,
     encode_config,
@@ -188,19 +187,14 @@ class HomeAssistant(Extension):
         for topic, config in bridge_discovery_messages(self.discovery):
             self._send(topic, encode_config(config))
 
-    def endpoint(self, name: str) -> Endpoint | None:
+    def endpoint(self, name: str) -> EndpointView | None:
         """What discovery needs to know about ``name`` now (None: nothing to publish)."""
         ep = self.ctx.registry.get(name)
         if ep is None or ep.resources is None:
             return None  # forgotten, or its resources not known yet
         with self._lock:
             values = dict(self._values.get(name, {}))
-        return Endpoint(
-            name=name,
-            ept=ep.type or "",
-            resources=tuple(Resource(r.path, r.rt or "", r.ct or "", r.obs) for r in ep.resources),
-            values=values,
-        )
+        return EndpointView(ep, values)
 
     def publish_endpoint(self, name: str, force: bool = False) -> int:
         """Publish the configs of ``name`` that changed (all with ``force``), remove the
