@@ -227,3 +227,23 @@ def test_headers_and_text_read_the_same_on_both_stacks(stack: HttpSession) -> No
     assert r.headers["x-MULTI"] == "a, b"
     assert r.headers.get("content-type") == "text/plain; charset=latin-1"
     assert r.content == b"n\xe9e!" and r.text == "n\u00e9e!"
+
+
+def test_large_bodies_arrive_whole(stack: HttpSession) -> None:
+    """Bodies far larger than one read, by Content-Length and in chunks, back to back on
+    one connection."""
+    big = bytes(range(256)) * 400  # 100 KiB
+    by_length = raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big), big[:70000], big[70000:]
+    )
+    chunked = raw(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"%x\r\n%s\r\n" % (60000, big[:60000]),
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(big) - 60000, big[60000:]),
+    )
+    answers = iter([by_length, chunked, by_length])
+    with RecordingServer(lambda _: next(answers)) as server:
+        bodies = [get(stack, server).content for _ in range(3)]
+        connections = server.connections
+    assert bodies == [big, big, big]
+    assert connections == 1

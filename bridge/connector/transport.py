@@ -219,13 +219,15 @@ def typed_failure(exc: requests.RequestException) -> TransportError:
     """The client's failure for what ``requests`` raised.
 
     ``requests.ConnectionError`` covers both "never connected" and "connection lost
-    under way": the urllib3 exception inside it tells them apart (a ``MaxRetryError``'s
-    ``reason``; with retries off, urllib3 raises ``ProtocolError`` and
-    ``ReadTimeoutError`` (whatever happened after the request went out) as they are, and
-    everything else (the connection could not be made) as such a reason). Anything not
-    known to come before sending is :class:`NoAnswer`: when in doubt, the request may
-    have been sent. ``kind`` is requests' exception name, as the client's messages
-    showed it before.
+    under way"; the urllib3 exception inside it (directly, or as a ``MaxRetryError``'s
+    ``reason``) tells them apart. Before sending: ``NewConnectionError`` (refused; DNS,
+    ``NameResolutionError``), ``ConnectTimeoutError``, proxy and pool errors, and a
+    ``SSLError`` or ``ProtocolError`` raised in the TLS handshake. After: a
+    ``ProtocolError`` (reset, closed before or during the answer), ``ReadTimeoutError``,
+    a TLS error on the open connection. Anything not known to come before sending is
+    :class:`NoAnswer`: when in doubt, the request may have been sent. ``kind`` is
+    requests' exception name and ``detail`` its text, as the client's messages showed
+    them before; ``timed_out`` is whether it is a ``requests.Timeout``.
     """
     kind = type(exc).__name__
     detail = str(exc)
