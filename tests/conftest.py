@@ -30,3 +30,10 @@ def emulator() -> Iterator[Emulator]:
     1 s long-poll timeout, drifting sensors); stopped after the test."""
     with Emulator(token="test-token", pull_timeout=1.0) as emu:
         yield emu
+
+
+@pytest.fixture(params=[False, True], ids=["requests", "lean"])
+def fast_http(request: pytest.FixtureRequest) -> bool:
+    """The client's HTTP stack, for client tests that run on both:
+    ``connector(..., fastHttp=fast_http)`` (False: requests, True: the lean session)."""
+    return bool(request.param)

@@ -36,19 +36,19 @@ def async_server(ids: list[str]) -> RecordingServer:
 # ---- through the emulator's long-poll channel --------------------------------------------
 
 
-def test_callbacks_run_on_the_long_poll_thread(emulator: Emulator) -> None:
+def test_callbacks_run_on_the_long_poll_thread(emulator: Emulator, fast_http: bool) -> None:
     done: Collector[asyncResult] = Collector()
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
         r = c.getResourceValue(*TEMP, cbfn=done)
         assert done.wait(1, timeout=5.0)
     assert done.items == [r] and r.isDone() and r.error is False
     assert done.threads == ["connector-longpoll"]
 
 
-def test_device_timeout_is_an_async_error(emulator: Emulator) -> None:
+def test_device_timeout_is_an_async_error(emulator: Emulator, fast_http: bool) -> None:
     emulator.set_fault(device_timeout={"ep": TEMP[0], "path": TEMP[1]})
     done: Collector[asyncResult] = Collector()
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
         r = c.getResourceValue(*TEMP, cbfn=done)
         assert r.http_status == 202 and r.wait(5.0)
     assert r.error and r.error.status_code == 504 and r.status_code == 504
@@ -57,9 +57,9 @@ def test_device_timeout_is_an_async_error(emulator: Emulator) -> None:
     assert done.items == [r]
 
 
-def test_binary_value_stays_bytes(emulator: Emulator) -> None:
+def test_binary_value_stays_bytes(emulator: Emulator, fast_http: bool) -> None:
     """An object-level read answers TLV or JSON; the type rule decides str vs bytes."""
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
         r = c.getResourceValue("node-001", "/3303/0")
         assert r.wait(5.0)
     assert r.error is False and r.payload
@@ -70,12 +70,12 @@ def test_binary_value_stays_bytes(emulator: Emulator) -> None:
         assert isinstance(r.result, bytes) and r.result == r.payload
 
 
-def test_many_threads_call_while_the_channel_matches(emulator: Emulator) -> None:
+def test_many_threads_call_while_the_channel_matches(emulator: Emulator, fast_http: bool) -> None:
     """8 threads x 10 reads and writes at once: each result completes exactly once."""
     calls: Collector[asyncResult] = Collector()
     results: list[asyncResult] = []
     lock = threading.Lock()
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
 
         def worker(k: int) -> None:
             for i in range(10):
@@ -104,7 +104,7 @@ def test_many_threads_call_while_the_channel_matches(emulator: Emulator) -> None
 # ---- early answers, unknown ids, bad entries ----------------------------------------------
 
 
-def test_answer_arriving_before_the_202_returns() -> None:
+def test_answer_arriving_before_the_202_returns(fast_http: bool) -> None:
     """The channel delivers the answer while the HTTP call is still on its way back."""
     holder: dict[str, connector] = {}
     aid = "7#node-001@domain/3303/0/5700"
@@ -115,7 +115,10 @@ def test_answer_arriving_before_the_202_returns() -> None:
         return Reply(202, json.dumps({"async-response-id": aid}))
 
     done: Collector[asyncResult] = Collector()
-    with RecordingServer(answer) as srv, connector("k", srv.url, timeout=5.0) as c:
+    with (
+        RecordingServer(answer) as srv,
+        connector("k", srv.url, timeout=5.0, fastHttp=fast_http) as c,
+    ):
         holder["c"] = c
         r = c.getResourceValue(*TEMP, cbfn=done)
     assert r.isDone() and r.error is False and r.result == "22.0"
@@ -123,9 +126,9 @@ def test_answer_arriving_before_the_202_returns() -> None:
     assert c.pendingCount() == 0
 
 
-def test_unknown_async_id_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
+def test_unknown_async_id_is_ignored(caplog: pytest.LogCaptureFixture, fast_http: bool) -> None:
     caplog.set_level("DEBUG", logger="bridge.connector")
-    with RecordingServer() as srv, connector("k", srv.url) as c:
+    with RecordingServer() as srv, connector("k", srv.url, fastHttp=fast_http) as c:
         seen: Collector[dict[str, object]] = Collector()
         c.setHandler("async-responses", seen)
         msg = {"async-responses": [{"id": "nobody#asked", "status": 200, "payload": b64(b"1")}]}
@@ -135,9 +138,12 @@ def test_unknown_async_id_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
     assert "nobody#asked" in caplog.text
 
 
-def test_early_answers_expire_unclaimed() -> None:
+def test_early_answers_expire_unclaimed(fast_http: bool) -> None:
     ids = ["late#1"]
-    with async_server(ids) as srv, connector("k", srv.url, asyncTimeout=0.3) as c:
+    with (
+        async_server(ids) as srv,
+        connector("k", srv.url, asyncTimeout=0.3, fastHttp=fast_http) as c,
+    ):
         c.handler({"async-responses": [{"id": "late#1", "status": 200}]})
         assert c._pending.early_count() == 1
 
@@ -159,9 +165,9 @@ def test_early_answers_expire_unclaimed() -> None:
         [{"id": 12, "status": 200}],
     ],
 )
-def test_bad_async_entries_do_not_break_matching(entries: object) -> None:
+def test_bad_async_entries_do_not_break_matching(entries: object, fast_http: bool) -> None:
     ids = ["good#1"]
-    with async_server(ids) as srv, connector("k", srv.url) as c:
+    with async_server(ids) as srv, connector("k", srv.url, fastHttp=fast_http) as c:
         r = c.getResourceValue(*TEMP)
         assert c.handler({"async-responses": entries}) is True
         assert not r.isDone()
@@ -169,16 +175,16 @@ def test_bad_async_entries_do_not_break_matching(entries: object) -> None:
     assert r.isDone() and r.result == "x"
 
 
-def test_bad_base64_payload_is_an_error() -> None:
-    with async_server(["b#1"]) as srv, connector("k", srv.url) as c:
+def test_bad_base64_payload_is_an_error(fast_http: bool) -> None:
+    with async_server(["b#1"]) as srv, connector("k", srv.url, fastHttp=fast_http) as c:
         r = c.getResourceValue(*TEMP)
         c.handler({"async-responses": [{"id": "b#1", "status": 200, "payload": "%%%"}]})
     assert r.isDone() and r.error and r.error.errType == "invalid_response"
     assert "base64" in r.error.error
 
 
-def test_status_and_text_of_error_entries() -> None:
-    with async_server(["e#1", "e#2"]) as srv, connector("k", srv.url) as c:
+def test_status_and_text_of_error_entries(fast_http: bool) -> None:
+    with async_server(["e#1", "e#2"]) as srv, connector("k", srv.url, fastHttp=fast_http) as c:
         with_text = c.getResourceValue(*TEMP)
         without = c.putResourceValue(*TEMP, "1")
         c.handler(
@@ -198,9 +204,12 @@ def test_status_and_text_of_error_entries() -> None:
 # ---- expiry ---------------------------------------------------------------------------
 
 
-def test_unanswered_id_expires_for_a_waiter() -> None:
+def test_unanswered_id_expires_for_a_waiter(fast_http: bool) -> None:
     done: Collector[asyncResult] = Collector()
-    with async_server(["never#1"]) as srv, connector("k", srv.url, asyncTimeout=0.3) as c:
+    with (
+        async_server(["never#1"]) as srv,
+        connector("k", srv.url, asyncTimeout=0.3, fastHttp=fast_http) as c,
+    ):
         r = c.getResourceValue(*TEMP, cbfn=done)
         assert c.pendingCount() == 1
         assert r.wait(timeout=5.0)  # wakes at the deadline and expires the id itself
@@ -211,11 +220,13 @@ def test_unanswered_id_expires_for_a_waiter() -> None:
     assert r.wait(timeout=0)  # stays done
 
 
-def test_unanswered_id_expires_via_the_long_poll_thread(emulator: Emulator) -> None:
+def test_unanswered_id_expires_via_the_long_poll_thread(
+    emulator: Emulator, fast_http: bool
+) -> None:
     """Nobody waits: the long-poll thread expires the id between pulls, cbfn is called."""
     emulator.set_fault(device_latency=30.0)  # the device will not answer in time
     done: Collector[asyncResult] = Collector()
-    with client_for(emulator, asyncTimeout=0.5) as c:
+    with client_for(emulator, asyncTimeout=0.5, fastHttp=fast_http) as c:
         r = c.getResourceValue(*TEMP, cbfn=done)
         assert r.http_status == 202
         assert done.wait(1, timeout=5.0)  # within asyncTimeout + one pull (1 s)
@@ -224,8 +235,11 @@ def test_unanswered_id_expires_via_the_long_poll_thread(emulator: Emulator) -> N
     assert r.error and r.error.errType == "async_timeout"
 
 
-def test_expiry_is_lazy_on_new_calls_too() -> None:
-    with async_server(["old#1", "new#2"]) as srv, connector("k", srv.url, asyncTimeout=0.2) as c:
+def test_expiry_is_lazy_on_new_calls_too(fast_http: bool) -> None:
+    with (
+        async_server(["old#1", "new#2"]) as srv,
+        connector("k", srv.url, asyncTimeout=0.2, fastHttp=fast_http) as c,
+    ):
         old = c.getResourceValue(*TEMP)
         assert wait_until(lambda: c._pending.next_deadline() is not None)
         threading.Event().wait(0.3)  # let the deadline pass with nothing running
@@ -234,8 +248,11 @@ def test_expiry_is_lazy_on_new_calls_too() -> None:
     assert old.isDone() and old.error and old.error.errType == "async_timeout"
 
 
-def test_a_late_answer_after_expiry_is_ignored() -> None:
-    with async_server(["slow#1"]) as srv, connector("k", srv.url, asyncTimeout=0.2) as c:
+def test_a_late_answer_after_expiry_is_ignored(fast_http: bool) -> None:
+    with (
+        async_server(["slow#1"]) as srv,
+        connector("k", srv.url, asyncTimeout=0.2, fastHttp=fast_http) as c,
+    ):
         r = c.getResourceValue(*TEMP)
         assert r.wait(3.0) and r.error
         c.handler({"async-responses": [{"id": "slow#1", "status": 200, "payload": b64(b"1")}]})

@@ -20,14 +20,14 @@ N = int(os.environ.get("CONNECTOR_BENCH_N", "400"))
 THREADS = 4
 
 
-def test_bench_async_reads(emulator: Emulator) -> None:
+def test_bench_async_reads(emulator: Emulator, fast_http: bool) -> None:
     latencies: list[float] = []
     results: list[asyncResult] = []
     lock = threading.Lock()
     devices = ["node-001", "node-002", "multi-001", "light-001"]
     paths = ["/3303/0/5700", "/3303/0/5700", "/3303/0/5700", "/3311/0/5850"]
 
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
 
         def worker(k: int) -> None:
             for i in range(k, N, THREADS):

@@ -131,10 +131,10 @@ def test_the_table_covers_every_rest_method() -> None:
 
 
 @pytest.mark.parametrize(("name", "status"), ERROR_CASES)
-def test_error_code(emulator: Emulator, name: str, status: int) -> None:
+def test_error_code(emulator: Emulator, name: str, status: int, fast_http: bool) -> None:
     call, route, table, _ = METHODS[name]
     emulator.set_fault(force_status={"route": route, "status": status, "body": "forced"})
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         r = call(c)
     assert r.isDone()
     assert r.error, f"{name} reported success for HTTP {status}"
@@ -146,9 +146,11 @@ def test_error_code(emulator: Emulator, name: str, status: int) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_wrong_access_key_is_401_for_every_method(emulator: Emulator, name: str) -> None:
+def test_wrong_access_key_is_401_for_every_method(
+    emulator: Emulator, name: str, fast_http: bool
+) -> None:
     call, _, table, _ = METHODS[name]
-    with connector("wrong-key", emulator.url, timeout=5.0) as c:
+    with connector("wrong-key", emulator.url, timeout=5.0, fastHttp=fast_http) as c:
         r = call(c)
     assert r.isDone() and r.error
     assert (r.status_code, r.error.status_code, r.error.errType) == (401, 401, f"{table}401")
@@ -156,10 +158,12 @@ def test_wrong_access_key_is_401_for_every_method(emulator: Emulator, name: str)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_server_errors_are_reported_for_every_method(emulator: Emulator, name: str) -> None:
+def test_server_errors_are_reported_for_every_method(
+    emulator: Emulator, name: str, fast_http: bool
+) -> None:
     call, route, table, _ = METHODS[name]
     emulator.set_fault(force_status={"route": route, "status": 500})
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         r = call(c)
     assert r.isDone() and r.error and r.error.status_code == 500
     assert r.error.errType == f"{table}500"
@@ -168,8 +172,8 @@ def test_server_errors_are_reported_for_every_method(emulator: Emulator, name: s
 # ---- success: service information -------------------------------------------------------
 
 
-def test_service_information(emulator: Emulator) -> None:
-    with client_for(emulator, poll=False) as c:
+def test_service_information(emulator: Emulator, fast_http: bool) -> None:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         version = c.getConnectorVersion()
         versions = c.getApiVersions()
         limits = c.getLimits()
@@ -180,9 +184,9 @@ def test_service_information(emulator: Emulator) -> None:
     assert "transaction-quota" in limits.result
 
 
-def test_endpoints_and_resources(emulator: Emulator) -> None:
+def test_endpoints_and_resources(emulator: Emulator, fast_http: bool) -> None:
     emulator.register("extra-light", ept="Light")
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         every = c.getEndpoints()
         lights = c.getEndpoints("Light")
         resources = c.getResources("node-001")
@@ -200,10 +204,10 @@ def test_endpoints_and_resources(emulator: Emulator) -> None:
 # ---- success: resource verbs --------------------------------------------------------------
 
 
-def test_get_value_async_202(emulator: Emulator) -> None:
+def test_get_value_async_202(emulator: Emulator, fast_http: bool) -> None:
     emulator.set_value(*TEMP, "19.25")
     done: Collector[asyncResult] = Collector()
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
         r = c.getResourceValue(*TEMP, cbfn=done)
         assert r.http_status == 202 and r.async_id and TEMP[0] in r.async_id
         assert r.wait(5.0)
@@ -214,8 +218,8 @@ def test_get_value_async_202(emulator: Emulator) -> None:
     assert r.raw_data["id"] == r.async_id  # the async-responses entry
 
 
-def test_get_value_cache_200_and_205(emulator: Emulator) -> None:
-    with client_for(emulator) as c:
+def test_get_value_cache_200_and_205(emulator: Emulator, fast_http: bool) -> None:
+    with client_for(emulator, fastHttp=fast_http) as c:
         nothing = c.getResourceValue("node-002", "/3303/0/5700", cacheOnly=True)
         assert c.getResourceValue("node-002", "/3303/0/5700").wait(5.0)
         cached = c.getResourceValue("node-002", "/3303/0/5700", cacheOnly=True)
@@ -227,17 +231,17 @@ def test_get_value_cache_200_and_205(emulator: Emulator) -> None:
     assert cached.payload == cached.result.encode()
 
 
-def test_get_value_no_response_204(emulator: Emulator) -> None:
+def test_get_value_no_response_204(emulator: Emulator, fast_http: bool) -> None:
     called: Collector[asyncResult] = Collector()
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
         r = c.getResourceValue(*TEMP, cbfn=called, noResp=True)
     assert r.isDone() and r.error is False and r.status_code == 204
     assert r.result == "" and r.payload is None and r.async_id is None
     assert called.items == [r]  # cbfn also for immediate answers, exactly once
 
 
-def test_put_value_async(emulator: Emulator) -> None:
-    with client_for(emulator) as c:
+def test_put_value_async(emulator: Emulator, fast_http: bool) -> None:
+    with client_for(emulator, fastHttp=fast_http) as c:
         r = c.putResourceValue(*LIGHT, "1")
         assert r.http_status == 202 and r.wait(5.0)
         assert r.error is False and r.status_code == 200
@@ -247,15 +251,15 @@ def test_put_value_async(emulator: Emulator) -> None:
         assert emulator.get_value(*LIGHT) == b"0"
 
 
-def test_post_async(emulator: Emulator) -> None:
-    with client_for(emulator) as c:
+def test_post_async(emulator: Emulator, fast_http: bool) -> None:
+    with client_for(emulator, fastHttp=fast_http) as c:
         r = c.postResource("multi-001", REBOOT, "now")
         assert r.http_status == 202 and r.wait(5.0)
     assert r.error is False and r.status_code in (200, 201, 202, 204)
 
 
-def test_delete_endpoint_async(emulator: Emulator) -> None:
-    with client_for(emulator) as c:
+def test_delete_endpoint_async(emulator: Emulator, fast_http: bool) -> None:
+    with client_for(emulator, fastHttp=fast_http) as c:
         r = c.deleteEndpoint("node-002")
         assert r.http_status == 202 and r.wait(5.0)
     assert r.error is False and r.endpoint == "node-002"
@@ -271,26 +275,28 @@ def test_delete_endpoint_async(emulator: Emulator) -> None:
         ("deleteEndpoint", "endpoint-delete", 200),
     ],
 )
-def test_immediate_success_codes(emulator: Emulator, name: str, route: str, status: int) -> None:
+def test_immediate_success_codes(
+    emulator: Emulator, name: str, route: str, status: int, fast_http: bool
+) -> None:
     emulator.set_fault(force_status={"route": route, "status": status, "body": "ok"})
     call = METHODS[name][0]
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         r = call(c)
     assert r.isDone() and r.error is False and r.status_code == status
     assert r.result == "ok" and r.payload == b"ok"
 
 
-def test_immediate_answer_calls_cbfn_once(emulator: Emulator) -> None:
+def test_immediate_answer_calls_cbfn_once(emulator: Emulator, fast_http: bool) -> None:
     emulator.set_fault(force_status={"route": "resource-post", "status": 201})
     called: Collector[asyncResult] = Collector()
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         r = c.postResource("multi-001", REBOOT, cbfn=called)
     assert called.items == [r] and r.error is False
 
 
-def test_202_without_async_id_is_a_clear_error(emulator: Emulator) -> None:
+def test_202_without_async_id_is_a_clear_error(emulator: Emulator, fast_http: bool) -> None:
     emulator.set_fault(force_status={"route": "resource-get", "status": 202, "body": "{}"})
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         r = c.getResourceValue(*TEMP)
     assert r.isDone() and r.error and r.error.errType == "invalid_response"
     assert "async-response-id" in r.error.error
@@ -299,8 +305,8 @@ def test_202_without_async_id_is_a_clear_error(emulator: Emulator) -> None:
 # ---- success: subscriptions -------------------------------------------------------------
 
 
-def test_subscription_lifecycle(emulator: Emulator) -> None:
-    with client_for(emulator) as c:
+def test_subscription_lifecycle(emulator: Emulator, fast_http: bool) -> None:
+    with client_for(emulator, fastHttp=fast_http) as c:
         sub = c.putResourceSubscription(*TEMP)
         assert sub.isDone() and sub.error is False and sub.status_code == 200
         assert TEMP in emulator.subscriptions()
@@ -326,8 +332,8 @@ def test_subscription_lifecycle(emulator: Emulator) -> None:
         assert emulator.subscriptions() == set()
 
 
-def test_subscription_real_errors(emulator: Emulator) -> None:
-    with client_for(emulator) as c:
+def test_subscription_real_errors(emulator: Emulator, fast_http: bool) -> None:
+    with client_for(emulator, fastHttp=fast_http) as c:
         not_observable = c.putResourceSubscription("node-001", "/3/0/0")
         unknown = c.putResourceSubscription("nobody", "/3303/0/5700")
     assert not_observable.error and not_observable.error.errType == "subscribe412"
@@ -335,8 +341,8 @@ def test_subscription_real_errors(emulator: Emulator) -> None:
     assert unknown.error and unknown.error.errType == "subscribe404"
 
 
-def test_subscription_to_sleeping_device_is_async(emulator: Emulator) -> None:
-    with client_for(emulator) as c:
+def test_subscription_to_sleeping_device_is_async(emulator: Emulator, fast_http: bool) -> None:
+    with client_for(emulator, fastHttp=fast_http) as c:
         r = c.putResourceSubscription("sleeper-001", "/3301/0/5700")
         if r.http_status == 202:  # asleep (the usual case): answered when it wakes
             emulator.wake("sleeper-001")
@@ -345,12 +351,12 @@ def test_subscription_to_sleeping_device_is_async(emulator: Emulator) -> None:
     assert ("sleeper-001", "/3301/0/5700") in emulator.subscriptions()
 
 
-def test_presubscriptions(emulator: Emulator) -> None:
+def test_presubscriptions(emulator: Emulator, fast_http: bool) -> None:
     rules = [
         {"endpoint-name": "node*", "resource-path": ["/3303/0/5700"]},
         {"endpoint-type": "Light", "resource-path": ["/3311/*"]},
     ]
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         put = c.putPreSubscription(rules)
         got = c.getPreSubscription()
         from_text = c.putPreSubscription('[{"resource-path": ["/3/0/1"]}]')
@@ -363,8 +369,10 @@ def test_presubscriptions(emulator: Emulator) -> None:
     assert cleared.error is False and empty.result == []
 
 
-def test_presubscription_rejects_non_lists_before_sending(emulator: Emulator) -> None:
-    with client_for(emulator, poll=False) as c:
+def test_presubscription_rejects_non_lists_before_sending(
+    emulator: Emulator, fast_http: bool
+) -> None:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         with pytest.raises(TypeError, match="list"):
             c.putPreSubscription(42)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="JSON"):
@@ -374,7 +382,7 @@ def test_presubscription_rejects_non_lists_before_sending(emulator: Emulator) ->
 # ---- success: the callback (webhook) channel --------------------------------------------
 
 
-def test_callback_mode_end_to_end(emulator: Emulator) -> None:
+def test_callback_mode_end_to_end(emulator: Emulator, fast_http: bool) -> None:
     """putCallback with headers, then the webhook bodies go through handler(bytes)."""
     holder: dict[str, connector] = {}
     hooked: Collector[Recorded] = Collector()
@@ -385,7 +393,10 @@ def test_callback_mode_end_to_end(emulator: Emulator) -> None:
             holder["c"].handler(req.body)  # bytes, as a web framework hands them over
         return Reply(204)
 
-    with RecordingServer(receive) as hook, client_for(emulator, poll=False) as c:
+    with (
+        RecordingServer(receive) as hook,
+        client_for(emulator, poll=False, fastHttp=fast_http) as c,
+    ):
         holder["c"] = c
         url = hook.url + "/notify"
         put = c.putCallback(url, {"Authorization": "hook-secret"})
@@ -406,8 +417,8 @@ def test_callback_mode_end_to_end(emulator: Emulator) -> None:
         assert again.error and again.error.errType == "get_callback_url404"
 
 
-def test_callback_unreachable_url_is_400(emulator: Emulator) -> None:
-    with client_for(emulator, poll=False) as c:
+def test_callback_unreachable_url_is_400(emulator: Emulator, fast_http: bool) -> None:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         r = c.putCallback("http://127.0.0.1:9/nothing-listens")
     assert r.error and r.error.errType == "put_callback_url400"
     assert r.error.error == "Given URL is not accessible."
@@ -425,9 +436,9 @@ def test_callback_unreachable_url_is_400(emulator: Emulator) -> None:
         (lambda c: c.getPreSubscription(), "presubscription-get"),
     ],
 )
-def test_malformed_json_answer(emulator: Emulator, call: Call, route: str) -> None:
+def test_malformed_json_answer(emulator: Emulator, call: Call, route: str, fast_http: bool) -> None:
     emulator.set_fault(malformed={"route": route})
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         r = call(c)
         again = call(c)  # the fault was counted: the next call is fine
     assert r.isDone() and r.error and r.error.errType == "invalid_response"
@@ -436,9 +447,9 @@ def test_malformed_json_answer(emulator: Emulator, call: Call, route: str) -> No
     assert again.error is False
 
 
-def test_hanging_server_times_out(emulator: Emulator) -> None:
+def test_hanging_server_times_out(emulator: Emulator, fast_http: bool) -> None:
     emulator.set_fault(hang={"route": "endpoints"})
-    with client_for(emulator, poll=False, timeout=1.5) as c:
+    with client_for(emulator, poll=False, timeout=1.5, fastHttp=fast_http) as c:
         r = c.getEndpoints()
         after = c.getEndpoints()  # the time-out also bounds this one: not too short
     assert r.isDone() and r.error and r.error.errType == "request_timeout"
@@ -447,10 +458,10 @@ def test_hanging_server_times_out(emulator: Emulator) -> None:
     assert after.error is False
 
 
-def test_unreachable_server_is_a_connection_error() -> None:
+def test_unreachable_server_is_a_connection_error(fast_http: bool) -> None:
     from tests.support.ports import free_port
 
-    with connector("k", f"http://127.0.0.1:{free_port()}", timeout=1.0) as c:
+    with connector("k", f"http://127.0.0.1:{free_port()}", timeout=1.0, fastHttp=fast_http) as c:
         r = c.getEndpoints()
         called: Collector[asyncResult] = Collector()
         v = c.getResourceValue("x", "/1/0/1", cbfn=called)
@@ -459,10 +470,10 @@ def test_unreachable_server_is_a_connection_error() -> None:
     assert v.error and v.error.errType == "connection_error" and called.items == [v]
 
 
-def test_endpoint_names_are_escaped(emulator: Emulator) -> None:
+def test_endpoint_names_are_escaped(emulator: Emulator, fast_http: bool) -> None:
     odd = "odd name?#%"
     emulator.register(odd, ept="Light")
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
         resources = c.getResources(odd)
         r = c.getResourceValue(odd, "/3311/0/5850")
         assert r.wait(5.0)

@@ -27,9 +27,9 @@ def pause(seconds: float) -> None:
 # ---- dispatch ---------------------------------------------------------------------------
 
 
-def test_every_message_type_reaches_its_handler(emulator: Emulator) -> None:
+def test_every_message_type_reaches_its_handler(emulator: Emulator, fast_http: bool) -> None:
     got = {name: Collector[Message]() for name in HANDLER_NAMES}
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         for name, collector in got.items():
             c.setHandler(name, collector)
         c.startLongPolling()
@@ -57,9 +57,9 @@ def test_every_message_type_reaches_its_handler(emulator: Emulator) -> None:
     assert all(t == "connector-longpoll" for col in got.values() for t in col.threads)
 
 
-def test_notification_payloads_stay_base64(emulator: Emulator) -> None:
+def test_notification_payloads_stay_base64(emulator: Emulator, fast_http: bool) -> None:
     seen: Collector[Message] = Collector()
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
         c.setHandler("notifications", seen)
         assert c.putResourceSubscription(*TEMP).error is False
         emulator.set_value(*TEMP, "-4.75")
@@ -71,8 +71,8 @@ def test_notification_payloads_stay_base64(emulator: Emulator) -> None:
     assert all(isinstance(e["payload"], str) for e in entries())
 
 
-def test_handler_takes_str_bytes_bytearray_and_dict() -> None:
-    with RecordingServer() as srv, connector("k", srv.url) as c:
+def test_handler_takes_str_bytes_bytearray_and_dict(fast_http: bool) -> None:
+    with RecordingServer() as srv, connector("k", srv.url, fastHttp=fast_http) as c:
         seen: Collector[Message] = Collector()
         c.setHandler("de-registrations", seen)
         msg = {"de-registrations": ["node-009"]}
@@ -83,8 +83,10 @@ def test_handler_takes_str_bytes_bytearray_and_dict() -> None:
 
 
 @pytest.mark.parametrize("data", ["", b"   ", "{broken", b"[1,2]", b"\xff\xfe", 42, None])
-def test_handler_rejects_bad_input_clearly(data: Any, caplog: pytest.LogCaptureFixture) -> None:
-    with RecordingServer() as srv, connector("k", srv.url) as c:
+def test_handler_rejects_bad_input_clearly(
+    data: Any, caplog: pytest.LogCaptureFixture, fast_http: bool
+) -> None:
+    with RecordingServer() as srv, connector("k", srv.url, fastHttp=fast_http) as c:
         seen: Collector[Message] = Collector()
         for name in HANDLER_NAMES:
             c.setHandler(name, seen)
@@ -93,7 +95,7 @@ def test_handler_rejects_bad_input_clearly(data: Any, caplog: pytest.LogCaptureF
     assert "message ignored" in caplog.text
 
 
-def test_a_failing_handler_does_not_stop_dispatch(emulator: Emulator) -> None:
+def test_a_failing_handler_does_not_stop_dispatch(emulator: Emulator, fast_http: bool) -> None:
     calls: Collector[Message] = Collector()
 
     def broken(message: Message) -> None:
@@ -101,7 +103,7 @@ def test_a_failing_handler_does_not_stop_dispatch(emulator: Emulator) -> None:
         raise RuntimeError("handler bug")
 
     async_seen: Collector[Message] = Collector()
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
         c.setHandler("registrations", broken)
         c.setHandler("async-responses", async_seen)
         emulator.register("new-003", ept="Light")
@@ -112,8 +114,8 @@ def test_a_failing_handler_does_not_stop_dispatch(emulator: Emulator) -> None:
         assert r.wait(5.0) and r.error is False
 
 
-def test_set_handler_validates_and_resets() -> None:
-    with RecordingServer() as srv, connector("k", srv.url) as c:
+def test_set_handler_validates_and_resets(fast_http: bool) -> None:
+    with RecordingServer() as srv, connector("k", srv.url, fastHttp=fast_http) as c:
         with pytest.raises(ValueError, match="notification type"):
             c.setHandler("notification", print)
         with pytest.raises(TypeError):
@@ -129,9 +131,9 @@ def test_set_handler_validates_and_resets() -> None:
 # ---- restart ----------------------------------------------------------------------------
 
 
-def test_stop_and_start_again(emulator: Emulator) -> None:
+def test_stop_and_start_again(emulator: Emulator, fast_http: bool) -> None:
     seen: Collector[Message] = Collector()
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         c.setHandler("registrations", seen)
         first = c.startLongPolling()
         assert c.startLongPolling() is first  # already running: the same thread
@@ -152,9 +154,12 @@ def test_stop_and_start_again(emulator: Emulator) -> None:
     assert not third.is_alive()  # close() stops it
 
 
-def test_stop_ends_a_pull_in_flight() -> None:
+def test_stop_ends_a_pull_in_flight(fast_http: bool) -> None:
     """With a 30 s long-poll hold, stop must not wait for the service to answer."""
-    with Emulator(token="t", pull_timeout=30.0) as emu, connector("t", emu.url) as c:
+    with (
+        Emulator(token="t", pull_timeout=30.0) as emu,
+        connector("t", emu.url, fastHttp=fast_http) as c,
+    ):
         thread = c.startLongPolling()
         assert emu.wait_channel(5.0)
         c.stopLongPolling(timeout=10.0)
@@ -163,8 +168,8 @@ def test_stop_ends_a_pull_in_flight() -> None:
     assert stats["failures"] == 0  # an aborted pull is not a failure
 
 
-def test_no_wait_pulls_are_paced(emulator: Emulator) -> None:
-    with connector(emulator.token, emulator.url) as c:
+def test_no_wait_pulls_are_paced(emulator: Emulator, fast_http: bool) -> None:
+    with connector(emulator.token, emulator.url, fastHttp=fast_http) as c:
         emulator.reset_counters()
         c.startLongPolling(noWait=True)
         pause(2.0)
@@ -176,8 +181,8 @@ def test_no_wait_pulls_are_paced(emulator: Emulator) -> None:
 # ---- failure and back-off -----------------------------------------------------------------
 
 
-def test_dead_server_sees_a_bounded_request_rate() -> None:
-    with ClosingServer() as dead, connector("k", dead.url, backoffMax=1.0) as c:
+def test_dead_server_sees_a_bounded_request_rate(fast_http: bool) -> None:
+    with ClosingServer() as dead, connector("k", dead.url, backoffMax=1.0, fastHttp=fast_http) as c:
         c.startLongPolling()
         pause(2.0)
         stats = c.longPollStats()
@@ -191,10 +196,12 @@ def test_dead_server_sees_a_bounded_request_rate() -> None:
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])
-def test_failing_server_sees_a_bounded_rate_then_recovers(emulator: Emulator, status: int) -> None:
+def test_failing_server_sees_a_bounded_rate_then_recovers(
+    emulator: Emulator, status: int, fast_http: bool
+) -> None:
     emulator.set_fault(force_status={"route": "pull", "status": status, "count": 1000})
     seen: Collector[Message] = Collector()
-    with connector(emulator.token, emulator.url, backoffMax=1.0) as c:
+    with connector(emulator.token, emulator.url, backoffMax=1.0, fastHttp=fast_http) as c:
         c.setHandler("registrations", seen)
         emulator.reset_counters()
         c.startLongPolling()
@@ -211,9 +218,9 @@ def test_failing_server_sees_a_bounded_rate_then_recovers(emulator: Emulator, st
 
 
 def test_wrong_key_backs_off_at_the_cap_and_says_so(
-    emulator: Emulator, caplog: pytest.LogCaptureFixture
+    emulator: Emulator, caplog: pytest.LogCaptureFixture, fast_http: bool
 ) -> None:
-    with connector("not-the-key", emulator.url, backoffMax=1.0) as c:
+    with connector("not-the-key", emulator.url, backoffMax=1.0, fastHttp=fast_http) as c:
         c.startLongPolling()
         pause(2.0)
         stats = c.longPollStats()
@@ -224,11 +231,14 @@ def test_wrong_key_backs_off_at_the_cap_and_says_so(
     assert "not-the-key" not in caplog.text
 
 
-def test_retry_after_is_respected() -> None:
+def test_retry_after_is_respected(fast_http: bool) -> None:
     def answer(_: Recorded) -> Reply:
         return Reply(429, "slow down", "text/plain", {"Retry-After": "1"})
 
-    with RecordingServer(answer) as srv, connector("k", srv.url, backoffMax=5.0) as c:
+    with (
+        RecordingServer(answer) as srv,
+        connector("k", srv.url, backoffMax=5.0, fastHttp=fast_http) as c,
+    ):
         c.startLongPolling()
         reqs = srv.wait_for(2, timeout=5.0)
         c.stopLongPolling()
@@ -237,10 +247,10 @@ def test_retry_after_is_respected() -> None:
 
 
 def test_malformed_pull_body_is_survived(
-    emulator: Emulator, caplog: pytest.LogCaptureFixture
+    emulator: Emulator, caplog: pytest.LogCaptureFixture, fast_http: bool
 ) -> None:
     seen: Collector[Message] = Collector()
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
         c.setHandler("registrations", seen)
         emulator.set_fault(malformed={"route": "pull", "count": 2})
         assert wait_until(lambda: c.longPollStats()["failures"] >= 2, 10.0)
@@ -251,9 +261,9 @@ def test_malformed_pull_body_is_survived(
     assert "not valid JSON" in caplog.text
 
 
-def test_hanging_pull_times_out_and_recovers(emulator: Emulator) -> None:
+def test_hanging_pull_times_out_and_recovers(emulator: Emulator, fast_http: bool) -> None:
     seen: Collector[Message] = Collector()
-    with client_for(emulator, poll=False, pollTimeout=0.5) as c:
+    with client_for(emulator, poll=False, pollTimeout=0.5, fastHttp=fast_http) as c:
         c.setHandler("registrations", seen)
         emulator.set_fault(hang={"route": "pull", "count": 1})
         c.startLongPolling()
@@ -266,9 +276,9 @@ def test_hanging_pull_times_out_and_recovers(emulator: Emulator) -> None:
         )
 
 
-def test_cut_polls_lose_nothing(emulator: Emulator) -> None:
+def test_cut_polls_lose_nothing(emulator: Emulator, fast_http: bool) -> None:
     seen: Collector[Message] = Collector()
-    with client_for(emulator, backoffMax=0.5) as c:
+    with client_for(emulator, backoffMax=0.5, fastHttp=fast_http) as c:
         c.setHandler("registrations", seen)
         emulator.set_fault(cut_polls=1.0)  # every poll is cut while messages wait
         names = [f"cut-{i:02d}" for i in range(12)]
@@ -288,10 +298,10 @@ def test_cut_polls_lose_nothing(emulator: Emulator) -> None:
         assert seen.wait_for(all_seen, timeout=10.0)
 
 
-def test_user_async_handler_and_callbacks_both_run(emulator: Emulator) -> None:
+def test_user_async_handler_and_callbacks_both_run(emulator: Emulator, fast_http: bool) -> None:
     user: Collector[Message] = Collector()
     done: Collector[asyncResult] = Collector()
-    with client_for(emulator) as c:
+    with client_for(emulator, fastHttp=fast_http) as c:
         c.setHandler("async-responses", user)
         r = c.getResourceValue(*TEMP, cbfn=done)
         assert done.wait(1) and user.wait(1)

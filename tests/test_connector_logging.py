@@ -41,9 +41,9 @@ def test_debug_switches_only_the_library_logger(capsys: pytest.CaptureFixture[st
 
 
 def test_debug_output_describes_calls(
-    emulator: Emulator, capsys: pytest.CaptureFixture[str]
+    emulator: Emulator, capsys: pytest.CaptureFixture[str], fast_http: bool
 ) -> None:
-    with client_for(emulator, poll=False) as c:
+    with client_for(emulator, poll=False, fastHttp=fast_http) as c:
         c.debug(True)
         try:
             c.getEndpoints()
@@ -58,14 +58,17 @@ def _everything(c: connector) -> list[asyncResult]:
 
 
 def test_access_key_never_appears(
-    emulator: Emulator, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    emulator: Emulator,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    fast_http: bool,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # the root: urllib3's debug lines too
     texts: list[str] = []
     emu_secret = Emulator(token=SECRET, pull_timeout=1.0).start()
     try:
         # Accepted key: every method, async answers, the long-poll thread.
-        with client_for(emu_secret) as c:
+        with client_for(emu_secret, fastHttp=fast_http) as c:
             c.debug(True)
             results = _everything(c)
             results.append(c.getResourceValue("node-001", "/3303/0/5700"))
@@ -73,7 +76,7 @@ def test_access_key_never_appears(
             texts += [repr(c), str(vars(c)), repr(c._session.headers is not None)]
         # Refused key (the emulator fixture wants another one): 401 everywhere, and the
         # long-poll thread logs its plain "refused the access key" error.
-        with connector(SECRET, emulator.url, backoffMax=0.5) as c:
+        with connector(SECRET, emulator.url, backoffMax=0.5, fastHttp=fast_http) as c:
             results += _everything(c)
             c.startLongPolling()
             assert c.longPollStats()["running"]
@@ -81,9 +84,11 @@ def test_access_key_never_appears(
             c.stopLongPolling()
         # A server that hangs, and one that is not there.
         emu_secret.set_fault(hang={"route": "endpoints"})
-        with connector(SECRET, emu_secret.url, timeout=0.3) as c:
+        with connector(SECRET, emu_secret.url, timeout=0.3, fastHttp=fast_http) as c:
             results.append(c.getEndpoints())
-        with connector(SECRET, f"http://127.0.0.1:{free_port()}", timeout=0.5) as c:
+        with connector(
+            SECRET, f"http://127.0.0.1:{free_port()}", timeout=0.5, fastHttp=fast_http
+        ) as c:
             results.append(c.getEndpoints())
             c.startLongPolling()
             threading_wait(0.3)
@@ -91,7 +96,7 @@ def test_access_key_never_appears(
         # A key that is not a valid header value: requests' error would quote it.
         for bad_key in (SECRET + "\n", f" {SECRET}", f"{SECRET}\x00"):
             with pytest.raises(ValueError) as refused:
-                connector(bad_key, emu_secret.url)
+                connector(bad_key, emu_secret.url, fastHttp=fast_http)
             texts.append(str(refused.value))
     finally:
         logging.getLogger("bridge.connector").setLevel(logging.NOTSET)

@@ -108,9 +108,9 @@ def server() -> Any:
 
 
 @pytest.mark.parametrize("case", sorted(WIRE))
-def test_path_query_and_bearer(server: RecordingServer, case: str) -> None:
+def test_path_query_and_bearer(server: RecordingServer, case: str, fast_http: bool) -> None:
     call, method, path, query = WIRE[case]
-    with connector("sekrit-key", server.url) as c:
+    with connector("sekrit-key", server.url, fastHttp=fast_http) as c:
         call(c)
     req = server.requests[-1]
     assert (req.method, req.path, req.query) == (method, path, query)
@@ -127,9 +127,9 @@ def test_path_query_and_bearer(server: RecordingServer, case: str) -> None:
     ],
 )
 def test_both_flags_go_out_when_either_is_set(
-    server: RecordingServer, flags: dict[str, bool], expected: dict[str, list[str]]
+    server: RecordingServer, flags: dict[str, bool], expected: dict[str, list[str]], fast_http: bool
 ) -> None:
-    with connector("k", server.url) as c:
+    with connector("k", server.url, fastHttp=fast_http) as c:
         c.getResourceValue("ep1", "/3/0/1", **flags)  # type: ignore[arg-type]
         c.getResources("ep1", **flags)
     assert [r.query for r in server.requests] == [expected, expected]
@@ -147,9 +147,9 @@ def test_both_flags_go_out_when_either_is_set(
     ],
 )
 def test_values_go_out_as_raw_bytes(
-    server: RecordingServer, data: Any, body: bytes, ctype: str
+    server: RecordingServer, data: Any, body: bytes, ctype: str, fast_http: bool
 ) -> None:
-    with connector("k", server.url) as c:
+    with connector("k", server.url, fastHttp=fast_http) as c:
         c.putResourceValue("ep1", "/1/0/1", data)
         c.postResource("ep1", "/1/0/2", data)
     put, post = server.requests
@@ -157,14 +157,14 @@ def test_values_go_out_as_raw_bytes(
     assert put.headers["Content-Type"] == ctype == post.headers["Content-Type"]
 
 
-def test_post_without_argument_has_no_body(server: RecordingServer) -> None:
-    with connector("k", server.url) as c:
+def test_post_without_argument_has_no_body(server: RecordingServer, fast_http: bool) -> None:
+    with connector("k", server.url, fastHttp=fast_http) as c:
         c.postResource("ep1", "/3/0/4")
     assert server.requests[0].body == b""
 
 
-def test_bad_value_types_raise(server: RecordingServer) -> None:
-    with connector("k", server.url) as c:
+def test_bad_value_types_raise(server: RecordingServer, fast_http: bool) -> None:
+    with connector("k", server.url, fastHttp=fast_http) as c:
         with pytest.raises(TypeError):
             c.putResourceValue("ep1", "/1/0/1", {"a": 1})  # type: ignore[arg-type]
         with pytest.raises(TypeError):
@@ -183,8 +183,10 @@ def test_bad_value_types_raise(server: RecordingServer) -> None:
         ({"endpoint-name": "node*", "resource-path": ["/3303/*"]},),
     ],
 )
-def test_presubscription_body_is_a_json_list(server: RecordingServer, rules: Any) -> None:
-    with connector("k", server.url) as c:
+def test_presubscription_body_is_a_json_list(
+    server: RecordingServer, rules: Any, fast_http: bool
+) -> None:
+    with connector("k", server.url, fastHttp=fast_http) as c:
         c.putPreSubscription(rules)
     req = server.requests[0]
     assert req.headers["Content-Type"] == "application/json"
@@ -199,8 +201,10 @@ def test_presubscription_body_is_a_json_list(server: RecordingServer, rules: Any
         "Authorization: hook\nX-Extra: 1\n",
     ],
 )
-def test_callback_body_carries_headers(server: RecordingServer, headers: Any) -> None:
-    with connector("k", server.url) as c:
+def test_callback_body_carries_headers(
+    server: RecordingServer, headers: Any, fast_http: bool
+) -> None:
+    with connector("k", server.url, fastHttp=fast_http) as c:
         c.putCallback("https://example.invalid/hook", headers)
         with pytest.raises(ValueError):
             c.putCallback("https://example.invalid/hook", "no colon here")
@@ -211,14 +215,14 @@ def test_callback_body_carries_headers(server: RecordingServer, headers: Any) ->
     assert len(server.requests) == 1
 
 
-def test_callback_without_headers(server: RecordingServer) -> None:
-    with connector("k", server.url) as c:
+def test_callback_without_headers(server: RecordingServer, fast_http: bool) -> None:
+    with connector("k", server.url, fastHttp=fast_http) as c:
         c.putCallback("https://example.invalid/hook")
     assert json.loads(server.requests[0].body) == {"url": "https://example.invalid/hook"}
 
 
-def test_long_poll_request(server: RecordingServer) -> None:
-    with connector("k", server.url) as c:
+def test_long_poll_request(server: RecordingServer, fast_http: bool) -> None:
+    with connector("k", server.url, fastHttp=fast_http) as c:
         c.startLongPolling(noWait=True)
         server.wait_for(1)
         c.stopLongPolling()
@@ -231,10 +235,12 @@ def test_long_poll_request(server: RecordingServer) -> None:
     assert req.headers["Authorization"] == "Bearer k"
 
 
-def test_first_pull_answers_at_once_then_long_polls(server: RecordingServer) -> None:
+def test_first_pull_answers_at_once_then_long_polls(
+    server: RecordingServer, fast_http: bool
+) -> None:
     """The opening pull uses noWait, so startLongPolling can return once the service
     knows the channel; the pulls after it are real long polls."""
-    with connector("k", server.url) as c:
+    with connector("k", server.url, fastHttp=fast_http) as c:
         c.startLongPolling()
         assert len(server.requests) >= 1  # returned after the first pull was answered
         server.wait_for(2)
@@ -244,15 +250,15 @@ def test_first_pull_answers_at_once_then_long_polls(server: RecordingServer) -> 
     assert first.path == second.path == "/v2/notification/pull"
 
 
-def test_one_connection_for_many_calls(server: RecordingServer) -> None:
-    with connector("k", server.url) as c:
+def test_one_connection_for_many_calls(server: RecordingServer, fast_http: bool) -> None:
+    with connector("k", server.url, fastHttp=fast_http) as c:
         for _ in range(20):
             assert c.getEndpoints().error is False
     assert len(server.requests) == 20
     assert server.connections == 1  # keep-alive: the session reuses its connection
 
 
-def test_concurrent_callers_share_the_pool() -> None:
+def test_concurrent_callers_share_the_pool(fast_http: bool) -> None:
     """16 threads call at once (the server holds each call 0.2 s): all succeed, and
     the pool keeps the connections it opened for the next round."""
     lock = threading.Lock()
@@ -267,7 +273,7 @@ def test_concurrent_callers_share_the_pool() -> None:
             busy["now"] -= 1
         return Reply(200, b"[]")
 
-    with RecordingServer(slow) as srv, connector("k", srv.url) as c:
+    with RecordingServer(slow) as srv, connector("k", srv.url, fastHttp=fast_http) as c:
         for _round in range(2):
             results: list[asyncResult] = []
 
@@ -293,10 +299,12 @@ def test_concurrent_callers_share_the_pool() -> None:
         ("http://127.0.0.1:{p}/", 80, "http://127.0.0.1:{p}"),
     ],
 )
-def test_address_and_port(server: RecordingServer, address: str, port: Any, expected: str) -> None:
+def test_address_and_port(
+    server: RecordingServer, address: str, port: Any, expected: str, fast_http: bool
+) -> None:
     p = server.port
     port_arg = port.format(p=p) if isinstance(port, str) else port
-    with connector("k", address.format(p=p), port_arg) as c:
+    with connector("k", address.format(p=p), port_arg, fastHttp=fast_http) as c:
         assert c.address == expected.format(p=p)
         assert c.getLimits().error is False
     assert server.requests[0].path == "/v2/limits"

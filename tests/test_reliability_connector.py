@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bridge.connector import response_codes
+from bridge.connector.errors import Failure
 from bridge.connector.result import asyncResult
 from bridge.core.events import ConnectorStateChanged
 from bridge.extensions.commands import RETRY_TRIES, retry_delay
@@ -310,9 +311,13 @@ def test_a_command_rides_out_a_short_connector_outage_and_a_long_one_is_answered
     assert log.bodies(ACT_EP, SETPOINT, "PUT")[b"long"] == 0
 
 
-def failed(status: int, err_type: str | None = None, text: str = "") -> asyncResult:
+def failed(
+    status: int, err_type: str | None = None, text: str = "", failure: Failure | None = None
+) -> asyncResult:
     r = asyncResult()
-    r.error = response_codes("resource", status, error=text or None, errType=err_type)
+    r.error = response_codes(
+        "resource", status, error=text or None, errType=err_type, failure=failure
+    )
     return r
 
 
@@ -329,11 +334,14 @@ def failed(status: int, err_type: str | None = None, text: str = "") -> asyncRes
         ("set", failed(404), False),
         ("set", failed(400), False),
         ("set", failed(401), False),
-        ("set", failed(0, "connection_error", "ConnectionResetError(104)"), True),
-        ("post", failed(0, "connection_error", "ConnectionResetError(104)"), False),
-        ("post", failed(0, "connection_error", "NewConnectionError: Connection refused"), True),
-        ("post", failed(0, "request_timeout", "ReadTimeout"), False),
-        ("get", failed(0, "request_timeout", "ReadTimeout"), True),
+        ("set", failed(0, "connection_error", "ConnectionResetError(104)", "no_answer"), True),
+        ("post", failed(0, "connection_error", "ConnectionResetError(104)", "no_answer"), False),
+        ("post", failed(0, "connection_error", "Connection refused", "not_sent"), True),
+        ("post", failed(0, "request_timeout", "ReadTimeout", "no_answer"), False),
+        ("get", failed(0, "request_timeout", "ReadTimeout", "no_answer"), True),
+        # the failure's type decides, not its text (the lean stack's connect time-out)
+        ("post", failed(0, "request_timeout", "connecting to h: timed out", "not_sent"), True),
+        ("post", failed(0, "connection_error", "NewConnectionError", "no_answer"), False),
     ],
 )
 def test_retry_policy(verb: str, result: asyncResult, retried: bool) -> None:

@@ -53,7 +53,10 @@ reference and the original library disagree (what was chosen):
   ``debug`` level raises ``ValueError`` (the original logged a warning).
 - Failed connections and timeouts return a result with ``error.status_code == 0``
   (``errType`` ``connection_error`` / ``request_timeout``); the original raised the
-  ``requests`` exception. Async ids expire after ``asyncTimeout`` (``async_timeout``).
+  ``requests`` exception. ``error.failure`` (an addition) tells by type whether the
+  request certainly never reached the service (``"not_sent"``) or may have
+  (``"no_answer"``); it is None for an HTTP answer. Async ids expire after
+  ``asyncTimeout`` (``async_timeout``).
 - Error texts of pre-subscription and subscription-listing calls come from their own
   tables (the original's lookups produced "ERROR: Unknown error.").
 - ``handler(data)`` takes ``str``, ``bytes`` or a parsed dict (the original: ``str``).

@@ -1,7 +1,8 @@
 """The :class:`connector` class: the seed API over HTTP.
 
-Every call goes through one :class:`requests.Session` (connection reuse, a pool sized
-for several threads calling at once, see :mod:`bridge.connector.transport`), with a
+Every call goes through one HTTP session (connection reuse, a pool sized for several
+threads calling at once; ``requests`` or the lean stack, see
+:mod:`bridge.connector.transport`), with a
 timeout, the ``Authorization: Bearer`` header and the paths, query parameters and
 bodies of the REST page. A call never raises for what the network or the service did:
 it returns an :class:`asyncResult` whose ``error`` says what went wrong. Programming
@@ -19,20 +20,19 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
-import requests
-
 from bridge.connector.channel import LongPoller, Message, parse_message
 from bridge.connector.errors import (
     ASYNC_TIMEOUT,
     CONNECTION_ERROR,
     INVALID_RESPONSE,
     REQUEST_TIMEOUT,
+    TransportError,
     response_codes,
 )
 from bridge.connector.messages import DISPATCH_ORDER, MessageKind
 from bridge.connector.pending import PendingAsync
 from bridge.connector.result import Callback, asyncResult, decode_payload, value_of
-from bridge.connector.transport import make_session
+from bridge.connector.transport import RESPONSE_TYPES, HttpResponse, make_session
 
 log = logging.getLogger("bridge.connector")
 
@@ -194,8 +194,9 @@ class connector:
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
         content_type: str | None = None,
-    ) -> requests.Response | response_codes:
-        """One HTTP call; a client-side :class:`response_codes` when no answer came."""
+    ) -> HttpResponse | response_codes:
+        """One HTTP call; a client-side :class:`response_codes` when no answer came, its
+        ``failure`` from the type of the stack's :class:`TransportError`."""
         url = self._url(path, versioned)
         headers = {"Content-Type": content_type} if content_type else None
         started = time.monotonic()
@@ -208,14 +209,16 @@ class connector:
                 headers=headers,
                 timeout=(self.timeout, self.timeout),
             )
-        except requests.Timeout as exc:
-            text = self._redact(f"{method} {url}: no answer within {self.timeout:g} s ({exc})")
+        except TransportError as exc:
+            if exc.timed_out:
+                err_type = REQUEST_TIMEOUT
+                text = f"{method} {url}: no answer within {self.timeout:g} s ({exc.detail})"
+            else:
+                err_type = CONNECTION_ERROR
+                text = f"{method} {url}: {exc}"  # "<kind>: <detail>"
+            text = self._redact(text)
             log.warning("%s", text)
-            return response_codes.client(REQUEST_TIMEOUT, text)
-        except requests.RequestException as exc:
-            text = self._redact(f"{method} {url}: {type(exc).__name__}: {exc}")
-            log.warning("%s", text)
-            return response_codes.client(CONNECTION_ERROR, text)
+            return response_codes.client(err_type, text, failure=exc.failure)
         log.debug(
             "%s %s%s -> %d (%d bytes, %.1f ms)",
             method,
@@ -227,7 +230,7 @@ class connector:
         )
         return resp
 
-    def _pull(self, noWait: bool) -> requests.Response:
+    def _pull(self, noWait: bool) -> HttpResponse:
         return self._session.get(
             self._url("/notification/pull", True),
             params={"noWait": "true"} if noWait else None,
@@ -236,7 +239,7 @@ class connector:
         )
 
     @staticmethod
-    def _text(resp: requests.Response) -> str:
+    def _text(resp: HttpResponse) -> str:
         return resp.content.decode("utf-8", "replace")
 
     def _fail_transport(self, result: asyncResult, err: response_codes) -> asyncResult:
@@ -247,7 +250,7 @@ class connector:
         self,
         result: asyncResult,
         parent: str,
-        resp: requests.Response | response_codes,
+        resp: HttpResponse | response_codes,
         ok: tuple[int, ...],
         kind: str,
     ) -> asyncResult:
@@ -281,7 +284,7 @@ class connector:
         result._complete(error=False, result=value, status_code=status, raw_data=resp.content)
         return result
 
-    def _error(self, result: asyncResult, parent: str, resp: requests.Response) -> asyncResult:
+    def _error(self, result: asyncResult, parent: str, resp: HttpResponse) -> asyncResult:
         result._complete(
             error=response_codes(parent, resp.status_code),
             result=self._text(resp),
@@ -294,7 +297,7 @@ class connector:
         self,
         result: asyncResult,
         parent: str,
-        resp: requests.Response | response_codes,
+        resp: HttpResponse | response_codes,
         immediate: tuple[int, ...],
     ) -> asyncResult:
         """Complete (or register) a resource verb: immediate value, 202 async id, error."""
@@ -319,7 +322,7 @@ class connector:
             return result
         return self._error(result, parent, resp)
 
-    def _register(self, result: asyncResult, resp: requests.Response) -> asyncResult:
+    def _register(self, result: asyncResult, resp: HttpResponse) -> asyncResult:
         try:
             async_id = json.loads(resp.content)["async-response-id"]
             if not isinstance(async_id, str) or not async_id:
@@ -706,16 +709,14 @@ class connector:
         """Stop the long-poll thread; waits up to ``timeout`` s for it to end."""
         self._poller.stop(timeout)
 
-    def handler(
-        self, data: str | bytes | bytearray | Mapping[str, Any] | requests.Response
-    ) -> bool:
+    def handler(self, data: str | bytes | bytearray | Mapping[str, Any] | HttpResponse) -> bool:
         """Handle one channel message (e.g. the body a webhook received).
 
-        ``data`` may be ``str``, ``bytes`` or an already-parsed dict. Returns ``True``
-        when the message was dispatched, ``False`` (with a logged reason) when it was
-        not a JSON object.
+        ``data`` may be ``str``, ``bytes``, an already-parsed dict or an HTTP answer
+        (its body). Returns ``True`` when the message was dispatched, ``False`` (with a
+        logged reason) when it was not a JSON object.
         """
-        if isinstance(data, requests.Response):
+        if isinstance(data, RESPONSE_TYPES):
             data = data.content
         if isinstance(data, Mapping):
             message = dict(data)

@@ -33,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import requests
+from bridge.connector.errors import TransportError
+from bridge.connector.transport import HttpResponse
 
 log = logging.getLogger("bridge.connector")
 
@@ -77,7 +78,7 @@ def parse_message(body: bytes | str) -> Message:
     return data
 
 
-def _retry_after(resp: requests.Response) -> float | None:
+def _retry_after(resp: HttpResponse) -> float | None:
     value = resp.headers.get("Retry-After", "")
     try:
         return float(value) if value else None
@@ -104,7 +105,7 @@ class LongPoller:
 
     def __init__(
         self,
-        pull: Callable[[bool], requests.Response],
+        pull: Callable[[bool], HttpResponse],
         dispatch: Callable[[Message], object],
         tick: Callable[[], object],
         abort: Callable[[], object] | None = None,
@@ -240,10 +241,10 @@ class LongPoller:
         """One pull, classified."""
         try:
             resp = self._pull(noWait)
-        except requests.Timeout:
-            return _Outcome(problem="no answer before the read timeout (server hangs?)")
-        except requests.RequestException as exc:
-            return _Outcome(problem=f"connection failed ({type(exc).__name__})")
+        except TransportError as exc:
+            if exc.timed_out:
+                return _Outcome(problem="no answer before the read timeout (server hangs?)")
+            return _Outcome(problem=f"connection failed ({exc.kind})")
         status = resp.status_code
         self._count(pulls=1, last_status=status)
         if status == 204:

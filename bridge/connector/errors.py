@@ -1,4 +1,5 @@
-"""The error object of the seed API, :class:`response_codes`, and its status tables.
+"""The error object of the seed API, :class:`response_codes`, its status tables, and the
+typed transport failures (:class:`TransportError`) both HTTP stacks of the client raise.
 
 An error is described by the call that failed (the *parent*, e.g. ``"resource"``), the
 status code and a human text. The texts come from the Connector REST documentation, as
@@ -12,10 +13,68 @@ has its own table (``presubscription``, ``get_endpoint_subscription``,
 ``get_resource_subscription``) and the client uses it.
 
 Client-side failures have no HTTP status; they use ``status_code`` 0 and one of the
-``CLIENT_*`` error types below, so callers can tell them from what the server said.
+client error types below, so callers can tell them from what the server said. Their
+``failure`` says, by type and not by text, whether the request certainly never reached
+the service (``"not_sent"``) or may have reached it (``"no_answer"``): the HTTP stacks
+(:mod:`bridge.connector.transport`) raise :class:`TransportError` subclasses that say so.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, Final, Literal
+
+#: How a call failed without an HTTP answer: ``"not_sent"``, the request certainly never
+#: reached the service (no connection: DNS failure, refused, connect time-out, TLS
+#: handshake failure), so sending it again cannot repeat anything; ``"no_answer"``, it was
+#: (or may have been) sent, but no complete answer came (read time-out, connection reset
+#: or closed before the whole answer).
+Failure = Literal["not_sent", "no_answer"]
+NOT_SENT: Final = "not_sent"
+NO_ANSWER: Final = "no_answer"
+
+
+class TransportError(Exception):
+    """An HTTP call that got no usable answer, raised by either HTTP stack of the client.
+
+    :var failure: ``"not_sent"`` (:class:`NotConnected`), ``"no_answer"``
+        (:class:`NoAnswer`) or None (:class:`CannotSend`: the request could not be made
+        for a reason of its own, which trying again will not mend).
+    :var kind: the failure in a word, as the client's messages name it
+        (``ConnectionError``, ``ConnectTimeout``, ``ReadTimeout``, ``SSLError``...).
+    :var detail: what happened, in a few words.
+    :var timed_out: whether a time-out (connect or read) ended the call.
+
+    ``str()`` is ``"<kind>: <detail>"``.
+    """
+
+    failure: ClassVar[Failure | None] = None
+
+    def __init__(self, kind: str, detail: str, *, timed_out: bool = False) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+        self.timed_out = timed_out
+
+
+class NotConnected(TransportError):
+    """The request certainly never reached the server: no connection could be made
+    (DNS failure, connection refused, connect time-out, TLS handshake failure)."""
+
+    failure: ClassVar[Failure | None] = NOT_SENT
+
+
+class NoAnswer(TransportError):
+    """The request was (or may have been) sent, but no complete answer came: read
+    time-out, connection reset or closed before the whole answer, an answer that is not
+    HTTP."""
+
+    failure: ClassVar[Failure | None] = NO_ANSWER
+
+
+class CannotSend(TransportError):
+    """The request could not be made at all (a URL or header it cannot carry): nothing
+    was sent, and sending it again would fail the same way."""
+
 
 UNKNOWN_ERROR = "ERROR: Unknown error."
 
@@ -161,11 +220,16 @@ class response_codes:
         ``request_timeout``, ``async_timeout``, ``invalid_response``.
     :var error: the error text: from the status tables, or the text the service or the
         device gave.
+    :var failure: for a call that got no HTTP answer, ``"not_sent"`` (the request
+        certainly never reached the service) or ``"no_answer"`` (it was or may have been
+        sent, no complete answer came); None for an answer with an HTTP status and for
+        everything else (see :data:`Failure`).
     """
 
     status_code: int
     errType: str
     error: str
+    failure: Failure | None
 
     def __init__(
         self,
@@ -174,20 +238,25 @@ class response_codes:
         *,
         error: str | None = None,
         errType: str | None = None,
+        failure: Failure | None = None,
     ) -> None:
         self.status_code = status_code
         self.errType = errType if errType is not None else f"{errParent}{status_code}"
         self.error = error if error else error_text(errParent, status_code)
+        self.failure = failure
 
     @classmethod
-    def client(cls, errType: str, error: str, status_code: int = 0) -> response_codes:
+    def client(
+        cls, errType: str, error: str, status_code: int = 0, *, failure: Failure | None = None
+    ) -> response_codes:
         """A client-side failure (no usable answer from the service)."""
-        return cls(errType, status_code, error=error, errType=errType)
+        return cls(errType, status_code, error=error, errType=errType, failure=failure)
 
     def __repr__(self) -> str:
+        failure = f", failure={self.failure!r}" if self.failure else ""
         return (
             f"response_codes(status_code={self.status_code!r}, "
-            f"errType={self.errType!r}, error={self.error!r})"
+            f"errType={self.errType!r}, error={self.error!r}{failure})"
         )
 
     def __str__(self) -> str:
@@ -196,11 +265,12 @@ class response_codes:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, response_codes):
             return NotImplemented
-        return (self.status_code, self.errType, self.error) == (
+        return (self.status_code, self.errType, self.error, self.failure) == (
             other.status_code,
             other.errType,
             other.error,
+            other.failure,
         )
 
     def __hash__(self) -> int:
-        return hash((self.status_code, self.errType, self.error))
+        return hash((self.status_code, self.errType, self.error, self.failure))

@@ -1,17 +1,20 @@
 """A lean HTTP/1.1 session for the Connector: pooled keep-alive sockets, no more than
 the Connector API needs.
 
-Why it exists: a call through ``requests`` costs 500 to 700 us of CPU (it looks proxies
-and ``.netrc`` up in the environment on every call, merges settings and cookies, goes
-through adapters), one over ``http.client`` about 100 us (half of it parsing headers
-with the ``email`` package), one here about 40 us. Every notification pull, command and
-start-up read of the bridge pays it: with ``requests`` the long poll alone used half a
-core at 1,000 notifications per second. What it does:
+Why it exists: every notification pull, command and start-up read of the bridge is one
+HTTP call, and a call through ``requests`` costs many times the CPU of one here (it looks
+proxies and ``.netrc`` up in the environment on every call, merges settings and cookies,
+goes through adapters; ``http.client`` parses headers with the ``email`` package); the
+README's "Performance" section has the figures. What it does:
 
 - the part of :class:`requests.Session` the client uses (``request``, ``get``,
-  ``headers``, ``close``), answering with :class:`requests.Response` objects and raising
-  ``requests`` exceptions (``ConnectTimeout``, ``ReadTimeout``, ``ConnectionError``,
-  ``InvalidURL``, ``InvalidHeader``), so the callers are unchanged;
+  ``headers``, ``close``), answering with :class:`LeanResponse` objects (the answer
+  interface both stacks share, :class:`bridge.connector.transport.HttpResponse`) and
+  raising the client's typed failures (:mod:`bridge.connector.errors`):
+  :class:`~bridge.connector.errors.NotConnected` when no connection could be made (so
+  the request surely never went out), :class:`~bridge.connector.errors.NoAnswer` when
+  it went out and no whole answer came back, :class:`~bridge.connector.errors.CannotSend`
+  for a URL or header it cannot send;
 - HTTP/1.1 keep-alive, at most ``pool_size`` idle connections per host; a connection the
   server closed meanwhile is noticed before it is reused (as urllib3 does);
 - bodies by ``Content-Length``, ``chunked`` or until the server closes; interim 1xx
@@ -30,20 +33,21 @@ is sent); the Connector API uses neither.
 from __future__ import annotations
 
 import contextlib
-import datetime
+import json
 import os
 import select
 import socket
 import ssl
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import requests
-from requests.cookies import RequestsCookieJar
 from requests.structures import CaseInsensitiveDict
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, default_user_agent
+
+from bridge.connector.errors import CannotSend, NoAnswer, NotConnected
 
 Timeout = float | tuple[float, float] | None
 _Key = tuple[str, str, int]
@@ -102,26 +106,40 @@ class _Conn:
         while True:
             i = self.buf.find(b"\r\n")
             if i >= 0:
-                line = bytes(self.buf[:i])
-                del self.buf[: i + 2]
+                line = self._take(i)
+                del self.buf[:2]
                 return line
             if len(self.buf) > _MAX_HEAD:
                 raise ValueError("line too long")
             self._fill()
 
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` buffered bytes, removed from the buffer. A large part is copied
+        once, through a view; a small one by slicing, which is quicker below a few KiB."""
+        buf = self.buf
+        if n == len(buf):  # the usual end of an answer: all that was read
+            data = bytes(buf)
+            buf.clear()
+            return data
+        if n < 4096:
+            data = bytes(buf[:n])
+        else:
+            with memoryview(buf) as view:
+                data = bytes(view[:n])
+        del buf[:n]
+        return data
+
     def _exactly(self, n: int) -> bytes:
         while len(self.buf) < n:
             self._fill()
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        return data
+        return self._take(n)
 
     def _head(self) -> bytes:
         while True:
             i = self.buf.find(b"\r\n\r\n")
             if i >= 0:
-                head = bytes(self.buf[:i])
-                del self.buf[: i + 4]
+                head = self._take(i)
+                del self.buf[:4]
                 return head
             if len(self.buf) > _MAX_HEAD:
                 raise ValueError("answer headers too long")
@@ -257,50 +275,89 @@ class _Pool:
                 break
 
 
-class _Response(requests.Response):
-    """A :class:`requests.Response` built without requests' per-answer set-up (a cookie
-    jar with its lock and policy objects, hooks...): the fields the client reads are set."""
+class Headers(Mapping[str, str]):
+    """The header fields of an answer, looked up without regard to case. A field sent
+    more than once reads as its values joined by ``", "`` (as urllib3 does). The lookup
+    table is built the first time somebody asks: most answers are read for their status
+    and body only."""
 
-    def __init__(self) -> None:  # no super().__init__(): see the docstring
-        self._content_consumed = True
-        self._next = None
-        self.raw = None
-        self.encoding = None
-        self.history = []
-        self.cookies = _NO_COOKIES
-        self.elapsed = _NO_TIME
-        self.request = None  # type: ignore[assignment]
-        self.connection = None  # type: ignore[assignment]
-        self._fields: list[tuple[str, str]] = []
-        self._headers: CaseInsensitiveDict[str] | None = None
+    __slots__ = ("_fields", "_index")
 
-    # Most answers are read for their status and body only: the case-insensitive header
-    # mapping is built the first time somebody asks for it.
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        self._fields = fields
+        self._index: dict[str, tuple[str, str]] | None = None
+
+    def _table(self) -> dict[str, tuple[str, str]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for name, value in self._fields:
+                key = name.lower()
+                seen = index.get(key)
+                index[key] = (name, value) if seen is None else (seen[0], f"{seen[1]}, {value}")
+            self._index = index
+        return index
+
+    def __getitem__(self, name: str) -> str:
+        return self._table()[name.lower()][1]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._table()
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._table().values())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+
+class LeanResponse:
+    """One answer: status, reason, headers and the whole body, read before it is returned.
+
+    The interface the client reads of either stack (see
+    :class:`bridge.connector.transport.HttpResponse`): ``status_code``, ``reason``,
+    ``headers`` (case-insensitive), ``content``, ``text``, ``json()``, ``ok``, ``url``.
+    """
+
+    __slots__ = ("content", "headers", "reason", "status_code", "url")
+
+    def __init__(
+        self, url: str, status: int, reason: str, fields: list[tuple[str, str]], body: bytes
+    ) -> None:
+        self.url = url
+        self.status_code = status
+        self.reason = reason
+        self.headers = Headers(fields)
+        self.content = body
+
     @property
-    def headers(self) -> CaseInsensitiveDict[str]:
-        if self._headers is None:
-            self._headers = CaseInsensitiveDict(self._fields)
-        return self._headers
+    def ok(self) -> bool:
+        """True for a status below 400 (as requests)."""
+        return self.status_code < 400
 
-    @headers.setter
-    def headers(self, value: CaseInsensitiveDict[str]) -> None:
-        self._headers = value
+    @property
+    def text(self) -> str:
+        """The body as text: in the ``charset`` of its Content-Type, else UTF-8; bytes
+        that do not decode are replaced."""
+        charset = "utf-8"
+        for param in self.headers.get("Content-Type", "").split(";")[1:]:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "charset" and value.strip():
+                charset = value.strip().strip('"')
+        try:
+            return self.content.decode(charset, "replace")
+        except LookupError:  # a charset Python does not know
+            return self.content.decode("utf-8", "replace")
 
+    def json(self) -> Any:
+        """The body decoded as JSON; raises :class:`ValueError` when it is not JSON."""
+        return json.loads(self.content)
 
-_NO_COOKIES = RequestsCookieJar()  # shared and never filled: the Connector sets no cookies
-_NO_TIME = datetime.timedelta(0)
-
-
-def _answer(
-    url: str, status: int, reason: str, fields: list[tuple[str, str]], body: bytes
-) -> requests.Response:
-    r = _Response()
-    r.status_code = status
-    r.reason = reason
-    r._content = body
-    r._fields = fields
-    r.url = url
-    return r
+    def __repr__(self) -> str:
+        return f"<LeanResponse [{self.status_code}]>"
 
 
 def _unsafe(text: str) -> bool:
@@ -354,7 +411,7 @@ class LeanSession:
         except ValueError:
             port = -1
         if scheme not in ("http", "https") or not host or port == -1:
-            raise requests.exceptions.InvalidURL(f"cannot call {url!r}")
+            raise CannotSend("InvalidURL", f"cannot call {url!r}")
         default_port = 443 if scheme == "https" else 80
         port = port or default_port
         shown = f"[{host}]" if ":" in host else host  # an IPv6 address
@@ -386,7 +443,7 @@ class LeanSession:
                 merged.update(headers)
             for name, value in merged.items():
                 if _unsafe(name) or _unsafe(value) or ":" in name:
-                    raise requests.exceptions.InvalidHeader(f"header {name!r} is not valid")
+                    raise CannotSend("InvalidHeader", f"header {name!r} is not valid")
             block = "".join(f"\r\n{name}: {value}" for name, value in merged.items())
             if len(self._blocks) > 64:
                 self._blocks.clear()
@@ -402,13 +459,14 @@ class LeanSession:
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: Timeout = None,
-    ) -> requests.Response:
+    ) -> LeanResponse:
+        """One call: the whole answer, or a :class:`~bridge.connector.errors.TransportError`."""
         origin, host_header, calls, pulls = self._origin(url)
         target = url[len(origin) :].split("#", 1)[0] or "/"
         if params:
             target += ("&" if "?" in target else "?") + urlencode(params)
         if _unsafe(target) or " " in target:
-            raise requests.exceptions.InvalidURL(f"cannot call {url!r}")
+            raise CannotSend("InvalidURL", f"cannot call {url!r}")
         head = f"{method} {target} HTTP/1.1\r\nHost: {host_header}" + self._header_block(headers)
         if data is not None or method in ("POST", "PUT", "PATCH"):
             head += f"\r\nContent-Length: {len(data or b'')}"
@@ -423,12 +481,16 @@ class LeanSession:
         pool = pulls if url.startswith(self._pull_url) else calls
         conn = pool.take()
         if conn is None:
+            # Nothing was sent before the connection (and its TLS handshake) stood: a
+            # failure here (DNS, refused, time-out, certificate...) is NotConnected.
             try:
                 conn = pool.open(connect_timeout)
             except TimeoutError as exc:
-                raise requests.ConnectTimeout(f"connecting to {origin}: {exc}") from None
-            except OSError as exc:
-                raise requests.ConnectionError(f"{type(exc).__name__}: {exc}") from None
+                raise NotConnected(
+                    "ConnectTimeout", f"connecting to {origin}: {exc}", timed_out=True
+                ) from None
+            except OSError as exc:  # socket.gaierror and ssl.SSLError are OSErrors too
+                raise NotConnected("ConnectionError", f"{type(exc).__name__}: {exc}") from None
         reusable = False
         try:
             conn.sock.settimeout(read_timeout)
@@ -436,12 +498,15 @@ class LeanSession:
             status, reason, fields, body, close = conn.read_answer(method)
             reusable = not close
         except TimeoutError as exc:
-            raise requests.ReadTimeout(f"no answer from {origin}: {exc}") from None
+            detail = f"no answer from {origin}: {exc}"
+            raise NoAnswer("ReadTimeout", detail, timed_out=True) from None
         except (OSError, ValueError, _Closed) as exc:
-            raise requests.ConnectionError(f"{type(exc).__name__}: {exc}") from None
+            # Also a reused connection the server closed as it was taken: the request
+            # may have reached it, so this is NoAnswer, never NotConnected.
+            raise NoAnswer("ConnectionError", f"{type(exc).__name__}: {exc}") from None
         finally:
             pool.give_back(conn, reusable)
-        return _answer(url, status, reason, fields, body)
+        return LeanResponse(url, status, reason, fields, body)
 
     def get(
         self,
@@ -450,7 +515,7 @@ class LeanSession:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: Timeout = None,
-    ) -> requests.Response:
+    ) -> LeanResponse:
         return self.request("GET", url, params=params, headers=headers, timeout=timeout)
 
     def abort(self) -> int:

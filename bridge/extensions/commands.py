@@ -66,10 +66,7 @@ RETRY_TRIES = 8  # tries of one command at most (its time-out usually ends them 
 
 def _not_sent(error: response_codes) -> bool:
     """The request never reached the Connector: the connection could not be made."""
-    text = error.error or ""
-    if error.errType == "connection_error":
-        return "NewConnectionError" in text or "Connection refused" in text
-    return error.errType == "request_timeout" and "ConnectTimeout" in text
+    return error.failure == "not_sent"
 
 
 def retry_delay(verb: str, r: asyncResult, attempt: int) -> float | None:

@@ -3,17 +3,22 @@
 ``RecordingServer`` records every request exactly as it came over the socket (method,
 raw path and query, headers, body bytes) and answers from a function the test sets, so a
 test can assert what the client really sent (raw PUT bytes, both query flags, the
-Bearer header) and count requests and TCP connections. ``ClosingServer`` accepts TCP
-connections and closes them at once, like a Connector that is down behind a load
-balancer, and counts them.
+Bearer header) and count requests and TCP connections; a :class:`Reply` with ``raw``
+bytes is written as it is (chunked or close-delimited bodies, interim 1xx answers).
+``ClosingServer`` accepts TCP connections and closes them at once, like a Connector that
+is down behind a load balancer, and counts them. The failures a client must tell apart:
+``SilentServer`` reads each request and then closes without answering or never answers;
+``full_backlog`` is a port whose listen queue is full, so a connect times out; ``free_port``
+(:mod:`tests.support.ports`) is one where the connection is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -43,6 +48,11 @@ class Reply:
     body: bytes | str = b""
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    #: The whole answer as it goes over the wire (the fields above are then unused),
+    #: written piece by piece with a short pause between, so a client reads it in parts.
+    raw: list[bytes] | None = None
+    #: Close the connection after the answer (a close-delimited body ends there).
+    close: bool = False
 
 
 Answer = Callable[[Recorded], Reply]
@@ -71,6 +81,14 @@ class RecordingServer:
                     owner.requests.append(rec)
                     owner._cond.notify_all()
                 reply = owner.answer(rec)
+                if reply.close:
+                    self.close_connection = True
+                if reply.raw is not None:
+                    for i, piece in enumerate(reply.raw):
+                        if i:
+                            time.sleep(0.02)
+                        self.wfile.write(piece)
+                    return
                 data = reply.body.encode() if isinstance(reply.body, str) else reply.body
                 self.send_response(reply.status)
                 if reply.status not in (204, 304):
@@ -164,3 +182,121 @@ class ClosingServer:
         self._stop.set()
         self._thread.join(2)
         self._sock.close()
+
+
+class SilentServer:
+    """Accepts connections and reads each request's head, then closes the connection
+    without a word (``close=True``) or keeps it open and never answers (``close=False``,
+    until the server stops). ``requests``: how many request heads it read."""
+
+    def __init__(self, *, close: bool) -> None:
+        self._close = close
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.requests = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(5.0)
+            data = b""
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            if b"\r\n\r\n" in data:
+                self.requests += 1
+            if self._close:
+                conn.close()
+            else:
+                self._held.append(conn)
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+class GarbageServer:
+    """Answers every connection at once with a plain-text HTTP line and closes it: what a
+    TLS client meets on a port that does not speak TLS (its handshake fails)."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    def __enter__(self) -> GarbageServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._sock.close()
+
+
+@contextlib.contextmanager
+def full_backlog(probe_timeout: float = 0.2, tries: int = 16) -> Iterator[str]:
+    """The URL of a loopback port whose listen queue is full: it listens with a backlog
+    of 0 and never accepts, and is filled with connections until one more cannot get
+    through, so the SYN of the next connection is dropped and its connect times out
+    (rather than being refused). Fails the test when the queue cannot be filled here."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(tries):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.settimeout(probe_timeout)
+            try:
+                probe.connect(("127.0.0.1", port))
+            except TimeoutError:
+                probe.close()
+                break
+            fillers.append(probe)
+        else:
+            raise AssertionError(f"the listen queue of port {port} never filled")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for conn in fillers:
+            conn.close()
+        listener.close()
