@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -17,6 +18,7 @@ from bridge.core.workers import Deadlines, WorkerPool
 from bridge.downstream.link import MqttLink
 from bridge.service.settings import load_settings
 from bridge.upstream.async_calls import AsyncCalls, Outcome
+from bridge.upstream.port import outcome_of
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_user import MqttUser
 
@@ -136,11 +138,12 @@ def test_async_call_finishes_exactly_once_whatever_races() -> None:
             outcomes.append(o)
 
     results: list[asyncResult] = []
+    forgotten: list[asyncResult] = []
 
-    def start(cb):  # type: ignore[no-untyped-def]
-        r = asyncResult(callback=cb)
+    def start(answer: Callable[[Outcome], None]) -> Callable[[], object]:
+        r = asyncResult(callback=lambda r: answer(outcome_of(r)))
         results.append(r)
-        return r
+        return lambda: forgotten.append(r)  # the client lets go of the answer
 
     try:
         for _ in range(200):
@@ -159,6 +162,8 @@ def test_async_call_finishes_exactly_once_whatever_races() -> None:
     assert len(outcomes) == 200
     assert {o.status for o in outcomes} <= {200, 504}
     assert len(calls) == 0
+    # Every call let the client go when it ended: timed out or answered, none is left.
+    assert {id(r) for r in forgotten} == {id(r) for r in results}
 
 
 def test_registry_forgets_only_an_endpoint_that_is_away_and_unchanged() -> None:

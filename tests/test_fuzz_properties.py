@@ -39,6 +39,7 @@ from bridge.extensions.commands import RETRY_CAP, RETRY_TRIES, mark_redelivered,
 from bridge.extensions.values import Values
 from bridge.service.controller import Bridge
 from bridge.service.settings import load_settings
+from bridge.upstream.port import outcome_of
 from bridge.upstream.reachability import DOWN_AFTER, Reachability
 from bridge.upstream.side import ConnectorSide, parse_resources
 
@@ -351,9 +352,11 @@ def test_any_lifecycle_message_keeps_the_registry_consistent(
 # ------------------------------------------------------------------ retry policy, reachability
 
 
-def failure(status: int, err_type: str | None, text: str) -> asyncResult:
+def failure(status: int, err_type: str | None, text: str, kind: str | None = None) -> asyncResult:
     r = asyncResult()
     r.error = response_codes("resource", status, error=text or None, errType=err_type)
+    if kind is not None:
+        setattr(r.error, "failure", kind)  # noqa: B010 (the HTTP stacks' type of failure)
     return r
 
 
@@ -362,19 +365,23 @@ def failure(status: int, err_type: str | None, text: str) -> asyncResult:
     st.integers(min_value=0, max_value=599),
     st.sampled_from([None, "connection_error", "request_timeout", "invalid_response"]),
     st.sampled_from(["", "NewConnectionError refused", "ConnectionResetError", "ReadTimeout"]),
+    st.sampled_from([None, "not_sent", "no_answer"]),
     st.integers(min_value=1, max_value=20),
 )
 def test_retry_policy_never_repeats_an_execute_that_may_have_run(
-    verb: str, status: int, err_type: str | None, text: str, attempt: int
+    verb: str, status: int, err_type: str | None, text: str, kind: str | None, attempt: int
 ) -> None:
     if err_type in ("connection_error", "request_timeout"):
         status = 0  # the client's own failures: no HTTP status
-    r = failure(status, err_type, text)
-    delay = retry_delay(verb, r, attempt)
+    else:
+        kind = None  # answered with a status
+    r = failure(status, err_type, text, kind)
+    delay = retry_delay(verb, outcome_of(r), attempt)
     if delay is None:
         return
     assert 0 < delay <= RETRY_CAP and attempt < RETRY_TRIES
-    not_taken = status in (412, 429, 503) or "NewConnectionError" in text
+    # Decided on types alone: the error text never makes a POST retried.
+    not_taken = status in (412, 429, 503) or kind == "not_sent"
     if verb == "post":
         assert not_taken, "a POST is retried only when the Connector surely did not take it"
     assert status == 0 or status >= 500 or status in (412, 429) or err_type == "invalid_response"

@@ -17,6 +17,7 @@ from bridge.connector.result import asyncResult
 from bridge.core.events import ConnectorStateChanged
 from bridge.extensions.commands import RETRY_TRIES, retry_delay
 from bridge.simulator import Emulator
+from bridge.upstream.port import outcome_of
 from tests.reliability_support import (
     ACT_EP,
     RUN,
@@ -124,7 +125,7 @@ def test_5xx_429_and_cut_long_polls_lose_no_notification(
             received = sub.payloads(STREAM_TOPIC)
         finally:
             sub.close()
-        poll = bridge.ctx.connector.longPollStats()
+        poll = bridge.ctx.port.channel_stats()
     c = emu.counters()
     figures = counts(received, stream.values)
     report(
@@ -212,12 +213,12 @@ def test_a_refused_access_key_is_reported_plainly_and_not_hammered(
     states = States()
     with running_bridge(bridge_settings(emu, broker)) as bridge:
         bridge.bus.subscribe(ConnectorStateChanged, states)
-        before = bridge.ctx.connector.longPollStats()["pulls"]
+        before = bridge.ctx.port.channel_stats()["pulls"]
         emu.set_fault(force_status={"route": "pull", "status": 401, "count": 1000})
         t0 = time.monotonic()
         refused_at = states.wait("refused", t0, timeout=10)
         time.sleep(4.0)
-        stats = bridge.ctx.connector.longPollStats()
+        stats = bridge.ctx.port.channel_stats()
         event = next(e for _, e in states.seen if e.state == "refused")
         emu.clear_faults()
     pulls = stats["pulls"] - before
@@ -310,9 +311,13 @@ def test_a_command_rides_out_a_short_connector_outage_and_a_long_one_is_answered
     assert log.bodies(ACT_EP, SETPOINT, "PUT")[b"long"] == 0
 
 
-def failed(status: int, err_type: str | None = None, text: str = "") -> asyncResult:
+def failed(
+    status: int, err_type: str | None = None, text: str = "", failure: str | None = None
+) -> asyncResult:
     r = asyncResult()
     r.error = response_codes("resource", status, error=text or None, errType=err_type)
+    if failure is not None:
+        setattr(r.error, "failure", failure)  # noqa: B010 (the HTTP stacks' type of failure)
     return r
 
 
@@ -329,16 +334,23 @@ def failed(status: int, err_type: str | None = None, text: str = "") -> asyncRes
         ("set", failed(404), False),
         ("set", failed(400), False),
         ("set", failed(401), False),
-        ("set", failed(0, "connection_error", "ConnectionResetError(104)"), True),
-        ("post", failed(0, "connection_error", "ConnectionResetError(104)"), False),
-        ("post", failed(0, "connection_error", "NewConnectionError: Connection refused"), True),
-        ("post", failed(0, "request_timeout", "ReadTimeout"), False),
-        ("get", failed(0, "request_timeout", "ReadTimeout"), True),
+        ("set", failed(0, "connection_error", "ConnectionResetError(104)", "no_answer"), True),
+        ("post", failed(0, "connection_error", "ConnectionResetError(104)", "no_answer"), False),
+        ("post", failed(0, "connection_error", "Connection refused", "not_sent"), True),
+        ("post", failed(0, "request_timeout", "ReadTimeout", "no_answer"), False),
+        ("get", failed(0, "request_timeout", "ReadTimeout", "no_answer"), True),
+        # The connection timed out: the Connector never got the POST (the text says
+        # "connecting to ...: timed out", which text matching took for a lost answer).
+        ("post", failed(0, "request_timeout", "connecting to x: timed out", "not_sent"), True),
+        # Without the client's type of failure nothing says it was not sent: not again.
+        ("post", failed(0, "connection_error", "NewConnectionError: Connection refused"), False),
+        ("set", failed(0, "connection_error", "NewConnectionError: Connection refused"), True),
     ],
 )
 def test_retry_policy(verb: str, result: asyncResult, retried: bool) -> None:
-    delay = retry_delay(verb, result, 1)
+    outcome = outcome_of(result)
+    delay = retry_delay(verb, outcome, 1)
     assert (delay is not None) is retried
     if delay is not None:
         assert 0 < delay <= 5.0
-    assert retry_delay(verb, result, RETRY_TRIES) is None
+    assert retry_delay(verb, outcome, RETRY_TRIES) is None

@@ -47,6 +47,7 @@ from bridge.downstream.topics import Topics
 from bridge.extensions import DEFAULT_EXTENSIONS, BridgeContext, Extension
 from bridge.service.settings import Settings
 from bridge.upstream.callback_receiver import publications
+from bridge.upstream.port import SeedPort
 from bridge.upstream.side import ConnectorSide, StartupError
 
 log = logging.getLogger("bridge")
@@ -88,7 +89,7 @@ class Bridge:
             topics=self.topics,
             bus=self.bus,
             mqtt=self.mqtt,
-            connector=self.connector_side.client,
+            port=SeedPort(self.connector_side.client, self.deadlines),
             registry=self.registry,
             counters=self.counters,
             commands=WorkerPool("bridge-command", settings.command_workers, settings.command_queue),

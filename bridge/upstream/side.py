@@ -33,9 +33,6 @@ from bridge.upstream.reachability import Monitor, Reachability, is_refusal, is_t
 
 log = logging.getLogger("bridge.connector_side")
 
-# Async answers the client still waits for after the bridge's own time-outs gave up
-# are dropped this much later (the bridge keeps its own, shorter, deadlines).
-ASYNC_GRACE = 60.0
 DESCRIBE_TRIES = 4  # a resource listing that fails transiently is tried this often
 DESCRIBE_RETRY = 0.5  # seconds before the first retry (doubling)
 
@@ -132,7 +129,8 @@ class ConnectorSide:
             settings.connector_token.get_secret_value(),
             settings.connector_url,
             timeout=settings.connector_timeout,
-            asyncTimeout=max(settings.queue_mode_timeout, settings.command_timeout) + ASYNC_GRACE,
+            # Every call's deadline is the port's (bridge.upstream.port): none in the client.
+            asyncTimeout=None,
             backoffMax=settings.connector_retry_max,
             pullLinger=settings.pull_linger,
             fastHttp=settings.connector_http == "fast",
