@@ -14,11 +14,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bridge.connector import asyncResult
 from bridge.core.events import EventBus, MqttConnected
 from bridge.core.registry import Registry
+from bridge.core.retry import Backoff
 from bridge.core.workers import Deadlines, WorkerPool
 from bridge.downstream.link import MqttLink
 from bridge.service.settings import load_settings
 from bridge.upstream.async_calls import AsyncCalls, Outcome
-from bridge.upstream.port import outcome_of
+from bridge.upstream.port import READ_RETRY, outcome_of
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_user import MqttUser
 
@@ -196,3 +197,17 @@ def test_event_bus_isolates_a_failing_handler() -> None:
     assert seen == ["second"]
     bus.unsubscribe(MqttConnected, broken)
     assert bus.has_handlers(MqttConnected)
+
+
+def test_one_backoff_and_a_policy_that_decides_on_types() -> None:
+    b = Backoff(0.5, 4.0, rand=lambda: 1.0)
+    assert [b.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    b.succeeded()
+    assert b.failed() == 0.5
+    policy = READ_RETRY
+    refused = Outcome(False, 412, None, "no channel", kind="refused")
+    assert policy.delay(refused, 1) is not None
+    assert policy.delay(refused, policy.tries) is None
+    # The text says nothing: only the status and the kind count.
+    assert policy.delay(Outcome(False, 404, None, "412", kind="refused"), 1) is None
+    assert policy.delay(Outcome(False, 504, None, "no answer", kind="timeout"), 1) is None

@@ -27,6 +27,7 @@ from bridge.core.events import (
     Source,
 )
 from bridge.core.registry import Registry
+from bridge.core.retry import Backoff
 from bridge.service.settings import Settings, env_name
 from bridge.upstream.callback_receiver import CallbackReceiver, server_ssl_context
 from bridge.upstream.reachability import Monitor, Reachability, is_refusal, is_transient
@@ -34,7 +35,8 @@ from bridge.upstream.reachability import Monitor, Reachability, is_refusal, is_t
 log = logging.getLogger("bridge.connector_side")
 
 DESCRIBE_TRIES = 4  # a resource listing that fails transiently is tried this often
-DESCRIBE_RETRY = 0.5  # seconds before the first retry (doubling)
+DESCRIBE_RETRY = 0.5  # seconds before the first retry (doubling, jittered)
+DESCRIBE_RETRY_MAX = 4.0
 
 
 class StartupError(Exception):
@@ -286,16 +288,15 @@ class ConnectorSide:
     def describe(self, name: str) -> tuple[Resource, ...] | None:
         """An endpoint's resources, or None when the Connector cannot say (a transient
         failure is tried again a few times, with back-off)."""
-        delay = DESCRIBE_RETRY
+        backoff = Backoff(DESCRIBE_RETRY, DESCRIBE_RETRY_MAX)
         for attempt in range(1, DESCRIBE_TRIES + 1):
             r = self.client.getResources(name)
             if not r.error:
                 return listing_resources(r.raw_data, r.result)
             if not is_transient(r.error) or attempt == DESCRIBE_TRIES:
                 break
-            if self._stopping.wait(delay):
+            if self._stopping.wait(backoff.failed()):
                 return None
-            delay *= 2
         log.warning("cannot list the resources of %r: %s", name, r.error)
         return None
 
