@@ -1,9 +1,9 @@
 """Values: Connector notifications to ``<prefix>/<ep>/<res>``, and the initial reads.
 
-The hot path of the bridge: one event per channel message carries its notifications;
-each becomes base64 decoding, a cached topic look-up and a publish, on the thread that
-delivered the message (paho's publish is thread-safe, and waits when paho is full, which
-slows the channel down instead of growing memory).
+The hot path of the bridge: one event per channel message carries its notifications,
+already decoded by the Connector side; each becomes a cached topic look-up and a publish,
+on the thread that delivered the message (paho's publish is thread-safe, and waits when
+paho is full, which slows the channel down instead of growing memory).
 
 Initial reads: when the bridge learns an endpoint's resources (at start-up, or from a
 registration) it reads every observed resource once (``initial_read``), so retained
@@ -16,11 +16,9 @@ A forgotten endpoint (gone for good) has its retained values cleared.
 
 from __future__ import annotations
 
-import binascii
 import logging
 import threading
 
-from bridge.connector import decode_payload
 from bridge.core.events import (
     EndpointForgotten,
     EndpointResources,
@@ -65,24 +63,13 @@ class Values(Extension):
         value_topic = self.ctx.topics.value
         qos = self.ctx.settings.value_qos
         retain = self.ctx.settings.value_retain
-        a2b = binascii.a2b_base64
         sent = bad = 0
-        for entry in event.entries:
+        for endpoint, path, payload in event.values:
             try:
-                raw = entry.get("payload")
-                if raw is None or raw == "":
-                    payload = b""  # no value (an empty resource)
-                else:
-                    try:
-                        payload = a2b(raw)
-                    except (binascii.Error, ValueError, TypeError):
-                        # tolerates missing padding; refuses a non-string (0, [], false)
-                        # with the client's error, as the client's handler does
-                        payload = decode_payload(entry)
-                topic = value_topic(entry["ep"], entry["path"])
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                topic = value_topic(endpoint, path)
+            except (TypeError, ValueError) as exc:
                 bad += 1
-                log.warning("notification ignored (%s): %.200r", exc, entry)
+                log.warning("notification of %.200r %.200r ignored (%s)", endpoint, path, exc)
                 continue
             if not fits(topic):
                 bad += 1

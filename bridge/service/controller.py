@@ -3,7 +3,7 @@
 ::
 
     Connector --channel--> ConnectorSide --events--> extensions --> MqttLink --> broker
-    broker --> MqttLink --> extensions (commands) --REST--> Connector
+    broker --> MqttLink --> extensions (commands) --ConnectorPort--> Connector
                                  (async response / time-out) --> MqttLink (reply)
 
 :class:`Bridge` owns every long-lived part and thread: paho's network thread and the

@@ -107,7 +107,7 @@ class Health(Extension):
     # ---- events ----------------------------------------------------------------------------
 
     def _on_notifications(self, event: NotificationsReceived) -> None:
-        self.ctx.counters.add("notifications_received", len(event.entries))
+        self.ctx.counters.add("notifications_received", event.received)
 
     def _on_started(self, event: BridgeStarted) -> None:
         self.watch.started.set()
