@@ -284,6 +284,21 @@ def test_queue_mode_endpoint_has_its_own_timeout(
     assert "BRIDGE_QUEUE_MODE_TIMEOUT" in reply["error"] and "queue mode" in reply["error"]
 
 
+def test_a_timed_out_call_leaves_nothing_waiting(
+    broker: MosquittoBroker, emulator: Emulator
+) -> None:
+    """One deadline per call, the bridge's: when it passes, the client stops waiting for
+    the answer too (it keeps no deadline of its own), so nothing is left behind."""
+    settings = bridge_settings(emulator, broker, command_timeout=0.3, queue_mode_timeout=0.6)
+    with running_bridge(settings) as bridge, user(broker, "5", "connector/#") as c:
+        client = bridge.connector_side.client
+        reply = command(c, "connector/sleeper-001/3301/0/5700/get")  # asleep: no answer
+        assert (reply["ok"], reply["status"]) == (False, 504)
+        assert client.asyncTimeout is None
+        assert wait_until(lambda: client.pendingCount() == 0, 5)
+        assert bridge.ctx.port.pending_count() == 0
+
+
 def test_a_full_command_queue_answers_busy(broker: MosquittoBroker, emulator: Emulator) -> None:
     settings = bridge_settings(
         emulator, broker, command_workers=1, command_queue=1, connector_timeout=2.0

@@ -229,6 +229,23 @@ def test_presubscription_rules_choose_what_is_observed_and_read(broker: Mosquitt
             assert bridge.counters.get("initial_reads_ok") == 2
 
 
+def test_an_initial_read_refused_with_412_is_tried_again(broker: MosquittoBroker) -> None:
+    """412 (no notification channel yet): the port's read tries again, with back-off."""
+    rules = [{"endpoint-name": "node*", "resource-path": ["/3303/*"]}]
+    with Emulator(token="t", pull_timeout=1.0, drift=False) as emu:
+        emu.set_fault(force_status={"route": "resource-get", "status": 412, "count": 2})
+        settings = bridge_settings(emu, broker, presubscriptions=json.dumps(rules))
+        with running_bridge(settings) as bridge:
+            wait_initial_reads(bridge, 2)  # after the retries: then the values are retained
+            got = wait_retained(
+                broker, {"connector/node-001/3303/0/5700", "connector/node-002/3303/0/5700"}
+            )
+            assert len(got) == 2
+            assert bridge.counters.get("initial_reads_ok") == 2
+            assert bridge.counters.get("initial_reads_failed") == 0
+            assert "force_status" not in emu.faults(), "both 412 answers were given"
+
+
 def test_values_unretained_when_so_configured(broker: MosquittoBroker) -> None:
     # One lamp only: the late subscriber below must come after every start-up read
     # (one that ended later would arrive live), and a queue-mode device's waits for a wake.

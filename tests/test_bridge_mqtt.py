@@ -97,7 +97,9 @@ def test_secrets_never_reach_the_logs(
             command(u, f"{DIMMER}/set", b"5")
             command(u, "connector/nobody/1/set", b"5")
             request(u, "info")
-            text = repr(settings) + str(settings.public_summary()) + repr(bridge.ctx.connector)
+            text = (
+                repr(settings) + str(settings.public_summary()) + repr(bridge.connector_side.client)
+            )
     assert caplog.text, "DEBUG logging was captured"
     assert token not in caplog.text
     assert token not in text

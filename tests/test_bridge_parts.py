@@ -6,14 +6,17 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from bridge.connector import asyncResult
 from bridge.core.events import EventBus, MqttConnected
 from bridge.core.registry import Registry
+from bridge.core.retry import Backoff
 from bridge.core.workers import Deadlines, WorkerPool
 from bridge.downstream.link import MqttLink
 from bridge.service.settings import load_settings
 from bridge.upstream.async_calls import AsyncCalls, Outcome
+from bridge.upstream.port import READ_RETRY, outcome_of
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_user import MqttUser
 
@@ -112,11 +115,12 @@ def test_async_call_finishes_exactly_once_whatever_races() -> None:
             outcomes.append(o)
 
     results: list[asyncResult] = []
+    forgotten: list[asyncResult] = []
 
-    def start(cb):  # type: ignore[no-untyped-def]
-        r = asyncResult(callback=cb)
+    def start(answer: Callable[[Outcome], None]) -> Callable[[], object]:
+        r = asyncResult(callback=lambda r: answer(outcome_of(r)))
         results.append(r)
-        return r
+        return lambda: forgotten.append(r)  # the client lets go of the answer
 
     try:
         for _ in range(200):
@@ -135,6 +139,8 @@ def test_async_call_finishes_exactly_once_whatever_races() -> None:
     assert len(outcomes) == 200
     assert {o.status for o in outcomes} <= {200, 504}
     assert len(calls) == 0
+    # Every call let the client go when it ended: timed out or answered, none is left.
+    assert {id(r) for r in forgotten} == {id(r) for r in results}
 
 
 def test_registry_forgets_only_an_endpoint_that_is_away_and_unchanged() -> None:
@@ -167,3 +173,17 @@ def test_event_bus_isolates_a_failing_handler() -> None:
     assert seen == ["second"]
     bus.unsubscribe(MqttConnected, broken)
     assert bus.has_handlers(MqttConnected)
+
+
+def test_one_backoff_and_a_policy_that_decides_on_types() -> None:
+    b = Backoff(0.5, 4.0, rand=lambda: 1.0)
+    assert [b.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    b.succeeded()
+    assert b.failed() == 0.5
+    policy = READ_RETRY
+    refused = Outcome(False, 412, None, "no channel", kind="refused")
+    assert policy.delay(refused, 1) is not None
+    assert policy.delay(refused, policy.tries) is None
+    # The text says nothing: only the status and the kind count.
+    assert policy.delay(Outcome(False, 404, None, "412", kind="refused"), 1) is None
+    assert policy.delay(Outcome(False, 504, None, "no answer", kind="timeout"), 1) is None

@@ -14,6 +14,7 @@ from bridge.connector import asyncResult, connector
 from bridge.connector.errors import CannotSend, NoAnswer, NotConnected
 from bridge.connector.transport import make_session
 from bridge.extensions.commands import retry_delay
+from bridge.upstream.port import outcome_of
 from tests.support.ports import free_port
 from tests.support.wire import (
     ClosingServer,
@@ -43,7 +44,7 @@ def test_a_post_whose_connection_timed_out_is_retried(fast_http: bool) -> None:
     assert r.error and r.error.failure == "not_sent"
     assert (r.error.status_code, r.error.errType) == (0, "request_timeout")
     assert "no answer within 0.5 s" in r.error.error  # the message users saw before
-    assert retry_delay("post", r, 1) is not None
+    assert retry_delay("post", outcome_of(r), 1) is not None
 
 
 def test_a_post_sent_but_not_answered_is_not_retried(fast_http: bool) -> None:
@@ -51,8 +52,8 @@ def test_a_post_sent_but_not_answered_is_not_retried(fast_http: bool) -> None:
         r = post(server.url, fast_http)
         assert server.requests >= 1  # it really went out
     assert r.error and r.error.failure == "no_answer"
-    assert retry_delay("post", r, 1) is None
-    assert retry_delay("set", r, 1) is not None  # a PUT does the same when done twice
+    assert retry_delay("post", outcome_of(r), 1) is None
+    assert retry_delay("set", outcome_of(r), 1) is not None  # a PUT does the same when done twice
 
 
 def test_refused_is_not_sent(fast_http: bool) -> None:
@@ -60,7 +61,7 @@ def test_refused_is_not_sent(fast_http: bool) -> None:
     assert r.error and r.error.failure == "not_sent"
     assert (r.error.status_code, r.error.errType) == (0, "connection_error")
     assert r.status_code == 0
-    assert retry_delay("post", r, 1) is not None
+    assert retry_delay("post", outcome_of(r), 1) is not None
 
 
 def test_accepted_then_closed_without_answer_is_no_answer(fast_http: bool) -> None:
@@ -79,7 +80,7 @@ def test_read_time_out_is_no_answer(fast_http: bool) -> None:
     assert r.error and r.error.failure == "no_answer"
     assert (r.error.status_code, r.error.errType) == (0, "request_timeout")
     assert "no answer within 0.5 s" in r.error.error
-    assert retry_delay("post", r, 1) is None
+    assert retry_delay("post", outcome_of(r), 1) is None
 
 
 def test_an_http_503_is_an_answer(fast_http: bool) -> None:
@@ -88,7 +89,7 @@ def test_an_http_503_is_an_answer(fast_http: bool) -> None:
     assert r.error and r.error.failure is None
     assert (r.status_code, r.error.status_code, r.error.errType) == (503, 503, "resource503")
     assert r.result == "busy"
-    assert retry_delay("post", r, 1) is not None  # 503: the Connector did not take it
+    assert retry_delay("post", outcome_of(r), 1) is not None  # 503: the Connector did not take it
 
 
 @pytest.mark.parametrize("server_type", [GarbageServer, ClosingServer])

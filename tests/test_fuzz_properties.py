@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +20,12 @@ from bridge.connector import response_codes
 from bridge.connector.channel import parse_message
 from bridge.connector.result import asyncResult, decode_payload
 from bridge.core.counters import Counters
-from bridge.core.events import ConnectorStateChanged, EventBus, NotificationsReceived
+from bridge.core.events import (
+    ConnectorStateChanged,
+    EventBus,
+    Notification,
+    NotificationsReceived,
+)
 from bridge.core.registry import Registry
 from bridge.downstream.topics import (
     MAX_TOPIC_BYTES,
@@ -39,6 +44,7 @@ from bridge.extensions.commands import RETRY_CAP, RETRY_TRIES, mark_redelivered,
 from bridge.extensions.values import Values
 from bridge.service.controller import Bridge
 from bridge.service.settings import load_settings
+from bridge.upstream.port import outcome_of
 from bridge.upstream.reachability import DOWN_AFTER, Reachability
 from bridge.upstream.side import ConnectorSide, parse_resources
 
@@ -237,10 +243,15 @@ def notification_entries(draw: st.DrawFn) -> dict[str, Any]:
     return entry
 
 
+Deliver = Callable[[list[Any]], None]
+
+
 @pytest.fixture(scope="module")
-def values_ext() -> Iterator[tuple[Values, list[tuple[str, bytes]]]]:
-    """The real Values extension of a bridge that is not started; only its publish sink
-    records instead of sending (a unit test of the notification hot path)."""
+def values_ext() -> Iterator[tuple[Values, list[tuple[str, bytes]], Deliver]]:
+    """The real Connector side and Values extension of a bridge that is not started; only
+    its publish sink records instead of sending (a unit test of the notification hot path:
+    wire entries -> decoded events -> publications). ``deliver(entries)`` hands the
+    entries to the Connector side as one channel message."""
     settings_ = load_settings(
         None,
         env_file=None,
@@ -252,7 +263,12 @@ def values_ext() -> Iterator[tuple[Values, list[tuple[str, bytes]]]]:
         (topic, payload if isinstance(payload, bytes) else payload.encode())
     )
     ext = next(e for e in bridge.extensions if isinstance(e, Values))
-    yield ext, published
+    ext.start()  # its bus subscriptions only (the bridge itself is not started)
+
+    def deliver(entries: list[Any]) -> None:
+        bridge.connector_side._on_notifications({"notifications": entries})
+
+    yield ext, published, deliver
     bridge.connector_side.close()
 
 
@@ -261,12 +277,12 @@ def values_ext() -> Iterator[tuple[Values, list[tuple[str, bytes]]]]:
 )
 @given(st.lists(notification_entries(), max_size=20))
 def test_any_notification_entries_publish_exactly_the_well_formed_ones(
-    values_ext: tuple[Values, list[tuple[str, bytes]]], entries: list[dict[str, Any]]
+    values_ext: tuple[Values, list[tuple[str, bytes]], Deliver], entries: list[dict[str, Any]]
 ) -> None:
-    ext, published = values_ext
+    ext, published, deliver = values_ext
     published.clear()
     before = ext.ctx.counters.snapshot()
-    ext._on_notifications(NotificationsReceived(entries))
+    deliver(entries)
     after = ext.ctx.counters.snapshot()
     sent = after.get("notifications_published", 0) - before.get("notifications_published", 0)
     bad = after.get("notifications_bad", 0) - before.get("notifications_bad", 0)
@@ -351,9 +367,11 @@ def test_any_lifecycle_message_keeps_the_registry_consistent(
 # ------------------------------------------------------------------ retry policy, reachability
 
 
-def failure(status: int, err_type: str | None, text: str) -> asyncResult:
+def failure(status: int, err_type: str | None, text: str, kind: str | None = None) -> asyncResult:
     r = asyncResult()
     r.error = response_codes("resource", status, error=text or None, errType=err_type)
+    if kind is not None:
+        setattr(r.error, "failure", kind)  # noqa: B010 (the HTTP stacks' type of failure)
     return r
 
 
@@ -362,19 +380,23 @@ def failure(status: int, err_type: str | None, text: str) -> asyncResult:
     st.integers(min_value=0, max_value=599),
     st.sampled_from([None, "connection_error", "request_timeout", "invalid_response"]),
     st.sampled_from(["", "NewConnectionError refused", "ConnectionResetError", "ReadTimeout"]),
+    st.sampled_from([None, "not_sent", "no_answer"]),
     st.integers(min_value=1, max_value=20),
 )
 def test_retry_policy_never_repeats_an_execute_that_may_have_run(
-    verb: str, status: int, err_type: str | None, text: str, attempt: int
+    verb: str, status: int, err_type: str | None, text: str, kind: str | None, attempt: int
 ) -> None:
     if err_type in ("connection_error", "request_timeout"):
         status = 0  # the client's own failures: no HTTP status
-    r = failure(status, err_type, text)
-    delay = retry_delay(verb, r, attempt)
+    else:
+        kind = None  # answered with a status
+    r = failure(status, err_type, text, kind)
+    delay = retry_delay(verb, outcome_of(r), attempt)
     if delay is None:
         return
     assert 0 < delay <= RETRY_CAP and attempt < RETRY_TRIES
-    not_taken = status in (412, 429, 503) or "NewConnectionError" in text
+    # Decided on types alone: the error text never makes a POST retried.
+    not_taken = status in (412, 429, 503) or kind == "not_sent"
     if verb == "post":
         assert not_taken, "a POST is retried only when the Connector surely did not take it"
     assert status == 0 or status >= 500 or status in (412, 429) or err_type == "invalid_response"
@@ -425,17 +447,38 @@ def test_max_topic_bytes_is_mqtts() -> None:
 
 @pytest.mark.parametrize("payload", [0, [], False, 7])
 def test_a_notification_whose_payload_is_not_a_string_is_bad_not_empty(
-    values_ext: tuple[Values, list[tuple[str, bytes]]], payload: object
+    values_ext: tuple[Values, list[tuple[str, bytes]], Deliver], payload: object
 ) -> None:
     # Found by the test above: a falsy non-string payload (0, [], false) was published as
     # an empty value; the client's decode_payload refuses it, and so does the bridge.
-    ext, published = values_ext
+    ext, published, deliver = values_ext
     published.clear()
     before = ext.ctx.counters.snapshot().get("notifications_bad", 0)
-    ext._on_notifications(
-        NotificationsReceived([{"ep": "n1", "path": "/3/0/1", "payload": payload}])
-    )
+    deliver([{"ep": "n1", "path": "/3/0/1", "payload": payload}])
     assert published == []
     assert ext.ctx.counters.snapshot().get("notifications_bad", 0) == before + 1
-    ext._on_notifications(NotificationsReceived([{"ep": "n1", "path": "/3/0/1", "payload": ""}]))
+    deliver([{"ep": "n1", "path": "/3/0/1", "payload": ""}])
     assert published == [(T.value("n1", "/3/0/1"), b"")]  # an empty string is an empty value
+
+
+def test_the_connector_side_hands_on_values_not_wire_entries(
+    values_ext: tuple[Values, list[tuple[str, bytes]], Deliver],
+) -> None:
+    ext, _, deliver = values_ext
+    seen: list[NotificationsReceived] = []
+    ext.ctx.bus.subscribe(NotificationsReceived, seen.append)
+    try:
+        deliver(
+            [
+                {"ep": "n1", "path": "/3/0/1", "payload": base64.b64encode(b"21.5").decode()},
+                {"ep": "n1", "payload": "MQ=="},  # no path: bad
+                {"ep": "n2", "path": "/1/0/1", "payload": "MQ"},  # padding missing: fine
+            ]
+        )
+    finally:
+        ext.ctx.bus.unsubscribe(NotificationsReceived, seen.append)
+    assert seen == [
+        NotificationsReceived(
+            [Notification("n1", "/3/0/1", b"21.5"), Notification("n2", "/1/0/1", b"1")], 3
+        )
+    ]

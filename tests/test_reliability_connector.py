@@ -18,6 +18,7 @@ from bridge.connector.result import asyncResult
 from bridge.core.events import ConnectorStateChanged
 from bridge.extensions.commands import RETRY_TRIES, retry_delay
 from bridge.simulator import Emulator
+from bridge.upstream.port import outcome_of
 from tests.reliability_support import (
     ACT_EP,
     RUN,
@@ -125,7 +126,7 @@ def test_5xx_429_and_cut_long_polls_lose_no_notification(
             received = sub.payloads(STREAM_TOPIC)
         finally:
             sub.close()
-        poll = bridge.ctx.connector.longPollStats()
+        poll = bridge.ctx.port.channel_stats()
     c = emu.counters()
     figures = counts(received, stream.values)
     report(
@@ -213,12 +214,12 @@ def test_a_refused_access_key_is_reported_plainly_and_not_hammered(
     states = States()
     with running_bridge(bridge_settings(emu, broker)) as bridge:
         bridge.bus.subscribe(ConnectorStateChanged, states)
-        before = bridge.ctx.connector.longPollStats()["pulls"]
+        before = bridge.ctx.port.channel_stats()["pulls"]
         emu.set_fault(force_status={"route": "pull", "status": 401, "count": 1000})
         t0 = time.monotonic()
         refused_at = states.wait("refused", t0, timeout=10)
         time.sleep(4.0)
-        stats = bridge.ctx.connector.longPollStats()
+        stats = bridge.ctx.port.channel_stats()
         event = next(e for _, e in states.seen if e.state == "refused")
         emu.clear_faults()
     pulls = stats["pulls"] - before
@@ -339,14 +340,19 @@ def failed(
         ("post", failed(0, "connection_error", "Connection refused", "not_sent"), True),
         ("post", failed(0, "request_timeout", "ReadTimeout", "no_answer"), False),
         ("get", failed(0, "request_timeout", "ReadTimeout", "no_answer"), True),
-        # the failure's type decides, not its text (the lean stack's connect time-out)
+        # the failure's type decides, not its text (the lean stack's connect time-out:
+        # the Connector never got the POST, which text matching took for a lost answer)
         ("post", failed(0, "request_timeout", "connecting to h: timed out", "not_sent"), True),
         ("post", failed(0, "connection_error", "NewConnectionError", "no_answer"), False),
+        # Without the client's type of failure nothing says it was not sent: not again.
+        ("post", failed(0, "connection_error", "NewConnectionError: Connection refused"), False),
+        ("set", failed(0, "connection_error", "NewConnectionError: Connection refused"), True),
     ],
 )
 def test_retry_policy(verb: str, result: asyncResult, retried: bool) -> None:
-    delay = retry_delay(verb, result, 1)
+    outcome = outcome_of(result)
+    delay = retry_delay(verb, outcome, 1)
     assert (delay is not None) is retried
     if delay is not None:
         assert 0 < delay <= 5.0
-    assert retry_delay(verb, result, RETRY_TRIES) is None
+    assert retry_delay(verb, outcome, RETRY_TRIES) is None

@@ -87,7 +87,7 @@ def test_the_bridge_keeps_an_endpoint_online_when_one_message_deregisters_and_re
     broker: MosquittoBroker, emulator: Emulator
 ) -> None:
     with running_bridge(bridge_settings(emulator, broker)) as bridge:
-        handler = bridge.ctx.connector.handler
+        handler = bridge.connector_side.client.handler
         reg = {"ep": "light-001", "ept": "Light", "q": False, "resources": []}
         handler({"de-registrations": ["light-001"], "registrations": [reg]})
         assert bridge.registry.get("light-001").state == "online"  # type: ignore[union-attr]

@@ -86,18 +86,18 @@ class connector:
     seed's default ``"80"`` (the original library stored it and never used it).
 
     Keyword-only extras: ``timeout`` (seconds, connect and read, per HTTP call),
-    ``asyncTimeout`` (seconds an async id waits for its answer before the result ends
-    with an ``async_timeout`` error), ``backoffMax`` (cap of the long-poll back-off, in
-    seconds), ``pollTimeout`` (read timeout of one long poll; keep it above the
-    service's hold time of about 30 s) and ``pullLinger`` (seconds: after a pull that
-    brought something, the next starts no sooner than this after it, unless an async
-    response is awaited; 0, the default, pulls again at once. A few milliseconds let
-    each pull carry several notifications at a steady trickle, for a little latency).
-    ``fastHttp``: calls go through one ``requests.Session`` by default, as library
-    users expect (proxies, ``.netrc``, CA bundle variables); ``True`` uses the
-    project's lean keep-alive session instead
-    (:mod:`bridge.connector.lean_http`, about five times less CPU per call; the bridge
-    uses it), still falling back to ``requests`` when a proxy applies.
+    ``asyncTimeout`` (seconds an async id waits for its answer before the result ends with
+    an ``async_timeout`` error; None: the caller keeps its own deadlines and calls
+    :meth:`forgetAsync` when it gives up, the client keeps none), ``backoffMax`` (cap of the
+    long-poll back-off, in seconds), ``pollTimeout`` (read timeout of one long poll; keep it
+    above the service's hold time of about 30 s) and ``pullLinger`` (seconds: after a pull
+    that brought something, the next starts no sooner than this after it, unless an async
+    response is awaited; 0, the default, pulls again at once. A few milliseconds let each
+    pull carry several notifications at a steady trickle, for a little latency).
+    ``fastHttp``: calls go through one ``requests.Session`` by default, as library users
+    expect (proxies, ``.netrc``, CA bundle variables); ``True`` uses the project's lean
+    keep-alive session instead (:mod:`bridge.connector.lean_http`, about five times less CPU
+    per call; the bridge uses it), still falling back to ``requests`` when a proxy applies.
 
     Expired async ids are found without a timer thread: the long-poll thread checks
     between pulls, every new async call and every ``handler()`` call checks, and
@@ -114,7 +114,7 @@ class connector:
         port: str | int = "80",
         *,
         timeout: float = 10.0,
-        asyncTimeout: float = 60.0,
+        asyncTimeout: float | None = 60.0,
         backoffMax: float = 30.0,
         pollTimeout: float = 40.0,
         pullLinger: float = 0.0,
@@ -129,7 +129,7 @@ class connector:
         self.address = self._base_url(webAddress, port)
         self.port = port
         self.timeout = float(timeout)
-        self.asyncTimeout = float(asyncTimeout)
+        self.asyncTimeout = None if asyncTimeout is None else float(asyncTimeout)
         self.pollTimeout = float(pollTimeout)
 
         self._session, self._pull_adapter = make_session(
@@ -137,7 +137,7 @@ class connector:
         )
 
         self._pending: PendingAsync[asyncResult] = PendingAsync(
-            ttl=self.asyncTimeout, early_ttl=min(30.0, self.asyncTimeout)
+            ttl=self.asyncTimeout, early_ttl=min(30.0, self.asyncTimeout or 30.0)
         )
         self._handlers: dict[str, Callable[[Message], object]] = {}
         self._handlers_lock = threading.Lock()
@@ -338,8 +338,9 @@ class connector:
         result.async_id = async_id
         result.status_code = 202
         result.raw_data = resp.content
-        result._deadline = time.monotonic() + self.asyncTimeout
-        result._expire = self._expire_due
+        if self.asyncTimeout is not None:
+            result._deadline = time.monotonic() + self.asyncTimeout
+            result._expire = self._expire_due
         _, early = self._pending.register(async_id, result)
         self._poller.poke()  # the answer comes on the channel: no linger before that pull
         if early is not None:
@@ -386,7 +387,7 @@ class connector:
         for async_id, result in self._pending.expire():
             err = response_codes.client(
                 ASYNC_TIMEOUT,
-                f"no async response for {async_id!r} within {self.asyncTimeout:g} s",
+                f"no async response for {async_id!r} within {self.asyncTimeout or 0:g} s",
             )
             log.info("async id %r expired unanswered", async_id)
             result._complete(error=err, result="", status_code=result.status_code)
@@ -767,6 +768,12 @@ class connector:
     def pendingCount(self) -> int:
         """How many async ids wait for their answer."""
         return len(self._pending)
+
+    def forgetAsync(self, async_id: str) -> bool:
+        """Stop waiting for the answer to ``async_id`` (the caller gave up on it; its
+        result stays pending and a late answer is dropped). For callers that keep their
+        own deadlines (``asyncTimeout=None``). False when the id did not wait."""
+        return self._pending.forget(async_id)
 
     def close(self) -> None:
         """Stop long polling and close the HTTP session (the object is done after this)."""

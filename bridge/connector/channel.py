@@ -1,19 +1,19 @@
 """The long-poll notification channel: one background thread that pulls and dispatches.
 
 The thread loops: expire overdue async ids, ``GET /v2/notification/pull``, hand a
-message to the dispatcher. Whatever goes wrong (connection refused or reset, a cut
-poll, a server that hangs until the read timeout, 5xx, 429, a body that is not a JSON
-object) counts as a failure and the thread waits before the next pull: capped
-exponential back-off with jitter, so a dead server sees a bounded request rate instead
-of a spinning client. 401/403 (a wrong access key will not fix itself) waits the cap
-at once and says so plainly. Empty answers that come back at once (``noWait``, or a
-server that ignores the long-poll hold) are paced to one pull per
-``min_empty_interval`` for the same reason. With a ``linger``, a pull that brought a
-message is followed by the next one no sooner than ``linger`` seconds after it started:
-at a steady trickle each pull then carries several notifications, which costs a little
-latency (at most ``linger``) and saves the CPU of most pulls; a busy channel, whose
-pulls take longer than that anyway, is not slowed down, and while an answer is awaited
-(an async response) the next pull starts at once.
+message to the dispatcher. Whatever goes wrong (connection refused or reset, a cut poll,
+a server that hangs until the read timeout, 5xx, 429, a body that is not a JSON object)
+counts as a failure and the thread waits before the next pull: capped exponential
+back-off with jitter (the bridge's one back-off, :mod:`bridge.core.retry`), so a dead
+server sees a bounded request rate instead of a spinning client. 401/403 (a wrong access
+key will not fix itself) waits the cap at once and says so plainly. Empty answers that
+come back at once (``noWait``, or a server that ignores the long-poll hold) are paced to
+one pull per ``min_empty_interval`` for the same reason. With a ``linger``, a pull that
+brought a message is followed by the next one no sooner than ``linger`` seconds after it
+started: at a steady trickle each pull then carries several notifications, which costs a
+little latency (at most ``linger``) and saves the CPU of most pulls; a busy channel,
+whose pulls take longer than that anyway, is not slowed down, and while an answer is
+awaited (an async response) the next pull starts at once.
 
 Stopping sets an event, aborts the pull in flight (``abort``: its socket is shut
 down, see :mod:`bridge.connector.transport`) and joins with a bound. Should a thread
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -35,24 +34,13 @@ from typing import Any
 
 from bridge.connector.errors import TransportError
 from bridge.connector.transport import HttpResponse
+from bridge.core.retry import Backoff, backoff_delay
+
+__all__ = ["LongPoller", "Message", "backoff_delay", "parse_message"]
 
 log = logging.getLogger("bridge.connector")
 
 Message = dict[str, Any]
-
-
-def backoff_delay(
-    failures: int, base: float, cap: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Seconds to wait after ``failures`` consecutive failures (``failures >= 1``).
-
-    Exponential from ``base``, capped at ``cap``, with "equal jitter": the result lies in
-    ``[d/2, d]`` for ``d = min(cap, base * 2**(failures-1))``. Jitter spreads clients that
-    failed together; the lower half keeps a floor under the request rate.
-    """
-    exp = min(max(failures - 1, 0), 60)
-    d = min(cap, base * (2.0**exp))
-    return d / 2 + rand() * d / 2
 
 
 def parse_message(body: bytes | str) -> Message:
@@ -259,7 +247,7 @@ class LongPoller:
         return _Outcome(problem=f"HTTP {status}", retry_after=_retry_after(resp))
 
     def _run(self, stop: threading.Event, noWait: bool, first: threading.Event) -> None:
-        failures = 0
+        backoff = Backoff(self.backoff_base, self.backoff_max)
         while not stop.is_set():
             self._safe_tick()
             started = time.monotonic()
@@ -267,9 +255,9 @@ class LongPoller:
             outcome = self._pull_once(noWait or opening)
             first.set()
             if outcome.problem is None:
-                if failures:
-                    log.info("notification channel back after %d failure(s)", failures)
-                    failures = 0
+                if backoff.failures:
+                    log.info("notification channel back after %d failure(s)", backoff.failures)
+                    backoff.succeeded()
                     self._count(consecutive_failures=0)
                 if outcome.message:
                     self._count(messages=1)
@@ -290,7 +278,8 @@ class LongPoller:
                 continue
             if stop.is_set():
                 break  # the pull was aborted by stop(): not a failure
-            failures += 1
+            delay = backoff.failed()
+            failures = backoff.failures
             self._count(failures=1, consecutive_failures=failures, last_error=outcome.problem)
             if outcome.refused:
                 delay = self.backoff_max  # a wrong key will not fix itself
@@ -301,7 +290,6 @@ class LongPoller:
                     delay,
                 )
             else:
-                delay = backoff_delay(failures, self.backoff_base, self.backoff_max)
                 if outcome.retry_after is not None:
                     delay = max(delay, min(outcome.retry_after, self.backoff_max))
                 log.warning(

@@ -10,13 +10,15 @@ Three facts shape this registry:
 - Answers that never come must not pile up: each id gets a deadline, kept in a heap.
   Expiry is lazy (no timer thread, no loop): :meth:`PendingAsync.expire` pops what is
   due and is called between long polls, on every registration and by a waiter whose
-  deadline has passed.
+  deadline has passed. A caller that keeps its own deadlines (``ttl=None``) gets no
+  heap row: it calls :meth:`PendingAsync.forget` when it stops waiting.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -32,14 +34,15 @@ Entry = dict[str, Any]
 class PendingAsync(Generic[T]):
     """Async ids waiting for their answer, and answers waiting for their id.
 
-    ``ttl``: how long a registered id waits for its answer. ``early_ttl``: how long an
+    ``ttl``: how long a registered id waits for its answer (None: until it is answered
+    or :meth:`forget` is called; the caller keeps the deadline). ``early_ttl``: how long an
     answer for an id nobody registered (yet) is kept. ``max_early``: at most this many
     such answers are kept (the oldest go first), so a flood of foreign ids is bounded.
     """
 
     def __init__(
         self,
-        ttl: float,
+        ttl: float | None,
         early_ttl: float = 30.0,
         max_early: int = 1000,
         clock: Callable[[], float] = time.monotonic,
@@ -63,10 +66,18 @@ class PendingAsync(Generic[T]):
             early = self._early.pop(async_id, None)
             if early is not None:
                 return now, early[1]
+            if self.ttl is None:
+                self._waiting[async_id] = (math.inf, item)
+                return math.inf, None
             deadline = now + self.ttl
             self._waiting[async_id] = (deadline, item)
             heapq.heappush(self._heap, (deadline, async_id))
             return deadline, None
+
+    def forget(self, async_id: str) -> bool:
+        """Stop waiting for ``async_id`` (its caller gave up); False if it did not wait."""
+        with self._lock:
+            return self._waiting.pop(async_id, None) is not None
 
     def match(self, entry: Entry) -> T | None:
         """The item waiting for this entry's id, or ``None`` (the entry is then kept early)."""
@@ -107,7 +118,7 @@ class PendingAsync(Generic[T]):
                 dropped.append(async_id)
             if len(self._heap) > 2 * len(self._waiting) + 1024:
                 # Mostly stale rows (answered ids): rebuild from what still waits.
-                self._heap = [(d, i) for i, (d, _) in self._waiting.items()]
+                self._heap = [(d, i) for i, (d, _) in self._waiting.items() if d != math.inf]
                 heapq.heapify(self._heap)
         for async_id in dropped:
             log.info("async response %r matched no request; dropped", async_id)

@@ -11,6 +11,8 @@ the start-up thread for endpoints found at start-up. So a handler must be quick 
 never block waiting for something the emitting thread delivers; slow work (REST calls)
 goes to a worker pool. A handler that raises is logged and the others still run.
 
+Events carry values, never the Connector's wire format: the Connector side decodes a
+notification's base64 payload and field names once (:class:`Notification`).
 Notifications travel as one event per channel message (a batch), not one per value, so
 the bus costs nothing measurable on the hot path.
 """
@@ -21,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 log = logging.getLogger("bridge.events")
 
@@ -135,11 +137,22 @@ class EndpointForgotten:
     reason: ForgetReason
 
 
+class Notification(NamedTuple):
+    """One notified value: the endpoint, the resource's path and the value's bytes."""
+
+    endpoint: str
+    path: str
+    payload: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class NotificationsReceived:
-    """The ``notifications`` entries of one channel message (payloads still base64)."""
+    """The notifications of one channel message, decoded: ``values`` in the order they
+    came; ``received`` counts the message's entries, the ones that could not be decoded
+    included (the Connector side counts those as ``notifications_bad``)."""
 
-    entries: Sequence[Mapping[str, Any]]
+    values: Sequence[Notification]
+    received: int
 
 
 @dataclass(frozen=True, slots=True)

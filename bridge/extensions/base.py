@@ -3,7 +3,8 @@
 An extension is one capability of the bridge in one file (values, availability,
 commands, bridge requests; later Home Assistant discovery, health...). It reacts to
 events on the bus and to MQTT messages on the topics it subscribes to, and acts through
-the context: publish with ``ctx.mqtt``, call the Connector with ``ctx.connector``, look
+the context: publish with ``ctx.mqtt``, call the Connector through its port ``ctx.port``
+(:class:`~bridge.upstream.port.ConnectorPort`: never a Connector client itself), look
 endpoints up in ``ctx.registry``. Extensions never import or call each other; when one
 has something for others it emits an event.
 
@@ -29,7 +30,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from bridge.connector import connector
 from bridge.core.counters import Counters
 from bridge.core.events import EndpointForgotten, EventBus, ForgetReason
 from bridge.core.registry import Endpoint, Registry
@@ -37,6 +37,7 @@ from bridge.core.workers import Deadlines, WorkerPool
 from bridge.downstream.link import Inbound, MqttLink
 from bridge.downstream.topics import Topics
 from bridge.service.settings import Settings
+from bridge.upstream.port import ConnectorPort
 
 REPLY_QOS = 1
 
@@ -49,7 +50,7 @@ class BridgeContext:
     topics: Topics
     bus: EventBus
     mqtt: MqttLink
-    connector: connector
+    port: ConnectorPort  # the Connector: every call the extensions make goes through it
     registry: Registry
     counters: Counters
     commands: WorkerPool  # REST calls for commands and bridge requests

@@ -35,14 +35,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bridge import __version__
-from bridge.connector import asyncResult
 from bridge.downstream.link import Inbound
 from bridge.downstream.topics import PayloadError, encode_bridge_response, parse_bridge_request
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.service.settings import env_name
-from bridge.upstream.async_calls import AsyncCalls, Outcome
+from bridge.upstream.port import Outcome
 from bridge.upstream.rules import check_rules
-from bridge.upstream.side import parse_resources
 
 log = logging.getLogger("bridge.requests")
 
@@ -68,7 +66,7 @@ class BridgeRequests(Extension):
 
     def __init__(self, ctx: BridgeContext) -> None:
         super().__init__(ctx)
-        self._calls = AsyncCalls(ctx.deadlines)
+        self._calls = ctx.port.calls()
         self._actions: dict[str, Callable[[dict[str, Any], Respond], None]] = {
             "endpoints": self._endpoints,
             "resources": self._resources,
@@ -137,45 +135,44 @@ class BridgeRequests(Extension):
     # ---- actions (command worker threads) ---------------------------------------------
 
     @staticmethod
-    def _sync(r: asyncResult, respond: Respond, data: Any) -> None:
+    def _sync(outcome: Outcome, respond: Respond, data: Any) -> None:
         """Answer from a call that completed at once."""
-        if r.error:
-            respond(Outcome(False, r.error.status_code or 502, None, r.error.error))
+        if outcome.ok:
+            respond(Outcome(True, outcome.status, None, None, data))
         else:
-            respond(Outcome(True, r.status_code, None, None, data))
+            respond(Outcome(False, outcome.status, None, outcome.error))
 
     def _endpoints(self, body: dict[str, Any], respond: Respond) -> None:
         ept = body.get("type", "")
         if not isinstance(ept, str):
             raise _BadRequest("'type' must be a string")
-        r = self.ctx.connector.getEndpoints(ept)
+        outcome = self.ctx.port.list_endpoints(ept)
         data = None
-        if not r.error and isinstance(r.result, list):
+        if outcome.ok:
             data = []
-            for e in r.result:
-                if isinstance(e, dict) and isinstance(e.get("name"), str):
-                    known = self.ctx.registry.get(e["name"])
-                    data.append(
-                        {
-                            "name": e["name"],
-                            "type": e.get("type"),
-                            "q": bool(e.get("q", False)),
-                            "status": e.get("status"),
-                            "state": known.state if known else None,
-                        }
-                    )
-        self._sync(r, respond, data)
+            for e in outcome.result:
+                known = self.ctx.registry.get(e.name)
+                data.append(
+                    {
+                        "name": e.name,
+                        "type": e.type,
+                        "q": e.queue_mode,
+                        "status": e.status,
+                        "state": known.state if known else None,
+                    }
+                )
+        self._sync(outcome, respond, data)
 
     def _resources(self, body: dict[str, Any], respond: Respond) -> None:
         ep = _text_field(body, "endpoint")
-        r = self.ctx.connector.getResources(ep)
+        outcome = self.ctx.port.list_resources(ep)
         data = None
-        if not r.error:
+        if outcome.ok:
             data = [
                 {**res.as_dict(), "topic": self.ctx.topics.value(ep, res.path)}
-                for res in parse_resources(r.result)
+                for res in outcome.result
             ]
-        self._sync(r, respond, data)
+        self._sync(outcome, respond, data)
 
     def _subscribe(self, body: dict[str, Any], respond: Respond) -> None:
         ep, path = _text_field(body, "endpoint"), _text_field(body, "path")
@@ -187,19 +184,19 @@ class BridgeRequests(Extension):
             data = {"endpoint": ep, "path": path, "status": outcome.status}
             respond(Outcome(outcome.ok, outcome.status, None, outcome.error, data))
 
-        def call(cb: Callable[[asyncResult], None]) -> asyncResult:
-            return self.ctx.connector.putResourceSubscription(ep, path, cbfn=cb)
-
-        self._calls.start(call, timeout, done, f"no answer within {timeout:g} s")
+        self.ctx.port.subscribe(
+            ep, path, done, calls=self._calls, timeout=timeout,
+            timeout_text=f"no answer within {timeout:g} s",
+        )  # fmt: skip
 
     def _unsubscribe(self, body: dict[str, Any], respond: Respond) -> None:
         ep, path = _text_field(body, "endpoint"), _text_field(body, "path")
-        r = self.ctx.connector.deleteResourceSubscription(ep, path)
-        self._sync(r, respond, {"endpoint": ep, "path": path, "status": r.status_code})
+        outcome = self.ctx.port.unsubscribe(ep, path)
+        self._sync(outcome, respond, {"endpoint": ep, "path": path, "status": outcome.status})
 
     def _get_presubscriptions(self, body: dict[str, Any], respond: Respond) -> None:
-        r = self.ctx.connector.getPreSubscription()
-        self._sync(r, respond, r.result if not r.error else None)
+        outcome = self.ctx.port.get_presubscriptions()
+        self._sync(outcome, respond, outcome.result)
 
     def _set_presubscriptions(self, body: dict[str, Any], respond: Respond) -> None:
         if "rules" not in body:
@@ -208,10 +205,10 @@ class BridgeRequests(Extension):
             rules = check_rules(body["rules"])
         except ValueError as exc:
             raise _BadRequest(str(exc)) from None
-        r = self.ctx.connector.putPreSubscription(rules)
-        if not r.error:
+        outcome = self.ctx.port.put_presubscriptions(rules)
+        if outcome.ok:
             self.ctx.rules[:] = rules
-        self._sync(r, respond, rules)
+        self._sync(outcome, respond, rules)
 
     def _remove(self, body: dict[str, Any], respond: Respond) -> None:
         name = _text_field(body, "endpoint")
@@ -234,7 +231,7 @@ class BridgeRequests(Extension):
 
     def _info(self, body: dict[str, Any], respond: Respond) -> None:
         ctx = self.ctx
-        limits = ctx.connector.getLimits()
+        limits = ctx.port.limits()
         extensions = ctx.info.get("extensions", {})
         data = {
             "version": __version__,
@@ -244,10 +241,10 @@ class BridgeRequests(Extension):
                 "url": ctx.settings.connector_url,
                 "version": ctx.info.get("connector_version"),
                 "rest_versions": ctx.info.get("rest_versions"),
-                "limits": None if limits.error else limits.result,
+                "limits": limits.result if limits.ok else None,
                 "channel": ctx.settings.notification_channel,
-                "long_poll": ctx.connector.longPollStats(),
-                "async_pending": ctx.connector.pendingCount(),
+                "long_poll": ctx.port.channel_stats(),
+                "async_pending": ctx.port.pending_count(),
             },
             "mqtt": {
                 "protocol": ctx.settings.mqtt_protocol,

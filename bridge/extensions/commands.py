@@ -21,7 +21,7 @@ has taken it (an async id, or its answer) or its error reply has been published,
 bridge that dies before that gets it again from its persistent session. Such a resent
 command may have been carried out already: its reply then carries ``"redelivered":
 true`` (the MQTT DUP flag). A REST call that fails in a way a retry can mend is tried
-again with back-off within the command's time-out (:func:`retry_delay` says which).
+again with back-off within the command's time-out (:data:`RETRY` says which).
 
 Stopping: new commands are no longer taken (with a persistent session they stay with the
 broker, unacknowledged, for the next start; without one they get a 503 reply), commands
@@ -30,17 +30,14 @@ under way get ``stop_timeout`` seconds to be answered, then a 503 reply.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.connector import asyncResult, response_codes
-from bridge.connector.channel import backoff_delay
 from bridge.core.events import EndpointsListed, ValueRead
+from bridge.core.retry import RetryPolicy
 from bridge.downstream.link import Inbound
 from bridge.downstream.topics import (
     BRIDGE_LEVEL,
@@ -54,8 +51,7 @@ from bridge.downstream.topics import (
 )
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.service.settings import env_name
-from bridge.upstream.async_calls import AsyncCalls, Outcome
-from bridge.upstream.reachability import is_transient
+from bridge.upstream.port import Outcome
 
 log = logging.getLogger("bridge.commands")
 
@@ -64,27 +60,29 @@ RETRY_CAP = 5.0
 RETRY_TRIES = 8  # tries of one command at most (its time-out usually ends them first)
 
 
-def _not_sent(error: response_codes) -> bool:
-    """The request never reached the Connector: the connection could not be made."""
-    return error.failure == "not_sent"
+# Retried for every verb: what the Connector certainly did not carry out (no connection,
+# 412 no notification channel yet, 429 too many requests, 503 unavailable). For ``set``
+# and ``get`` (PUT and GET, which do the same when done twice) also other 5xx and lost
+# connections or time-outs after the request went out. A ``post`` (execute) that may
+# have reached the Connector is never sent twice.
+_NOT_TAKEN = frozenset({412, 429, 503})
+RETRY: dict[str, RetryPolicy] = {
+    verb: RetryPolicy(
+        statuses=_NOT_TAKEN,
+        kinds=frozenset({"not_sent"}),
+        transient=verb != "post",
+        tries=RETRY_TRIES,
+        base=RETRY_BASE,
+        cap=RETRY_CAP,
+    )
+    for verb in ("set", "post", "get")
+}
 
 
-def retry_delay(verb: str, r: asyncResult, attempt: int) -> float | None:
-    """Seconds to wait before trying a command's failed REST call again, or None.
-
-    Retried for every verb: what the Connector certainly did not carry out (no
-    connection, 412 no notification channel yet, 429 too many requests, 503
-    unavailable). For ``set`` and ``get`` (PUT and GET, which do the same when done
-    twice) also other 5xx and lost connections or time-outs after the request went out.
-    A ``post`` (execute) that may have reached the Connector is never sent twice.
-    """
-    error = r.error
-    if not error or attempt >= RETRY_TRIES:
-        return None
-    safe = error.status_code in (412, 429, 503) or _not_sent(error)
-    if not safe and not (verb in ("set", "get") and is_transient(error)):
-        return None
-    return backoff_delay(attempt, RETRY_BASE, RETRY_CAP)
+def retry_delay(verb: str, failure: Outcome, attempt: int) -> float | None:
+    """Seconds to wait before trying a command's failed REST call again, or None
+    (:data:`RETRY`)."""
+    return RETRY[verb].delay(failure, attempt)
 
 
 def mark_redelivered(reply: bytes) -> bytes:
@@ -104,7 +102,7 @@ class Commands(Extension):
 
     def __init__(self, ctx: BridgeContext) -> None:
         super().__init__(ctx)
-        self._calls = AsyncCalls(ctx.deadlines, ctx.counters)
+        self._calls = ctx.port.calls(ctx.commands.submit, ctx.counters)
         self._bridge_space = f"{ctx.topics.prefix}/{BRIDGE_LEVEL}/"
         self._lock = threading.Lock()
         self._listed = False
@@ -228,26 +226,29 @@ class Commands(Extension):
         else:
             timeout = s.command_timeout
             text = f"no answer from the device within {timeout:g} s ({env_name('command_timeout')})"
-        cmd, body, c = job.command, job.body, self.ctx.connector
+        cmd, body, port = job.command, job.body, self.ctx.port
 
-        def call(cb: Callable[[asyncResult], None]) -> asyncResult:
-            if cmd.verb == "set":
-                return c.putResourceValue(cmd.endpoint, cmd.path, body.value, cbfn=cb)
-            if cmd.verb == "post":
-                return c.postResource(cmd.endpoint, cmd.path, body.value, cbfn=cb)
-            return c.getResourceValue(cmd.endpoint, cmd.path, cbfn=cb, cacheOnly=body.cache_only)
+        def done(outcome: Outcome) -> None:
+            self._finish(job, outcome)
 
         # Acknowledged when the Connector has taken the call (or its failure was replied):
         # from then on the bridge alone owes the reply, and the broker may forget it.
-        self._calls.start(
-            call,
-            timeout,
-            lambda outcome: self._finish(job, outcome),
-            text,
-            retry=functools.partial(retry_delay, cmd.verb),
-            resubmit=self.ctx.commands.submit,
-            accepted=job.request.ack,
-        )
+        retry, ack = RETRY[cmd.verb], job.request.ack
+        if cmd.verb == "set":
+            port.write(
+                cmd.endpoint, cmd.path, body.value, done, calls=self._calls,
+                timeout=timeout, timeout_text=text, retry=retry, accepted=ack,
+            )  # fmt: skip
+        elif cmd.verb == "post":
+            port.execute(
+                cmd.endpoint, cmd.path, body.value, done, calls=self._calls,
+                timeout=timeout, timeout_text=text, retry=retry, accepted=ack,
+            )  # fmt: skip
+        else:
+            port.read(
+                cmd.endpoint, cmd.path, done, calls=self._calls, timeout=timeout,
+                timeout_text=text, cache_only=body.cache_only, retry=retry, accepted=ack,
+            )  # fmt: skip
 
     # ---- the one reply -----------------------------------------------------------------
 

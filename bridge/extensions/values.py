@@ -1,27 +1,24 @@
 """Values: Connector notifications to ``<prefix>/<ep>/<res>``, and the initial reads.
 
-The hot path of the bridge: one event per channel message carries its notifications;
-each becomes base64 decoding, a cached topic look-up and a publish, on the thread that
-delivered the message (paho's publish is thread-safe, and waits when paho is full, which
-slows the channel down instead of growing memory).
+The hot path of the bridge: one event per channel message carries its notifications,
+already decoded by the Connector side; each becomes a cached topic look-up and a publish,
+on the thread that delivered the message (paho's publish is thread-safe, and waits when
+paho is full, which slows the channel down instead of growing memory).
 
 Initial reads: when the bridge learns an endpoint's resources (at start-up, or from a
 registration) it reads every observed resource once (``initial_read``), so retained
 values exist before the first change. At most ``initial_read_concurrency`` reads are
 under way at once. A read refused with 412 (the notification channel is still being set
-up) is tried again a few times.
+up) is tried again a few times (the port's read does that).
 
 A forgotten endpoint (gone for good) has its retained values cleared.
 """
 
 from __future__ import annotations
 
-import binascii
 import logging
 import threading
-from collections.abc import Callable
 
-from bridge.connector import asyncResult, decode_payload
 from bridge.core.events import (
     EndpointForgotten,
     EndpointResources,
@@ -31,14 +28,11 @@ from bridge.core.events import (
 from bridge.downstream.topics import fits
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.service.settings import env_name
-from bridge.upstream.async_calls import AsyncCalls, Outcome
 from bridge.upstream.lwm2m_json import UNREACHABLE, answered_values, read_groups
+from bridge.upstream.port import Outcome
 from bridge.upstream.rules import observed_paths
 
 log = logging.getLogger("bridge.values")
-
-READ_RETRIES = 5
-READ_RETRY_DELAY = 0.5
 
 
 class Values(Extension):
@@ -46,7 +40,7 @@ class Values(Extension):
 
     def __init__(self, ctx: BridgeContext) -> None:
         super().__init__(ctx)
-        self._calls = AsyncCalls(ctx.deadlines)
+        self._calls = ctx.port.calls(ctx.background.submit)
         self._slots = threading.Semaphore(ctx.settings.initial_read_concurrency)
         self._stopping = threading.Event()
 
@@ -69,24 +63,13 @@ class Values(Extension):
         value_topic = self.ctx.topics.value
         qos = self.ctx.settings.value_qos
         retain = self.ctx.settings.value_retain
-        a2b = binascii.a2b_base64
         sent = bad = 0
-        for entry in event.entries:
+        for endpoint, path, payload in event.values:
             try:
-                raw = entry.get("payload")
-                if raw is None or raw == "":
-                    payload = b""  # no value (an empty resource)
-                else:
-                    try:
-                        payload = a2b(raw)
-                    except (binascii.Error, ValueError, TypeError):
-                        # tolerates missing padding; refuses a non-string (0, [], false)
-                        # with the client's error, as the client's handler does
-                        payload = decode_payload(entry)
-                topic = value_topic(entry["ep"], entry["path"])
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                topic = value_topic(endpoint, path)
+            except (TypeError, ValueError) as exc:
                 bad += 1
-                log.warning("notification ignored (%s): %.200r", exc, entry)
+                log.warning("notification of %.200r %.200r ignored (%s)", endpoint, path, exc)
                 continue
             if not fits(topic):
                 bad += 1
@@ -144,11 +127,9 @@ class Values(Extension):
             if self._stopping.is_set():
                 self._slots.release()
                 return
-            self._read(name, target, covered, queue_mode, attempt=1)
+            self._read(name, target, covered, queue_mode)
 
-    def _read(
-        self, name: str, target: str, covered: list[str], queue_mode: bool, attempt: int
-    ) -> None:
+    def _read(self, name: str, target: str, covered: list[str], queue_mode: bool) -> None:
         """One read of ``target`` (a resource, or the instance of ``covered``); the caller
         holds a slot, released when the read ends."""
         s = self.ctx.settings
@@ -156,24 +137,17 @@ class Values(Extension):
         setting = env_name("queue_mode_timeout" if queue_mode else "command_timeout")
         single = covered == [target]
 
-        def call(cb: Callable[[asyncResult], None]) -> asyncResult:
-            return self.ctx.connector.getResourceValue(name, target, cbfn=cb)
-
         def done(outcome: Outcome) -> None:
-            if outcome.status == 412 and attempt < READ_RETRIES and not self._stopping.is_set():
-                # No notification channel yet: try again shortly, keeping the slot.
-                self.ctx.deadlines.schedule(
-                    READ_RETRY_DELAY * attempt,
-                    lambda: self._retry(name, target, covered, queue_mode, attempt + 1),
-                )
-                return
             self._slots.release()
             if single:
                 self._single_done(name, target, outcome)
             else:
                 self._instance_done(name, target, covered, queue_mode, outcome)
 
-        self._calls.start(call, timeout, done, f"no answer within {timeout:g} s ({setting})")
+        self.ctx.port.read(
+            name, target, done, calls=self._calls, timeout=timeout,
+            timeout_text=f"no answer within {timeout:g} s ({setting})",
+        )  # fmt: skip
 
     def _single_done(self, name: str, path: str, outcome: Outcome) -> None:
         if outcome.ok:
@@ -219,16 +193,6 @@ class Values(Extension):
             lambda: self._read_all(name, missing, queue_mode, by_instance=False)
         ):
             self.ctx.counters.add("initial_reads_skipped", len(missing))
-
-    def _retry(
-        self, name: str, target: str, covered: list[str], queue_mode: bool, attempt: int
-    ) -> None:
-        # Runs on the deadlines thread: the REST call goes to a worker.
-        if not self.ctx.background.submit(
-            lambda: self._read(name, target, covered, queue_mode, attempt)
-        ):
-            self._slots.release()
-            self.ctx.counters.add("initial_reads_skipped", len(covered))
 
     def info(self) -> dict[str, object]:
         return {"initial_reads_under_way": len(self._calls)}

@@ -3,7 +3,7 @@
 ::
 
     Connector --channel--> ConnectorSide --events--> extensions --> MqttLink --> broker
-    broker --> MqttLink --> extensions (commands) --REST--> Connector
+    broker --> MqttLink --> extensions (commands) --ConnectorPort--> Connector
                                  (async response / time-out) --> MqttLink (reply)
 
 :class:`Bridge` owns every long-lived part and thread: paho's network thread and the
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,12 +40,14 @@ from bridge.core.events import (
     MqttDisconnected,
 )
 from bridge.core.registry import Registry
+from bridge.core.retry import Backoff
 from bridge.core.workers import Deadlines, WorkerPool
 from bridge.downstream.link import MqttLink
 from bridge.downstream.topics import Topics
 from bridge.extensions import DEFAULT_EXTENSIONS, BridgeContext, Extension
 from bridge.service.settings import Settings
 from bridge.upstream.callback_receiver import publications
+from bridge.upstream.port import SeedPort
 from bridge.upstream.side import ConnectorSide, StartupError
 
 log = logging.getLogger("bridge")
@@ -88,7 +89,7 @@ class Bridge:
             topics=self.topics,
             bus=self.bus,
             mqtt=self.mqtt,
-            connector=self.connector_side.client,
+            port=SeedPort(self.connector_side.client, self.deadlines),
             registry=self.registry,
             counters=self.counters,
             commands=WorkerPool("bridge-command", settings.command_workers, settings.command_queue),
@@ -191,17 +192,17 @@ class Bridge:
 
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
         """Call ``fn`` until it works, with capped exponential back-off and jitter."""
-        failures = 0
+        backoff = Backoff(RETRY_BASE, RETRY_MAX)
         while True:
             if self._stop.is_set():
                 raise _Stopped
             try:
                 return fn()
             except ConnectionError as exc:
-                failures += 1
-                delay = min(RETRY_MAX, RETRY_BASE * 2 ** min(failures - 1, 16))
-                delay = delay / 2 + random.random() * delay / 2
-                log.warning("%s failed (%s); retry %d in %.1f s", what, exc, failures, delay)
+                delay = backoff.failed()
+                log.warning(
+                    "%s failed (%s); retry %d in %.1f s", what, exc, backoff.failures, delay
+                )
                 if self._stop.wait(delay):
                     raise _Stopped from None
 

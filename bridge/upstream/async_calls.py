@@ -1,17 +1,22 @@
-"""Connector calls whose answer comes later, each finished exactly once.
+"""Calls whose answer comes later, each finished exactly once, with one deadline each.
 
 A resource verb answers at once (cache, error) or later on the notification channel;
-the bridge also gives up after its own time-out. Whichever comes first finishes the
-call, through one ``dict.pop`` (atomic), so a command gets exactly one reply however the
-answer, a refusal and the time-out race. Time-outs are entries in the shared
-:class:`~bridge.core.workers.Deadlines` heap, not threads.
+the bridge also gives up after the call's own time-out. Whichever comes first finishes
+the call, through one ``dict.pop`` (atomic), so a command gets exactly one reply however
+the answer, a refusal and the time-out race. The time-out is the call's one entry in the
+shared :class:`~bridge.core.workers.Deadlines` heap: the client keeps no deadline of its
+own for the answer (the port creates it with ``asyncTimeout=None``); when the call ends
+first, the try's ``forget`` lets the client stop waiting for it, so nothing is left behind.
 
-A call may be tried again when its HTTP request failed in a way a retry can mend (the
-caller's ``retry`` policy says which, and how long to wait): the retry is scheduled on
-the deadline heap and made on a worker (``resubmit``), never by sleeping on a thread,
-and only while the call's own time-out leaves room for an answer. If the time-out comes
-first, the call ends with the last failure (say 503 or a connection error), not a
+A call may be tried again when a try failed in a way a retry can mend (the caller's
+:class:`~bridge.core.retry.RetryPolicy` says which, and how long to wait): the retry is
+scheduled on the deadline heap and made on a worker (``resubmit``), never by sleeping on a
+thread, and only while the call's own time-out leaves room for an answer. If the time-out
+comes first, the call ends with the last failure (say 503 or a connection error), not a
 misleading "no answer from the device".
+
+This module knows nothing of a Connector API: a try is a :data:`Starter` that some port
+implementation (:mod:`bridge.upstream.port`) supplies.
 """
 
 from __future__ import annotations
@@ -23,25 +28,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.connector import asyncResult
 from bridge.core.counters import Counters
+from bridge.core.retry import ErrorKind, RetryPolicy
 from bridge.core.workers import Deadline, Deadlines
 
 log = logging.getLogger("bridge.calls")
 
-# Client-side failures have status 0 in the client; replies carry an HTTP-like status.
-_CLIENT_STATUS = {
-    "connection_error": 502,
-    "request_timeout": 504,
-    "async_timeout": 504,
-    "invalid_response": 502,
-}
 RETRY_MARGIN = 0.5  # a retry is made only if this much time is left after its delay
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a call ended, in the terms of a reply."""
+    """How a call ended, in the terms of a reply.
+
+    ``kind`` says why a failure failed (None for a success, or a failure the bridge
+    decided itself); ``deferred``: the answer came later, from the device (the Connector
+    had taken the call); ``result``: what a listing or a bridge request gives.
+    """
 
     ok: bool
     status: int | None
@@ -49,23 +52,16 @@ class Outcome:
     error: str | None = None
     result: Any = None
     content_type: str | None = None  # of an async response's payload (its ``ct``)
-
-
-def outcome_of(r: asyncResult) -> Outcome:
-    if r.error:
-        status = r.error.status_code or _CLIENT_STATUS.get(r.error.errType, 502)
-        return Outcome(False, status, r.payload, r.error.error, r.result)
-    ct = r.raw_data.get("ct") if isinstance(r.raw_data, dict) else None
-    return Outcome(
-        True, r.status_code, r.payload, None, r.result, ct if isinstance(ct, str) else None
-    )
+    kind: ErrorKind | None = None
+    deferred: bool = False
 
 
 Done = Callable[[Outcome], None]
-Starter = Callable[[Callable[[asyncResult], None]], object]
-RetryPolicy = Callable[[asyncResult, int], "float | None"]
-"""``(failed result, attempt number) -> seconds to wait before the next try, or None``.
-Asked only for failures of the HTTP call itself (no async id was given)."""
+Forget = Callable[[], object]
+Starter = Callable[[Done], "Forget | None"]
+"""One try: ``starter(answer)`` makes the request and calls ``answer`` once with its
+outcome (at once, or later from the channel); returns how to tell the client to stop
+waiting for the answer (called when the call ends first), or None."""
 Resubmit = Callable[[Callable[[], object]], bool]
 """Runs a task on a worker; False when it cannot (the call then ends with its failure)."""
 
@@ -75,18 +71,25 @@ class _Call:
     call: Starter
     end: float  # monotonic time of the call's time-out
     retry: RetryPolicy | None
-    resubmit: Resubmit | None
     accepted: Callable[[], object] | None
     last: Outcome | None = None  # the last failure of a try that is being retried
+    forget: Forget | None = None  # of the try under way, once it gave an async id
 
 
 class AsyncCalls:
-    """Calls under way; each finishes once, by its answer or by its deadline."""
+    """Calls under way (one group of them: an extension's); each finishes once, by its
+    answer or by its deadline."""
 
-    def __init__(self, deadlines: Deadlines, counters: Counters | None = None) -> None:
+    def __init__(
+        self,
+        deadlines: Deadlines,
+        counters: Counters | None = None,
+        resubmit: Resubmit | None = None,
+    ) -> None:
         self._deadlines = deadlines
         self._counters = counters  # counts "async_timeouts" when given
-        self._pending: dict[int, tuple[Done, Deadline]] = {}
+        self._resubmit = resubmit  # where retries run (no retries without it)
+        self._pending: dict[int, tuple[Done, Deadline, _Call]] = {}
         self._seq = itertools.count()
 
     def start(
@@ -97,20 +100,19 @@ class AsyncCalls:
         timeout_text: str,
         *,
         retry: RetryPolicy | None = None,
-        resubmit: Resubmit | None = None,
         accepted: Callable[[], object] | None = None,
     ) -> int:
-        """Run ``call(cbfn)`` (which must call ``cbfn`` once with the result) and call
-        ``done`` once: with the result, or with a 504 ``timeout_text`` after ``timeout``.
+        """Run ``call(answer)`` and call ``done`` once: with the outcome, or with a 504
+        ``timeout_text`` after ``timeout``.
 
-        ``retry``/``resubmit``: try again (see the module doc). ``accepted`` is called
-        once the Connector has taken the call (an async id, or an answer that is not
-        retried): from then on the bridge alone owes the answer.
+        ``retry``: try again (see the module doc). ``accepted`` is called once the
+        Connector has taken the call (an async id, or an answer that is not retried):
+        from then on the bridge alone owes the answer.
         """
         key = next(self._seq)
-        c = _Call(call, time.monotonic() + timeout, retry, resubmit, accepted)
+        c = _Call(call, time.monotonic() + timeout, retry, accepted)
         deadline = self._deadlines.schedule(timeout, lambda: self._time_out(key, c, timeout_text))
-        self._pending[key] = (done, deadline)
+        self._pending[key] = (done, deadline, c)
         self._attempt(key, c, 1)
         return key
 
@@ -119,28 +121,38 @@ class AsyncCalls:
             return  # timed out while waiting for this try
         retried = False
 
-        def cbfn(r: asyncResult) -> None:
+        def answer(outcome: Outcome) -> None:
             nonlocal retried
-            if c.retry is not None and c.resubmit is not None and r.error and r.async_id is None:
-                delay = c.retry(r, attempt)
+            if (
+                c.retry is not None
+                and self._resubmit is not None
+                and not outcome.ok
+                and not outcome.deferred
+            ):
+                delay = c.retry.delay(outcome, attempt)
                 if delay is not None and time.monotonic() + delay + RETRY_MARGIN < c.end:
                     retried = True
-                    c.last = outcome_of(r)
+                    c.last = outcome
                     log.info(
-                        "Connector call failed (%s); try %d in %.2f s", r.error, attempt + 1, delay
-                    )
+                        "Connector call failed (%s %s); try %d in %.2f s",
+                        outcome.status, outcome.error, attempt + 1, delay,
+                    )  # fmt: skip
                     self._deadlines.schedule(delay, lambda: self._again(key, c, attempt + 1))
                     return
-            self._finish(key, outcome_of(r))
+            self._finish(key, outcome)
 
         try:
-            c.call(cbfn)
+            forget = c.call(answer)
         except Exception as exc:  # a bug or a bad argument: still one answer
             log.exception("call failed")
             self._finish(key, Outcome(False, 500, None, f"bridge error: {exc}"))
             return
         if retried:
             return
+        if forget is not None:
+            c.forget = forget
+            if key not in self._pending:
+                forget()  # ended meanwhile (time-out, stop): the client waits no longer
         c.last = None  # taken: from now on a time-out means no answer from the device
         if c.accepted is not None:
             c.accepted()
@@ -148,22 +160,24 @@ class AsyncCalls:
     def _time_out(self, key: int, c: _Call, text: str) -> None:
         if key in self._pending and self._counters is not None:
             self._counters.add("async_timeouts")
-        self._finish(key, c.last or Outcome(False, 504, None, text))
+        self._finish(key, c.last or Outcome(False, 504, None, text, kind="timeout"))
 
     def _again(self, key: int, c: _Call, attempt: int) -> None:
         """On the deadline thread: hand the next try to a worker."""
         if key not in self._pending:
             return
-        assert c.resubmit is not None
-        if not c.resubmit(lambda: self._attempt(key, c, attempt)):
+        assert self._resubmit is not None
+        if not self._resubmit(lambda: self._attempt(key, c, attempt)):
             self._finish(key, c.last or Outcome(False, 503, None, "bridge busy"))
 
     def _finish(self, key: int, outcome: Outcome) -> None:
         entry = self._pending.pop(key, None)
         if entry is None:
             return  # already finished (answer after time-out, or the other way round)
-        done, deadline = entry
+        done, deadline, c = entry
         deadline.cancel()
+        if c.forget is not None:
+            c.forget()  # answered: a no-op; timed out or stopped: the client lets go
         try:
             done(outcome)
         except Exception:

@@ -1,8 +1,8 @@
 """Is the Connector reachable? One state (``up``, ``down``, ``refused``) and its changes.
 
 The parts that talk to the Connector already ride out its failures by themselves: the
-long poll retries with capped exponential back-off and jitter
-(:mod:`bridge.connector.channel`), start-up retries the same way, and commands retry
+long poll retries with capped exponential back-off and jitter (:mod:`bridge.core.retry`,
+the bridge's one back-off), start-up retries the same way, and commands retry
 what is safe to retry within their time-out. This module only *watches*, so that the
 bridge can say how it is doing: it turns what those parts see into one state and emits
 :class:`~bridge.core.events.ConnectorStateChanged` on the bus when the state changes (the
@@ -29,9 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.connector import response_codes
-from bridge.connector.channel import backoff_delay
 from bridge.core.counters import Counters
 from bridge.core.events import ConnectorState, ConnectorStateChanged, EventBus
+from bridge.core.retry import Backoff
 
 log = logging.getLogger("bridge.reachability")
 
@@ -165,19 +165,17 @@ class Monitor:
             self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(CHECK_INTERVAL, self._backoff_max)
         while not self._stop.is_set():
             try:
                 if self._stats is not None:
                     self._read_long_poll()
                     delay = CHECK_INTERVAL
+                elif self._probe_once():
+                    backoff.succeeded()
+                    delay = PROBE_INTERVAL
                 else:
-                    failures = self._probe_once(failures)
-                    delay = (
-                        PROBE_INTERVAL
-                        if failures == 0
-                        else backoff_delay(failures, CHECK_INTERVAL, self._backoff_max)
-                    )
+                    delay = backoff.failed()
             except Exception:
                 log.exception("watching the Connector failed")
                 delay = CHECK_INTERVAL
@@ -196,11 +194,12 @@ class Monitor:
             self._reach.success()
         self._seen_pulls, self._seen_failures = pulls, failures
 
-    def _probe_once(self, failures: int) -> int:
+    def _probe_once(self) -> bool:
+        """One version check; True when the Connector answered."""
         assert self._probe is not None
         error = self._probe()
         if error is None or not (is_transient(error) or is_refusal(error)):
             self._reach.success()
-            return 0
+            return True
         self._reach.failure(f"version check: {error}", error.status_code)
-        return failures + 1
+        return False

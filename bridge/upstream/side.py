@@ -2,12 +2,15 @@
 
 It owns the :class:`~bridge.connector.connector` (one HTTP session) and the channel
 (long polling, or the callback receiver), and turns every channel message into events
-on the bus (:mod:`bridge.core.events`), keeping the endpoint registry up to date first. It
-knows nothing about MQTT.
+on the bus (:mod:`bridge.core.events`), keeping the endpoint registry up to date first.
+The wire format ends here: notification payloads are decoded from base64 and the
+entries' field names read once (:func:`decode_notifications`), so the events carry
+values. It knows nothing about MQTT.
 """
 
 from __future__ import annotations
 
+import binascii
 import logging
 import secrets
 import ssl
@@ -15,7 +18,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from bridge.connector import connector, response_codes
+from bridge.connector import connector, decode_payload, response_codes
 from bridge.connector.messages import MessageKind
 from bridge.core.counters import Counters
 from bridge.core.events import (
@@ -23,22 +26,22 @@ from bridge.core.events import (
     EndpointRemoved,
     EndpointResources,
     EventBus,
+    Notification,
     NotificationsReceived,
     Resource,
     Source,
 )
 from bridge.core.registry import Registry
+from bridge.core.retry import Backoff
 from bridge.service.settings import Settings, env_name
 from bridge.upstream.callback_receiver import CallbackReceiver, server_ssl_context
 from bridge.upstream.reachability import Monitor, Reachability, is_refusal, is_transient
 
 log = logging.getLogger("bridge.connector_side")
 
-# Async answers the client still waits for after the bridge's own time-outs gave up
-# are dropped this much later (the bridge keeps its own, shorter, deadlines).
-ASYNC_GRACE = 60.0
 DESCRIBE_TRIES = 4  # a resource listing that fails transiently is tried this often
-DESCRIBE_RETRY = 0.5  # seconds before the first retry (doubling)
+DESCRIBE_RETRY = 0.5  # seconds before the first retry (doubling, jittered)
+DESCRIBE_RETRY_MAX = 4.0
 
 
 class StartupError(Exception):
@@ -100,6 +103,43 @@ def listing_resources(body: Any, items: Any) -> tuple[Resource, ...]:
     return found
 
 
+_a2b = binascii.a2b_base64
+_new_notification = tuple.__new__  # Notification(...) without its Python-level __new__
+
+
+def decode_notifications(entries: list[Any]) -> tuple[list[Notification], int]:
+    """The values of a message's ``notifications`` entries, and how many entries were
+    bad (no endpoint name or path, a payload that is not base64; each is logged).
+
+    The hot path of the bridge: one pass, the C base64 decoder first (the client's
+    lenient one only for what it refuses: missing padding, or a non-string).
+    """
+    values: list[Notification] = []
+    append = values.append
+    bad = 0
+    for entry in entries:
+        try:
+            raw = entry.get("payload")
+            if raw is None or raw == "":
+                payload = b""  # no value (an empty resource)
+            else:
+                try:
+                    payload = _a2b(raw)
+                except (binascii.Error, ValueError, TypeError):
+                    # tolerates missing padding; refuses a non-string (0, [], false)
+                    # with the client's error, as the client's handler does
+                    payload = decode_payload(entry)
+            endpoint, path = entry["ep"], entry["path"]
+            if type(endpoint) is not str or type(path) is not str:
+                raise TypeError("ep and path must be strings")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            bad += 1
+            log.warning("notification ignored (%s): %.200r", exc, entry)
+            continue
+        append(_new_notification(Notification, (endpoint, path, payload)))
+    return values, bad
+
+
 def _entries(message: Mapping[str, Any], key: str) -> list[Any]:
     """The entries under ``key`` of a channel message: a list, else none (a string would
     otherwise be taken letter by letter as endpoint names)."""
@@ -133,7 +173,8 @@ class ConnectorSide:
             settings.connector_token.get_secret_value(),
             settings.connector_url,
             timeout=settings.connector_timeout,
-            asyncTimeout=max(settings.queue_mode_timeout, settings.command_timeout) + ASYNC_GRACE,
+            # Every call's deadline is the port's (bridge.upstream.port): none in the client.
+            asyncTimeout=None,
             backoffMax=settings.connector_retry_max,
             pullLinger=settings.pull_linger,
             fastHttp=settings.connector_http == "fast",
@@ -289,16 +330,15 @@ class ConnectorSide:
     def describe(self, name: str) -> tuple[Resource, ...] | None:
         """An endpoint's resources, or None when the Connector cannot say (a transient
         failure is tried again a few times, with back-off)."""
-        delay = DESCRIBE_RETRY
+        backoff = Backoff(DESCRIBE_RETRY, DESCRIBE_RETRY_MAX)
         for attempt in range(1, DESCRIBE_TRIES + 1):
             r = self.client.getResources(name)
             if not r.error:
                 return listing_resources(r.raw_data, r.result)
             if not is_transient(r.error) or attempt == DESCRIBE_TRIES:
                 break
-            if self._stopping.wait(delay):
+            if self._stopping.wait(backoff.failed()):
                 return None
-            delay *= 2
         log.warning("cannot list the resources of %r: %s", name, r.error)
         return None
 
@@ -331,7 +371,10 @@ class ConnectorSide:
     def _on_notifications(self, message: Mapping[str, Any]) -> None:
         entries = message.get("notifications")
         if isinstance(entries, list) and entries:
-            self.bus.emit(NotificationsReceived(entries))
+            values, bad = decode_notifications(entries)
+            if bad:
+                self.counters.add("notifications_bad", bad)
+            self.bus.emit(NotificationsReceived(values, len(entries)))
 
     def _removed(
         self, message: Mapping[str, Any], key: str, state: Literal["offline", "expired"]

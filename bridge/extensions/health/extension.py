@@ -70,7 +70,7 @@ class Health(Extension):
         bus.subscribe(ConnectorStateChanged, self._on_connector)
         bus.subscribe(MqttConnected, self._on_change)
         bus.subscribe(MqttDisconnected, self._on_change)
-        if not self.watch.latency.attach(self.ctx.connector):
+        if not self.watch.latency.attach(self.ctx.port):
             log.warning("Connector latency not measured: the client has no HTTP session")
         s = self.ctx.settings
         if s.health_port is not None:
@@ -107,7 +107,7 @@ class Health(Extension):
     # ---- events ----------------------------------------------------------------------------
 
     def _on_notifications(self, event: NotificationsReceived) -> None:
-        self.ctx.counters.add("notifications_received", len(event.entries))
+        self.ctx.counters.add("notifications_received", event.received)
 
     def _on_started(self, event: BridgeStarted) -> None:
         self.watch.started.set()

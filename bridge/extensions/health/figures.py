@@ -146,7 +146,7 @@ class ConnectorLatency:
         self._histograms: dict[tuple[str, str], LatencyHistogram] = {}
 
     def attach(self, client: Any) -> bool:
-        """Measure the calls of ``client`` (a :class:`bridge.connector.connector`);
+        """Measure the calls of ``client`` (the Connector port, or a client);
         False when it has no session to measure."""
         session = getattr(client, "session", None) or getattr(client, "_session", None)
         request = getattr(session, "request", None)
@@ -277,7 +277,7 @@ def key_figures(ctx: BridgeContext, watch: Watch) -> dict[str, Any]:
     """The bridge's figures now, as a JSON-ready document (the health message)."""
     counters = ctx.counters.snapshot()
     mqtt = dict(ctx.mqtt.stats)
-    poll = ctx.connector.longPollStats() if ctx.settings.notification_channel == "longpoll" else {}
+    poll = ctx.port.channel_stats() if ctx.settings.notification_channel == "longpoll" else {}
     reachable, why = connector_health(watch)
     reasons = readiness(ctx, watch)
     summary = watch.latency.overall()
@@ -320,7 +320,7 @@ def key_figures(ctx: BridgeContext, watch: Watch) -> dict[str, Any]:
             "recoveries": counters.get("connector_recoveries", 0),
             "pulls": poll.get("pulls", 0),
             "channel_failures": poll.get("failures", 0),
-            "async_pending": ctx.connector.pendingCount(),
+            "async_pending": ctx.port.pending_count(),
             "async_timeouts": counters.get("async_timeouts", 0),
             "requests": summary.count,
             "latency_ms": {

@@ -44,7 +44,6 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from bridge.connector import asyncResult
 from bridge.core.events import EndpointForgotten, EndpointResources, MqttConnected
 from bridge.core.events import Resource as EventResource
 from bridge.downstream.link import Inbound
@@ -61,16 +60,14 @@ from bridge.extensions.homeassistant.discovery import (
     is_ha_online,
 )
 from bridge.service.settings import Settings
-from bridge.upstream.async_calls import AsyncCalls, Outcome
 from bridge.upstream.lwm2m_json import UNREACHABLE, answered_values, read_groups
+from bridge.upstream.port import Outcome
 
 log = logging.getLogger("bridge.homeassistant")
 
 CONFIG_QOS = 1
 INFO_READS = 16  # endpoints whose device information is being read at once
 PUMP_RETRY = 0.05  # seconds before trying again when the background queue is full
-READ_RETRIES = 5  # a read refused with 412 (channel not up yet) is tried this often
-READ_RETRY_DELAY = 0.5
 
 
 @functools.lru_cache(maxsize=256)  # asked for every endpoint; a fleet has few lists
@@ -106,7 +103,7 @@ class HomeAssistant(Extension):
             topic_prefix=s.topic_prefix, discovery_prefix=s.homeassistant_discovery_prefix
         )
         self.status_topic = ha_status_topic(s.homeassistant_discovery_prefix)
-        self._calls = AsyncCalls(ctx.deadlines, ctx.counters)
+        self._calls = ctx.port.calls(ctx.background.submit, ctx.counters)
         # Publishing one endpoint (compare, send, remember) happens under this lock, so
         # two threads never interleave the configs of one endpoint out of order.
         self._publish_lock = threading.Lock()
@@ -308,7 +305,7 @@ class HomeAssistant(Extension):
                     settle(path, found[path])
                 elif outcome.status in UNREACHABLE or not self.ctx.background.submit(
                     functools.partial(
-                        self._read, name, path, timeout, functools.partial(one_done, path), 1
+                        self._read, name, path, timeout, functools.partial(one_done, path)
                     )
                 ):
                     settle(path, None)
@@ -319,34 +316,19 @@ class HomeAssistant(Extension):
                 if covered == [target]
                 else functools.partial(instance_done, target, covered)
             )
-            self._read(name, target, timeout, done, attempt=1)
+            self._read(name, target, timeout, done)
 
-    def _read(
-        self, name: str, path: str, timeout: float, done: Callable[[Outcome], None], attempt: int
-    ) -> None:
-        def call(cb: Callable[[asyncResult], None]) -> asyncResult:
-            return self.ctx.connector.getResourceValue(name, path, cbfn=cb)
-
+    def _read(self, name: str, path: str, timeout: float, done: Callable[[Outcome], None]) -> None:
+        # A 412 (no notification channel yet, at start-up) is tried again by the port.
         def finished(outcome: Outcome) -> None:
-            if outcome.status == 412 and attempt < READ_RETRIES and not self._stopping:
-                # No notification channel yet (start-up): again shortly, off this thread.
-                self.ctx.deadlines.schedule(
-                    READ_RETRY_DELAY * attempt,
-                    lambda: self._retry(name, path, timeout, done, attempt + 1),
-                )
-                return
             if not outcome.ok:
                 log.debug("reading %s%s for Home Assistant failed: %s", name, path, outcome.error)
             done(outcome)
 
-        self._calls.start(call, timeout, finished, f"no answer within {timeout:g} s")
-
-    def _retry(
-        self, name: str, path: str, timeout: float, done: Callable[[Outcome], None], attempt: int
-    ) -> None:
-        task = functools.partial(self._read, name, path, timeout, done, attempt)
-        if not self.ctx.background.submit(task):
-            done(Outcome(False, 503, None, "background queue full"))
+        self.ctx.port.read(
+            name, path, finished, calls=self._calls, timeout=timeout,
+            timeout_text=f"no answer within {timeout:g} s",
+        )  # fmt: skip
 
     def _store(self, name: str, values: dict[str, str]) -> None:
         """All reads of ``name`` ended (on the channel or deadline thread): keep what

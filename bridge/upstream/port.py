@@ -1,0 +1,308 @@
+"""The outbound port: everything the bridge asks of the Connector, one outcome type for all.
+
+Extensions call the Connector only through a :class:`ConnectorPort` (``ctx.port``):
+``read``, ``write``, ``execute`` and ``subscribe`` are answered later (by the device,
+through the notification channel) and finish with one :class:`Outcome` passed to
+``done``, exactly once, within their time-out; ``unsubscribe``, the listings and the
+pre-subscription rules are answered at once and return one. An outcome says how the call
+ended in the terms of a reply (status, payload, content type, error text) and, for a
+failure, its kind by type (:data:`~bridge.core.retry.ErrorKind`), never by text.
+
+:class:`ConnectorPort` holds what every Connector API shares (the time-out and retries of
+each call, :mod:`bridge.upstream.async_calls`); an API dialect supplies one try of each
+verb and the immediate calls. :class:`SeedPort` is the seed API's (:mod:`bridge.connector`);
+nothing of its types shows in the interface, so a second dialect can stand beside it.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bridge.connector import asyncResult, connector, response_codes
+from bridge.connector.errors import ASYNC_TIMEOUT, INVALID_RESPONSE
+from bridge.core.counters import Counters
+from bridge.core.retry import ErrorKind, RetryPolicy
+from bridge.core.workers import Deadlines
+from bridge.upstream.async_calls import AsyncCalls, Done, Outcome, Resubmit, Starter
+from bridge.upstream.side import listing_resources
+
+__all__ = [
+    "READ_RETRY",
+    "AsyncCalls",
+    "ConnectorPort",
+    "ListedEndpoint",
+    "Outcome",
+    "SeedPort",
+    "Verb",
+    "outcome_of",
+]
+
+Verb = Literal["read", "write", "execute", "subscribe"]
+
+READ_RETRY = RetryPolicy(statuses=frozenset({412}), tries=5, base=0.5, cap=2.0)
+"""Reads made by the bridge itself: a 412 (no notification channel yet, at start-up) is
+tried again, a few times."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListedEndpoint:
+    """One endpoint of a listing."""
+
+    name: str
+    type: str | None
+    queue_mode: bool
+    status: str | None
+
+
+class ConnectorPort(ABC):
+    """The Connector, as the extensions see it (see the module doc)."""
+
+    def __init__(self, deadlines: Deadlines) -> None:
+        self._deadlines = deadlines
+
+    def calls(
+        self, resubmit: Resubmit | None = None, counters: Counters | None = None
+    ) -> AsyncCalls:
+        """A group of calls under way (an extension's: it counts them and can finish them
+        all at a stop). Retries run through ``resubmit`` (a worker pool's ``submit``);
+        ``counters`` count the calls that timed out (``async_timeouts``)."""
+        return AsyncCalls(self._deadlines, counters, resubmit)
+
+    # ---- answered later: ``done`` gets one Outcome ------------------------------------
+
+    def read(
+        self,
+        endpoint: str,
+        path: str,
+        done: Done,
+        *,
+        calls: AsyncCalls,
+        timeout: float,
+        timeout_text: str,
+        cache_only: bool = False,
+        retry: RetryPolicy | None = READ_RETRY,
+        accepted: Callable[[], object] | None = None,
+    ) -> None:
+        """Read a resource (or an object instance); the value is the outcome's payload."""
+        starter = self._try("read", endpoint, path, None, cache_only)
+        calls.start(starter, timeout, done, timeout_text, retry=retry, accepted=accepted)
+
+    def write(
+        self,
+        endpoint: str,
+        path: str,
+        value: bytes | str,
+        done: Done,
+        *,
+        calls: AsyncCalls,
+        timeout: float,
+        timeout_text: str,
+        retry: RetryPolicy | None = None,
+        accepted: Callable[[], object] | None = None,
+    ) -> None:
+        """Write ``value`` (raw bytes; a str as UTF-8 text) to a resource."""
+        starter = self._try("write", endpoint, path, value, False)
+        calls.start(starter, timeout, done, timeout_text, retry=retry, accepted=accepted)
+
+    def execute(
+        self,
+        endpoint: str,
+        path: str,
+        argument: bytes | str,
+        done: Done,
+        *,
+        calls: AsyncCalls,
+        timeout: float,
+        timeout_text: str,
+        retry: RetryPolicy | None = None,
+        accepted: Callable[[], object] | None = None,
+    ) -> None:
+        """Execute a resource with ``argument`` (may be empty)."""
+        starter = self._try("execute", endpoint, path, argument, False)
+        calls.start(starter, timeout, done, timeout_text, retry=retry, accepted=accepted)
+
+    def subscribe(
+        self,
+        endpoint: str,
+        path: str,
+        done: Done,
+        *,
+        calls: AsyncCalls,
+        timeout: float,
+        timeout_text: str,
+    ) -> None:
+        """Subscribe to a resource's changes (they come as notifications)."""
+        starter = self._try("subscribe", endpoint, path, None, False)
+        calls.start(starter, timeout, done, timeout_text)
+
+    @abstractmethod
+    def _try(
+        self, verb: Verb, endpoint: str, path: str, value: bytes | str | None, cache_only: bool
+    ) -> Starter:
+        """One try of ``verb`` (see :data:`~bridge.upstream.async_calls.Starter`)."""
+
+    # ---- answered at once ---------------------------------------------------------------
+
+    @abstractmethod
+    def unsubscribe(self, endpoint: str, path: str) -> Outcome:
+        """End the subscription to a resource."""
+
+    @abstractmethod
+    def list_endpoints(self, type: str = "") -> Outcome:
+        """The registered endpoints (of ``type``, when given): ``result`` is a list of
+        :class:`ListedEndpoint`."""
+
+    @abstractmethod
+    def list_resources(self, endpoint: str) -> Outcome:
+        """An endpoint's resources: ``result`` is a tuple of
+        :class:`~bridge.core.events.Resource`."""
+
+    @abstractmethod
+    def get_presubscriptions(self) -> Outcome:
+        """The pre-subscription rules in force: ``result`` is the list of rules."""
+
+    @abstractmethod
+    def put_presubscriptions(self, rules: Sequence[dict[str, Any]]) -> Outcome:
+        """Replace the pre-subscription rules."""
+
+    @abstractmethod
+    def limits(self) -> Outcome:
+        """The account's limits: ``result`` is a dict."""
+
+    # ---- figures ------------------------------------------------------------------------
+
+    @abstractmethod
+    def channel_stats(self) -> dict[str, Any]:
+        """The notification channel's counters (long polling: pulls, failures, ...)."""
+
+    @abstractmethod
+    def pending_count(self) -> int:
+        """How many calls wait for their answer from the channel."""
+
+    @property
+    @abstractmethod
+    def session(self) -> Any:
+        """The HTTP session every call goes through (to measure it), or None."""
+
+
+# ---- the seed API ---------------------------------------------------------------------------
+
+# Client-side failures have status 0 in the client; replies carry an HTTP-like status.
+_CLIENT_STATUS = {
+    "connection_error": 502,
+    "request_timeout": 504,
+    ASYNC_TIMEOUT: 504,
+    INVALID_RESPONSE: 502,
+}
+
+
+def error_kind(error: response_codes) -> ErrorKind:
+    """The kind of a seed-API failure, by type: the client's ``failure`` (not_sent,
+    no_answer), its error type, or the status the answer had."""
+    if error.failure is not None:  # "not_sent" or "no_answer", from the HTTP stacks' types
+        return error.failure
+    if error.errType == ASYNC_TIMEOUT:
+        return "timeout"
+    if error.errType == INVALID_RESPONSE:
+        return "bad_answer"
+    if error.status_code:
+        return "refused"
+    return "no_answer"  # a failure without a status the client did not say more about
+
+
+def outcome_of(r: asyncResult, result: Any = None, *, keep_result: bool = True) -> Outcome:
+    """The outcome of a finished seed-API call (``result`` instead of the call's own
+    when ``keep_result`` is False)."""
+    value = r.result if keep_result else result
+    deferred = r.async_id is not None
+    if r.error:
+        status = r.error.status_code or _CLIENT_STATUS.get(r.error.errType, 502)
+        return Outcome(
+            False, status, r.payload, r.error.error, value, None, error_kind(r.error), deferred
+        )
+    ct = r.raw_data.get("ct") if isinstance(r.raw_data, dict) else None
+    return Outcome(
+        True, r.status_code, r.payload, None, value, ct if isinstance(ct, str) else None,
+        None, deferred,
+    )  # fmt: skip
+
+
+class SeedPort(ConnectorPort):
+    """The port over the seed-API client, which must have been created with
+    ``asyncTimeout=None`` (the calls' deadlines are the port's)."""
+
+    def __init__(self, client: connector, deadlines: Deadlines) -> None:
+        super().__init__(deadlines)
+        self._client = client
+
+    def _try(
+        self, verb: Verb, endpoint: str, path: str, value: bytes | str | None, cache_only: bool
+    ) -> Starter:
+        c = self._client
+
+        def start(answer: Done) -> Callable[[], object] | None:
+            def cb(r: asyncResult) -> None:
+                answer(outcome_of(r))
+
+            if verb == "read":
+                r = c.getResourceValue(endpoint, path, cbfn=cb, cacheOnly=cache_only)
+            elif verb == "write":
+                r = c.putResourceValue(endpoint, path, value if value is not None else "", cbfn=cb)
+            elif verb == "execute":
+                r = c.postResource(endpoint, path, value if value is not None else "", cbfn=cb)
+            else:
+                r = c.putResourceSubscription(endpoint, path, cbfn=cb)
+            return None if r.async_id is None else functools.partial(c.forgetAsync, r.async_id)
+
+        return start
+
+    def unsubscribe(self, endpoint: str, path: str) -> Outcome:
+        r = self._client.deleteResourceSubscription(endpoint, path)
+        return outcome_of(r, None, keep_result=False)
+
+    def list_endpoints(self, type: str = "") -> Outcome:
+        r = self._client.getEndpoints(type)
+        listed = None
+        if not r.error and isinstance(r.result, list):
+            listed = [
+                ListedEndpoint(
+                    e["name"],
+                    e.get("type") if isinstance(e.get("type"), str) else None,
+                    bool(e.get("q", False)),
+                    e.get("status") if isinstance(e.get("status"), str) else None,
+                )
+                for e in r.result
+                if isinstance(e, dict) and isinstance(e.get("name"), str)
+            ]
+        return outcome_of(r, listed, keep_result=False)
+
+    def list_resources(self, endpoint: str) -> Outcome:
+        r = self._client.getResources(endpoint)
+        resources = None if r.error else listing_resources(r.raw_data, r.result)
+        return outcome_of(r, resources, keep_result=False)
+
+    def get_presubscriptions(self) -> Outcome:
+        r = self._client.getPreSubscription()
+        return outcome_of(r, None if r.error else r.result, keep_result=False)
+
+    def put_presubscriptions(self, rules: Sequence[dict[str, Any]]) -> Outcome:
+        r = self._client.putPreSubscription([dict(x) for x in rules])
+        return outcome_of(r, None, keep_result=False)
+
+    def limits(self) -> Outcome:
+        r = self._client.getLimits()
+        return outcome_of(r, None if r.error else r.result, keep_result=False)
+
+    def channel_stats(self) -> dict[str, Any]:
+        return self._client.longPollStats()
+
+    def pending_count(self) -> int:
+        return self._client.pendingCount()
+
+    @property
+    def session(self) -> Any:
+        return getattr(self._client, "_session", None)
