@@ -1,6 +1,7 @@
-"""bridge/downstream/paho_client.py: paho's client with cheap PUBACKs, read-ahead and lean PUBLISH
-properties. Checked byte for byte against paho's own encoder, and end to end against a
-real Mosquitto (both PUBACK paths, bursts of packets read ahead, MQTT 5 and 3.1.1)."""
+"""bridge/downstream/paho_client.py: paho's client (FastClient) with cheap PUBACKs, read-ahead
+and lean PUBLISH properties. Checked byte for byte against paho's own encoder, and end to
+end against a real Mosquitto (both PUBACK paths, bursts of packets read ahead, MQTT 5 and
+3.1.1)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def test_speedups_are_on_for_the_installed_paho() -> None:
     # A paho release outside TESTED_PAHO silently gets the plain client: this test says
     # so, so that whoever upgrades paho re-checks the overridden private methods.
     assert paho_client.SPEEDUPS, f"paho {paho.mqtt.__version__} is not in {paho_client.TESTED_PAHO}"
+    assert paho_client.Client is paho_client.FastClient
+    print(f"paho-mqtt {paho.mqtt.__version__}: speed-ups on")  # shown with -s (CI's paho run)
 
 
 def _paho_properties(corr: bytes | None, ct: str | None) -> Properties:
@@ -113,8 +116,8 @@ def test_read_ahead_returns_a_short_read_as_it_comes() -> None:
         assert sock.pending() == 0
 
 
-def _connect(broker: MosquittoBroker, protocol: int, name: str) -> paho_client.Client:
-    client = paho_client.Client(
+def _connect(broker: MosquittoBroker, protocol: int, name: str) -> paho_client.FastClient:
+    client = paho_client.FastClient(
         CallbackAPIVersion.VERSION2, client_id=f"{name}-{protocol}", protocol=protocol
     )
     connected = threading.Event()
@@ -399,7 +402,7 @@ def test_pubacks_with_properties_or_odd_reasons_take_paho_s_decoder(
         return paho_handler(self, cmd)
 
     monkeypatch.setattr(mqtt.Client, "_handle_pubackcomp", counting)
-    client = paho_client.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = paho_client.FastClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     # reason 0x87 "Not authorized" with a Reason String property: paho's decoder
     reason_string = b"\x1f\x00\x04nope"
     seen = _acked_through(client, b"\x00\x07\x87" + bytes([len(reason_string)]) + reason_string)
@@ -427,7 +430,7 @@ def test_limit_in_flight_holds_back_what_is_past_the_limit_in_order() -> None:
     in paho's queue; a QoS 2 message whose PUBLISH the broker has (PUBREL to resend) is
     never turned back into a PUBLISH. (Unit test of the state walk; the wire behaviour is
     tests/test_receive_maximum.py.)"""
-    client = paho_client.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = paho_client.FastClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     pubrel, publish, queued = (
         mqtt.mqtt_ms_resend_pubrel,
         mqtt.mqtt_ms_publish,

@@ -70,7 +70,7 @@ def test_after_a_lost_connection_the_resent_messages_respect_the_limit(
             first = emu.counters()["emitted_notifications"]
             n = emu.burst(6_000, ep="burst-ep", path="/1/0/1", size=6)
             # Cut the connection while paho holds a backlog.
-            assert wait_until(lambda: len(bridge.mqtt._client._out_messages) >= 300, 20)
+            assert wait_until(lambda: bridge.mqtt._ledger.unacknowledged() >= 300, 20)
             tap.cut()
             assert wait_until(lambda: len(tap.most_in_flight()) >= 2, 20), "no reconnect"
             last = f"{first + n - 1:06d}".encode()

@@ -25,13 +25,20 @@ it in places that do far more work than the common packet needs:
   :func:`publish_properties` makes a :class:`Properties` whose tables are shared by the
   class and whose two fields are packed directly (byte-identical, tested).
 
-One addition is about correctness, not speed: :meth:`Client.limit_in_flight` applies the
-broker's Receive Maximum, which paho ignores, also to what paho resends after a reconnect.
+One addition is about correctness, not speed: :meth:`FastClient.limit_in_flight` applies
+the broker's Receive Maximum, which paho ignores, also to what paho resends after a
+reconnect.
 
-Only the private methods of the paho versions this was written and tested against are
-overridden (:data:`TESTED_PAHO`); on any other version :class:`Client` is plain paho
-(``SPEEDUPS`` is False), slower but correct. tests/test_paho_client.py checks byte-for-byte
-agreement with paho's own encoder and decoder, and the whole suite runs on this client.
+**All of the bridge's access to paho's private state is in this module**, and it is behind
+one version check (:data:`SPEEDUPS`, from :data:`TESTED_PAHO`): :data:`Client` is
+:class:`FastClient` on a paho version this was written and tested against, and
+:class:`PlainClient` (paho as it is: no paho method overridden, nothing private touched)
+on any other. Both answer the few questions the MQTT link asks of paho
+(:meth:`PlainClient.unsent_packets`, :meth:`PlainClient.unacknowledged`,
+:meth:`PlainClient.limit_in_flight`); the plain client answers them from paho's public
+API, which knows less (see :class:`PlainClient`). tests/test_paho_client.py checks
+byte-for-byte agreement with paho's own encoder and decoder, and the whole suite runs on
+:data:`Client`.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 TESTED_PAHO = ("2.1.", "2.2.")
-SPEEDUPS = str(getattr(paho.mqtt, "__version__", "")).startswith(TESTED_PAHO)
+PAHO_VERSION = str(getattr(paho.mqtt, "__version__", ""))
+# The one version check: FastClient and the lean properties only on these versions.
+SPEEDUPS = PAHO_VERSION.startswith(TESTED_PAHO)
 READ_AHEAD = 65536  # bytes asked of the kernel per read
 
 
@@ -135,17 +144,22 @@ def _vbi(n: int) -> bytes:
             return bytes(out)
 
 
-def publish_properties(
+def plain_publish_properties(
+    correlation_data: bytes | None = None, content_type: str | None = None
+) -> Properties:
+    """PUBLISH properties carrying these two fields, made by paho's public API."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if correlation_data is not None:
+        props.CorrelationData = correlation_data
+    if content_type is not None:
+        props.ContentType = content_type
+    return props
+
+
+def lean_publish_properties(
     correlation_data: bytes | None = None, content_type: str | None = None
 ) -> Properties:
     """PUBLISH properties carrying these two fields; cheap to make and to pack."""
-    if not SPEEDUPS:
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if correlation_data is not None:
-            props.CorrelationData = correlation_data
-        if content_type is not None:
-            props.ContentType = content_type
-        return props
     lean = _PublishProperties()
     # paho's __setattr__ checks the name against its tables; these two are known good.
     if correlation_data is not None:
@@ -225,21 +239,78 @@ def unpack_publish_properties(packet: bytes, start: int) -> tuple[Properties, in
     return props, end
 
 
-class Client(mqtt.Client):
-    """paho's client; on a tested paho version with the speed-ups of the module doc."""
+def _no_delay(sock: Any) -> None:
+    """Small packets go out at once (paho leaves Nagle's algorithm on): with Nagle a
+    command's reply, written right after its PUBACK, waits for the broker's delayed TCP
+    acknowledgement, 40 ms on Linux."""
+    if isinstance(sock, socket.socket):  # not paho's websocket wrapper
+        with contextlib.suppress(OSError):  # a Unix socket has no Nagle
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class PlainClient(mqtt.Client):
+    """paho's client as it is, with the link's questions answered from its public API.
+
+    It overrides no paho method and touches nothing private (tests/test_paho_client.py
+    checks that), so it works on any paho 2.x. What the public API cannot tell or do:
+
+    - :meth:`unsent_packets` only knows whether paho's socket write queue is empty, so
+      a QoS 0 publisher is not held back while paho's socket queue grows (QoS 1/2 still
+      are: paho refuses past ``max_queued_messages``);
+    - :meth:`unacknowledged` is not known (always 0, :attr:`speedups` False): waiting for
+      QoS 1/2 acknowledgements (``drain``) becomes waiting for them to be written, and
+      after a reconnect the outbox does not wait for paho's resends to be acknowledged;
+    - :meth:`limit_in_flight` cannot change paho's limit on an open connection, so the
+      broker's Receive Maximum is not applied (only ``mqtt_max_inflight``).
+
+    TCP_NODELAY is set through paho's public ``on_socket_open`` callback.
+    """
+
+    speedups = False  # True: the gauges are exact (FastClient)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_socket_open = lambda client, userdata, sock: _no_delay(sock)
+
+    def unsent_packets(self) -> int:
+        """Packets waiting in paho's socket write queue (here: 1 for "some", 0)."""
+        return 1 if self.want_write() else 0
+
+    def unacknowledged(self) -> int:
+        """QoS 1/2 messages paho holds, in flight or queued (here: not known, 0)."""
+        return 0
+
+    def limit_in_flight(self, limit: int) -> bool:
+        """Keep at most ``limit`` QoS 1/2 messages in flight from this connection on;
+        False where it cannot (paho refuses to change its limit on an open connection)."""
+        try:
+            self.max_inflight_messages = limit
+        except RuntimeError:
+            return False
+        return True
+
+
+class FastClient(PlainClient):
+    """paho's client with the speed-ups of the module doc (for :data:`TESTED_PAHO`)."""
+
+    speedups = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_socket_open = None  # _create_socket sets TCP_NODELAY
+        # The link's gauges, read at every publish: the containers' own __len__ (paho
+        # makes them once, in its __init__), so a gauge costs what len() does.
+        self.unsent_packets = self._out_packet.__len__  # type: ignore[method-assign]
+        self.unacknowledged = self._out_messages.__len__  # type: ignore[method-assign]
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
         if not isinstance(sock, socket.socket):
             return sock  # paho's websocket wrapper
-        # Small packets go out at once (paho leaves Nagle's algorithm on): with Nagle a
-        # command's reply, written right after its PUBACK, waits for the broker's delayed
-        # TCP acknowledgement, 40 ms on Linux.
-        with contextlib.suppress(OSError):  # a Unix socket has no Nagle
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return ReadAheadSocket(sock) if SPEEDUPS else sock
+        _no_delay(sock)
+        return ReadAheadSocket(sock)
 
-    def limit_in_flight(self, limit: int) -> None:
+    def limit_in_flight(self, limit: int) -> bool:
         """Keep at most ``limit`` QoS 1/2 messages unacknowledged, from this connection on.
 
         For the broker's Receive Maximum, which arrives in CONNACK: call it from
@@ -253,8 +324,6 @@ class Client(mqtt.Client):
         """
         with self._out_message_mutex:
             self._max_inflight_messages = limit
-            if not SPEEDUPS:
-                return  # paho's own behaviour: its message states are not known here
             # The first ``limit`` go out at CONNACK, the rest wait. paho's CONNACK handler
             # stops at the first queued message, so nothing it must resend may come after
             # one: a PUBREL past the limit (in practice they lead, being the oldest) keeps
@@ -268,11 +337,12 @@ class Client(mqtt.Client):
                 if m.state in held:
                     send = place < limit or place < last_pubrel
                     m.state = mqtt.mqtt_ms_publish if send else mqtt.mqtt_ms_queued
+        return True
 
     def _handle_publish(self) -> MQTTErrorCode:
         header: int = self._in_packet["command"]
         qos = (header & 0x06) >> 1
-        if not SPEEDUPS or self._protocol != mqtt.MQTTv5 or qos == 3:
+        if self._protocol != mqtt.MQTTv5 or qos == 3:
             return super()._handle_publish()
         # MQTT 5: what paho does (2.1 and 2.2 alike), with the properties decoded by
         # unpack_publish_properties; anything it does not take is paho's from the start.
@@ -326,11 +396,10 @@ class Client(mqtt.Client):
         packet = self._in_packet["packet"]
         size = len(packet)
         done = None
-        if SPEEDUPS:
-            if size == 2:  # packet id only: success (the same in MQTT 3.1.1 and 5)
-                done = _outcome(cmd, 0)
-            elif self._protocol == mqtt.MQTTv5 and (size == 3 or (size == 4 and packet[3] == 0)):
-                done = _outcome(cmd, packet[2])  # a reason code and no properties
+        if size == 2:  # packet id only: success (the same in MQTT 3.1.1 and 5)
+            done = _outcome(cmd, 0)
+        elif self._protocol == mqtt.MQTTv5 and (size == 3 or (size == 4 and packet[3] == 0)):
+            done = _outcome(cmd, packet[2])  # a reason code and no properties
         if done is None:
             return super()._handle_pubackcomp(cmd)
         mid = (packet[0] << 8) | packet[1]
@@ -359,3 +428,8 @@ def _outcome(cmd: Literal["PUBACK", "PUBCOMP"], code: int) -> tuple[ReasonCode, 
             return None
         found = _OUTCOMES[(cmd, code)] = (reason, Properties(t))  # type: ignore[no-untyped-call]
     return found
+
+
+# What the rest of the bridge uses, chosen by the one version check.
+Client: type[PlainClient] = FastClient if SPEEDUPS else PlainClient
+publish_properties = lean_publish_properties if SPEEDUPS else plain_publish_properties
