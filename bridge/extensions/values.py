@@ -28,8 +28,7 @@ from bridge.core.events import (
 from bridge.downstream.topics import fits
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.service.settings import env_name
-from bridge.upstream.lwm2m_json import UNREACHABLE, answered_values, read_groups
-from bridge.upstream.port import Outcome
+from bridge.upstream.port import UNREACHABLE, Outcome, read_groups
 from bridge.upstream.rules import observed_paths
 
 log = logging.getLogger("bridge.values")
@@ -163,7 +162,7 @@ class Values(Extension):
     def _instance_done(
         self, name: str, base: str, covered: list[str], queue_mode: bool, outcome: Outcome
     ) -> None:
-        values = answered_values(base, outcome.content_type, outcome.payload) if outcome.ok else {}
+        values = outcome.values or {}
         got = [p for p in covered if p in values]
         for path in got:
             self.publish_value(name, path, values[path])

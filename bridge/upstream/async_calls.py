@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,9 @@ class Outcome:
     content_type: str | None = None  # of an async response's payload (its ``ct``)
     kind: ErrorKind | None = None
     deferred: bool = False
+    # A read of an object instance: the values it gave by resource path, decoded on the
+    # Connector side ({} when the answer is in a format it does not decode); else None.
+    values: Mapping[str, bytes] | None = None
 
 
 Done = Callable[[Outcome], None]

@@ -16,7 +16,9 @@ nothing of its types shows in the interface, so a second dialect can stand besid
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,10 +30,12 @@ from bridge.core.counters import Counters
 from bridge.core.retry import ErrorKind, RetryPolicy
 from bridge.core.workers import Deadlines
 from bridge.upstream.async_calls import AsyncCalls, Done, Outcome, Resubmit, Starter
+from bridge.upstream.lwm2m_json import UNREACHABLE, answered_values, read_groups
 from bridge.upstream.side import listing_resources
 
 __all__ = [
     "READ_RETRY",
+    "UNREACHABLE",
     "AsyncCalls",
     "ConnectorPort",
     "ListedEndpoint",
@@ -39,6 +43,7 @@ __all__ = [
     "SeedPort",
     "Verb",
     "outcome_of",
+    "read_groups",
 ]
 
 Verb = Literal["read", "write", "execute", "subscribe"]
@@ -46,6 +51,14 @@ Verb = Literal["read", "write", "execute", "subscribe"]
 READ_RETRY = RetryPolicy(statuses=frozenset({412}), tries=5, base=0.5, cap=2.0)
 """Reads made by the bridge itself: a 412 (no notification channel yet, at start-up) is
 tried again, a few times."""
+
+
+_INSTANCE = re.compile(r"/\d+/\d+")
+
+
+def _with_instance_values(base: str, done: Done, outcome: Outcome) -> None:
+    found = answered_values(base, outcome.content_type, outcome.payload) if outcome.ok else {}
+    done(dataclasses.replace(outcome, values=found))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +100,11 @@ class ConnectorPort(ABC):
         retry: RetryPolicy | None = READ_RETRY,
         accepted: Callable[[], object] | None = None,
     ) -> None:
-        """Read a resource (or an object instance); the value is the outcome's payload."""
+        """Read a resource, the value is the outcome's payload; or an object instance
+        (``/3311/0``), whose values the outcome also gives decoded, by resource path
+        (``Outcome.values``: LwM2M JSON answers; {} for another format or a failure)."""
+        if _INSTANCE.fullmatch(path):
+            done = functools.partial(_with_instance_values, path, done)
         starter = self._try("read", endpoint, path, None, cache_only)
         calls.start(starter, timeout, done, timeout_text, retry=retry, accepted=accepted)
 

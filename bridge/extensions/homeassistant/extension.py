@@ -60,8 +60,7 @@ from bridge.extensions.homeassistant.discovery import (
     is_ha_online,
 )
 from bridge.service.settings import Settings
-from bridge.upstream.lwm2m_json import UNREACHABLE, answered_values, read_groups
-from bridge.upstream.port import Outcome
+from bridge.upstream.port import UNREACHABLE, Outcome, read_groups
 
 log = logging.getLogger("bridge.homeassistant")
 
@@ -297,9 +296,7 @@ class HomeAssistant(Extension):
         def instance_done(base: str, covered: list[str], outcome: Outcome) -> None:
             # One read of the device object instance (/3/0) instead of one per field;
             # what it did not give is read field by field (see bridge.upstream.lwm2m_json).
-            found = (
-                answered_values(base, outcome.content_type, outcome.payload) if outcome.ok else {}
-            )
+            found = outcome.values or {}
             for path in covered:
                 if path in found:
                     settle(path, found[path])
