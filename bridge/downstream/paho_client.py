@@ -6,15 +6,15 @@ it in places that do far more work than the common packet needs:
 
 - **Every PUBACK** became a :class:`~paho.mqtt.reasoncodes.ReasonCode` and a
   :class:`~paho.mqtt.properties.Properties` object, each building its lookup tables
-  anew: about 28 us for a two-byte packet (bench: 5 PUBACKs per endpoint at start-up,
-  one per command reply and one per value published). A PUBACK of two bytes (packet id
+  anew, for a two-byte packet (5 PUBACKs per endpoint at start-up, one per command
+  reply and one per value published). A PUBACK of two bytes (packet id
   only: success) or three (and a reason code, no properties: Mosquitto's 16 "No matching
   subscribers" for a value nobody subscribed to) now goes straight to paho's own
   completion with shared objects; any other PUBACK takes paho's full decoder.
 - **Every received MQTT 5 PUBLISH** had its properties decoded by paho's table walks
-  (23 us for a command's Response Topic and Correlation Data on a fast machine):
-  :func:`unpack_publish_properties` reads the common ones directly and leaves the rest
-  (User Property, a repeat, anything malformed) to paho.
+  (a command's Response Topic and Correlation Data): :func:`unpack_publish_properties`
+  reads the common ones directly and leaves the rest (User Property, a repeat, anything
+  malformed) to paho.
 - **Every read** was a system call for one byte (the packet type), one per byte of the
   remaining length, then one for the rest: three or more calls per packet, each releasing
   and re-taking the GIL. :class:`ReadAheadSocket` reads what the kernel has (up to 64 KiB)
@@ -25,7 +25,8 @@ it in places that do far more work than the common packet needs:
   :func:`publish_properties` makes a :class:`Properties` whose tables are shared by the
   class and whose two fields are packed directly (byte-identical, tested).
 
-One addition is about correctness, not speed: :meth:`FastClient.limit_in_flight` applies
+The README's "Performance" section has what each of these saves. One addition is about
+correctness, not speed: :meth:`FastClient.limit_in_flight` applies
 the broker's Receive Maximum, which paho ignores, also to what paho resends after a
 reconnect.
 
@@ -189,9 +190,9 @@ def unpack_publish_properties(packet: bytes, start: int) -> tuple[Properties, in
     of the payload; None where paho's own decoder must decide (see ``_LEAN_UNPACK``).
 
     paho's :meth:`Properties.unpack` finds each name by walking its tables and checks each
-    assignment against them: 23 us (fast hour) to 45 us (slow hour) for a command's
-    Response Topic and Correlation Data, 2 us here. The result is a :class:`Properties`
-    equal field by field to paho's (tests/test_paho_client.py holds them side by side).
+    assignment against them; here the common ones are read directly (the README's
+    "Performance" section has both costs). The result is a :class:`Properties` equal field
+    by field to paho's (tests/test_paho_client.py holds them side by side).
     """
     size = len(packet)
     if start >= size or packet[start] & 0x80:
