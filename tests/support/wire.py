@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -147,55 +148,17 @@ class RecordingServer:
         self.stop()
 
 
-class ClosingServer:
-    """Accepts TCP connections and closes them at once; counts them with their times."""
+class _AcceptingServer:
+    """A loopback TCP server whose thread accepts connections and hands each to
+    :meth:`_handle` (the subclasses' behaviour); stopped by leaving the ``with``."""
+
+    scheme = "http"
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
+        self._sock = socket.create_server(("127.0.0.1", 0), backlog=64)
         self._sock.settimeout(0.1)
         self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.accepted: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted.append(time.monotonic())
-            conn.close()
-
-    def __enter__(self) -> ClosingServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close()
-
-
-class SilentServer:
-    """Accepts connections and reads each request's head, then closes the connection
-    without a word (``close=True``) or keeps it open and never answers (``close=False``,
-    until the server stops). ``requests``: how many request heads it read."""
-
-    def __init__(self, *, close: bool) -> None:
-        self._close = close
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.1)
-        self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.requests = 0
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
         self._held: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -208,22 +171,12 @@ class SilentServer:
                 continue
             except OSError:
                 return
-            conn.settimeout(5.0)
-            data = b""
-            with contextlib.suppress(OSError):
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-            if b"\r\n\r\n" in data:
-                self.requests += 1
-            if self._close:
-                conn.close()
-            else:
-                self._held.append(conn)
+            self._handle(conn)
 
-    def __enter__(self) -> SilentServer:
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
         self._thread.start()
         return self
 
@@ -237,39 +190,57 @@ class SilentServer:
             conn.close()
 
 
-class GarbageServer:
+_S = TypeVar("_S", bound=_AcceptingServer)
+
+
+class ClosingServer(_AcceptingServer):
+    """Accepts TCP connections and closes them at once; counts them with their times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted: list[float] = []
+
+    def _handle(self, conn: socket.socket) -> None:
+        self.accepted.append(time.monotonic())
+        conn.close()
+
+
+class SilentServer(_AcceptingServer):
+    """Accepts connections and reads each request's head, then closes the connection
+    without a word (``close=True``) or keeps it open and never answers (``close=False``,
+    until the server stops). ``requests``: how many request heads it read."""
+
+    def __init__(self, *, close: bool) -> None:
+        super().__init__()
+        self._close = close
+        self.requests = 0
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5.0)
+        data = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        if b"\r\n\r\n" in data:
+            self.requests += 1
+        if self._close:
+            conn.close()
+        else:
+            self._held.append(conn)
+
+
+class GarbageServer(_AcceptingServer):
     """Answers every connection at once with a plain-text HTTP line and closes it: what a
     TLS client meets on a port that does not speak TLS (its handshake fails)."""
 
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.1)
-        self.port = self._sock.getsockname()[1]
-        self.url = f"https://127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    scheme = "https"
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-
-    def __enter__(self) -> GarbageServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close()
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
 
 
 @contextlib.contextmanager
