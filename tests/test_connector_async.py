@@ -37,6 +37,10 @@ def async_server(ids: list[str]) -> RecordingServer:
 
 
 def test_callbacks_run_on_the_long_poll_thread(emulator: Emulator, fast_http: bool) -> None:
+    # The device answers after the 202 is back: an answer that came before it would be
+    # completed on the calling thread, as asyncResult documents (a fast device and a busy
+    # caller made this test fail now and then).
+    emulator.set_fault(device_latency=0.3)
     done: Collector[asyncResult] = Collector()
     with client_for(emulator, fastHttp=fast_http) as c:
         r = c.getResourceValue(*TEMP, cbfn=done)
