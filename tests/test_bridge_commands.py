@@ -68,8 +68,8 @@ def test_set_switches_the_light_replies_ok_and_the_value_follows(stack: Stack, u
             "method": "PUT",
             "status": 200,
             "ok": True,
-            "payload": None,
-            "encoding": None,
+            "payload": "",  # what the device sent back: nothing (the Connector's empty payload)
+            "encoding": "utf-8",
             "error": None,
             "transaction": None,
         }

@@ -108,6 +108,21 @@ def test_put_takes_effect_and_is_notified_when_observed(api: Api, emulator: Emul
     assert decode(got) == b"1"
 
 
+def test_a_successful_put_or_post_answers_with_a_payload_even_an_empty_one(api: Api) -> None:
+    """As the Connector does: the original library decodes ``payload`` of every async
+    response and never completes a PUT or POST without it."""
+    api.open_channel()
+    for method, path, body in (
+        ("PUT", "/endpoints/light-001/3311/0/5850", b"1"),
+        ("POST", "/endpoints/light-001/3/0/4", b""),
+    ):
+        entry = api.request_async(method, path, data=body)
+        assert entry["status"] == 200, entry
+        assert "payload" in entry and decode(entry) == b"", entry
+    refused = api.request_async("PUT", "/endpoints/node-001/3/0/0", data=b"x")
+    assert refused["status"] == 405 and "payload" not in refused  # a failure has none
+
+
 def test_put_body_is_raw_bytes_and_validated(api: Api, emulator: Emulator) -> None:
     api.open_channel()
     assert api.request_async("PUT", "/endpoints/light-001/3311/0/5851", data=b"42")["status"] == 200

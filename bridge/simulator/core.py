@@ -736,7 +736,9 @@ class EmulatorCore:
             if not spec.writable:
                 raise DeviceError(405, "METHOD_NOT_ALLOWED")
             value = spec.validate(job.body)
-            self._answer(job, 200)
+            # A success carries a payload, empty when the device sent nothing, as the
+            # Connector's does (the original library decodes it and waits for it).
+            self._answer(job, 200, b"")
             changed = dev.values[index] != value
             dev.values[index] = value
             if changed:
@@ -744,7 +746,7 @@ class EmulatorCore:
         elif verb == "POST":
             if not spec.executable:
                 raise DeviceError(405, "METHOD_NOT_ALLOWED")
-            self._answer(job, 200)
+            self._answer(job, 200, b"")
             if spec.path == REBOOT_PATH:
                 self._reboot(dev)
         else:  # DELETE of a resource: LwM2M devices refuse it
