@@ -33,6 +33,7 @@ from bridge.connector.messages import DISPATCH_ORDER, MessageKind
 from bridge.connector.pending import PendingAsync
 from bridge.connector.result import Callback, asyncResult, decode_payload, value_of
 from bridge.connector.transport import RESPONSE_TYPES, HttpResponse, make_session
+from bridge.connector.websocket import Serialization, StateListener, WebSocketChannel
 
 log = logging.getLogger("bridge.connector")
 
@@ -704,11 +705,97 @@ class connector:
         not get ``412 No notification channel``. ``noWait=True`` pulls with
         ``?noWait=true`` throughout (answers come at once; empty ones are paced).
         """
+        if self._ws is not None and self._ws.is_running():
+            raise RuntimeError("the WebSocket channel is running: stopWebsocket() first")
         return self._poller.start(noWait, first_pull_wait=self.timeout)
 
     def stopLongPolling(self, *, timeout: float = 5.0) -> None:
         """Stop the long-poll thread; waits up to ``timeout`` s for it to end."""
         self._poller.stop(timeout)
+
+    # ---- the WebSocket channel (today's service; bridge/connector/websocket.py) -----------
+
+    _ws: WebSocketChannel | None = None
+
+    def startWebsocket(
+        self,
+        *,
+        include_uid: bool = True,
+        include_original_ep: bool = True,
+        include_timestamp: bool = False,
+        deregistrations_as_object: bool = False,
+        max_chunk_size: int | None = None,
+        onState: StateListener | None = None,
+        connectTimeout: float | None = None,
+        heartbeat: float = 30.0,
+    ) -> str:
+        """Start the WebSocket notification channel of today's service and return its state.
+
+        Registers the channel (``PUT /v2/notification/websocket`` with the serialization
+        options given here; the first registration's options stay in force until the
+        channel is deleted), then connects; messages go to the ``setHandler`` handlers and
+        complete async results, as with the long poll, on the channel's own thread.
+        Returns once the first connection is up (``"connected"``) or failed, at most
+        ``connectTimeout`` seconds (default: ``timeout``) later (``"connecting"``: neither
+        yet); a failed first try that the channel tries again says ``"reconnecting"``, one
+        the service ended says why (``"refused"``, ``"rejected"``...; see
+        :mod:`bridge.connector.websocket`).
+        ``onState(state, detail)`` is called on every change of state. Raises
+        ``RuntimeError`` while long polling runs (one channel at a time); a running
+        WebSocket channel is left as it is.
+        """
+        if self._poller.is_running():
+            raise RuntimeError("long polling is running: stopLongPolling() first")
+        wait = self.timeout if connectTimeout is None else float(connectTimeout)
+        if self._ws is not None and self._ws.is_running():
+            return self._ws.start(wait)
+        if self._ws is not None:
+            self._ws.stop(timeout=1.0)
+        self._ws = WebSocketChannel(
+            self.address,
+            self._token.get,
+            self._register_websocket,
+            self._dispatch,
+            self._expire_due,
+            serialization=Serialization(
+                include_uid=include_uid,
+                include_original_ep=include_original_ep,
+                include_timestamp=include_timestamp,
+                deregistrations_as_object=deregistrations_as_object,
+                max_chunk_size=max_chunk_size,
+            ),
+            on_state=onState,
+            backoff_max=self._poller.backoff_max,
+            heartbeat=float(heartbeat),
+            connect_timeout=self.timeout,
+        )
+        return self._ws.start(wait)
+
+    def stopWebsocket(self, *, timeout: float = 5.0) -> None:
+        """Close the socket (1000) and stop the channel; waits up to ``timeout`` s."""
+        if self._ws is not None:
+            self._ws.stop(timeout)
+
+    def websocketState(self) -> str:
+        """The WebSocket channel's state (``"stopped"`` when it was never started)."""
+        return self._ws.state if self._ws is not None else "stopped"
+
+    def websocketStats(self) -> dict[str, Any]:
+        """The WebSocket channel's counters and state (:meth:`WebSocketChannel.stats`)."""
+        if self._ws is None:
+            return {"state": "stopped", "detail": "not started", "running": False}
+        stats = self._ws.stats()
+        stats["running"] = self._ws.is_running()
+        return stats
+
+    def _register_websocket(self, body: Mapping[str, Any]) -> int | str:
+        resp = self._request(
+            "PUT",
+            "/notification/websocket",
+            body=json.dumps(body).encode("utf-8"),
+            content_type="application/json",
+        )
+        return resp.error if isinstance(resp, response_codes) else resp.status_code
 
     def handler(self, data: str | bytes | bytearray | Mapping[str, Any] | HttpResponse) -> bool:
         """Handle one channel message (e.g. the body a webhook received).
@@ -778,6 +865,7 @@ class connector:
     def close(self) -> None:
         """Stop long polling and close the HTTP session (the object is done after this)."""
         self._poller.stop(timeout=1.0)
+        self.stopWebsocket(timeout=1.0)
         self._session.close()
 
     def __enter__(self) -> connector:
