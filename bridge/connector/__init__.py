@@ -63,6 +63,43 @@ reference and the original library disagree (what was chosen):
 - ``debug()`` controls the ``bridge.connector`` logger (the original: a stream handler
   on a global ``mdc-api-logger`` added by every constructor).
 
+Today's service (``connector(token, url, api="current")``; the default ``api="legacy"``
+is the 2016 Connector and on-premise Device Server the seed was written for). Device
+Management, run by Izuma Networks, removed the endpoint list, the resource calls and the
+long poll; each seed method maps onto what it has now (:mod:`bridge.connector.dialects`):
+
+====================================  ====================================================
+seed method                           today's call
+====================================  ====================================================
+``getEndpoints(type)``                every page of ``GET /v3/devices`` (``limit`` 1000,
+                                      ``after``; ``state__eq=registered``, the type as
+                                      ``endpoint_type__eq``); ``name`` is the device ID,
+                                      ``endpoint_name`` and ``device`` beside it
+``getResources(ep)``                  ``GET /v2/endpoints/{id}`` (as before)
+``getResourceValue``,                 ``POST /v2/device-requests/{id}?async-id=`` with
+``putResourceValue``,                 ``GET``/``PUT``/``POST``/``DELETE`` (``uri`` ``/``
+``postResource``, ``deleteEndpoint``  for ``deleteEndpoint``), the value base64 in
+                                      ``payload-b64``; the async id is made by the client
+                                      and waits before the request goes out; the answer
+                                      always comes on the channel; ``retry`` and
+                                      ``expiry`` become ``retry`` and ``expiry-seconds``
+subscriptions, pre-subscriptions,     the same routes
+callback
+``startLongPolling``                  removed by the service (404, logged as such): use
+                                      ``startWebsocket()`` or ``putCallback()``
+``getConnectorVersion``,              no such routes: an ``unsupported`` error
+``getApiVersions``, ``getLimits``
+``noResp``, ``cacheOnly``             no equivalent: an ``unsupported`` error
+====================================  ====================================================
+
+``retry`` and ``expiry`` on the legacy service give the ``unsupported`` error too. Error
+bodies of today's service (``{"object": "error", ...}``) are read into the error object
+(``errorType``, ``errorCode``, ``requestId``, ``fields``); an async response's ``error``
+(``TIMEOUT``, ``REQUEST_EXPIRED``) is its ``errorCode``. Channel entries whose ``uid``
+was seen before are dropped (a window of the last ``duplicateWindow`` uids) and counted
+(:meth:`~connector.duplicatesDropped`); ``max-age`` is read as a number whether it came
+as one or as a string.
+
 Exports: :class:`connector`, :class:`asyncResult`, :class:`response_codes` and
 :func:`decode_payload` (the bytes of a notification's base64 ``payload``).
 """

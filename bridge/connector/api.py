@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
 from bridge.connector.channel import LongPoller, Message, parse_message
+from bridge.connector.dialects import API_NAMES, DIALECTS, Api, unsupported
 from bridge.connector.errors import (
     ASYNC_TIMEOUT,
     CONNECTION_ERROR,
@@ -29,7 +30,7 @@ from bridge.connector.errors import (
     TransportError,
     response_codes,
 )
-from bridge.connector.messages import DISPATCH_ORDER, MessageKind
+from bridge.connector.messages import DISPATCH_ORDER, MessageKind, RecentIds, drop_seen
 from bridge.connector.pending import PendingAsync
 from bridge.connector.result import Callback, asyncResult, decode_payload, value_of
 from bridge.connector.transport import RESPONSE_TYPES, HttpResponse, make_session
@@ -120,13 +121,20 @@ class connector:
         pollTimeout: float = 40.0,
         pullLinger: float = 0.0,
         fastHttp: bool = False,
+        api: Api = "legacy",
+        duplicateWindow: int = 65_536,
     ) -> None:
         if not isinstance(token, str) or not token.strip():
             raise TypeError("token must be a non-empty string (the Connector access key)")
         if token != token.strip() or not token.isprintable() or not token.isascii():
             # requests would refuse it later, quoting the header (and the key) in its error
             raise ValueError("token holds whitespace or characters not allowed in a header")
+        if api not in API_NAMES:
+            raise ValueError(f"api must be one of {', '.join(API_NAMES)}, not {api!r}")
         self._token = _Secret(token)
+        self.api: Api = api
+        self._dialect = DIALECTS[api](self)
+        self._seen = RecentIds(int(duplicateWindow))
         self.address = self._base_url(webAddress, port)
         self.port = port
         self.timeout = float(timeout)
@@ -195,10 +203,15 @@ class connector:
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
         content_type: str | None = None,
+        api_version: str | None = None,
     ) -> HttpResponse | response_codes:
         """One HTTP call; a client-side :class:`response_codes` when no answer came, its
-        ``failure`` from the type of the stack's :class:`TransportError`."""
-        url = self._url(path, versioned)
+        ``failure`` from the type of the stack's :class:`TransportError`. ``api_version``
+        replaces ``/v2`` (``/v3`` for today's device directory)."""
+        if api_version is None:
+            url = self._url(path, versioned)
+        else:
+            url = self.address + api_version + path
         headers = {"Content-Type": content_type} if content_type else None
         started = time.monotonic()
         try:
@@ -287,7 +300,7 @@ class connector:
 
     def _error(self, result: asyncResult, parent: str, resp: HttpResponse) -> asyncResult:
         result._complete(
-            error=response_codes(parent, resp.status_code),
+            error=response_codes.from_body(parent, resp.status_code, resp.content),
             result=self._text(resp),
             status_code=resp.status_code,
             raw_data=resp.content,
@@ -336,9 +349,15 @@ class connector:
                 error=err, result=self._text(resp), status_code=202, raw_data=resp.content
             )
             return result
-        result.async_id = async_id
         result.status_code = 202
         result.raw_data = resp.content
+        self._await_async(result, async_id)
+        self._expire_due()
+        return result
+
+    def _await_async(self, result: asyncResult, async_id: str) -> None:
+        """``result`` waits for the ``async-responses`` entry of ``async_id``."""
+        result.async_id = async_id
         if self.asyncTimeout is not None:
             result._deadline = time.monotonic() + self.asyncTimeout
             result._expire = self._expire_due
@@ -347,6 +366,29 @@ class connector:
         if early is not None:
             log.debug("async id %r was answered before its 202 came back", async_id)
             self._complete_async(result, early)
+
+    def _device_request(
+        self, result: asyncResult, ep: str, params: dict[str, str], body: bytes
+    ) -> asyncResult:
+        """``POST /v2/device-requests/{ep}``: ``params["async-id"]`` waits for its answer
+        before the request goes out; anything but 202 ends the wait and the result."""
+        async_id = params["async-id"]
+        self._await_async(result, async_id)
+        resp = self._request(
+            "POST",
+            "/device-requests" + self._ep_path(ep),
+            params=params,
+            body=body,
+            content_type="application/json",
+        )
+        if isinstance(resp, response_codes) or resp.status_code != 202:
+            self._pending.forget(async_id)
+            if isinstance(resp, response_codes):
+                return self._fail_transport(result, resp)
+            result.http_status = resp.status_code
+            return self._error(result, "resource", resp)
+        result.http_status = 202
+        result._accepted(202, resp.content)
         self._expire_due()
         return result
 
@@ -368,11 +410,13 @@ class connector:
             except ValueError as exc:
                 bad_payload = str(exc)
         if status >= 400 or error_text:
-            err: Literal[False] | response_codes = response_codes(
+            failed = response_codes(
                 "async-responses-handler",
                 status,
                 error=str(error_text) if error_text else None,
             )
+            failed.errorCode = str(error_text) if error_text else None
+            err: Literal[False] | response_codes = failed
             value: Any = str(error_text) if error_text else ""
         elif bad_payload:
             err = response_codes.client(INVALID_RESPONSE, bad_payload, status_code=status)
@@ -406,6 +450,13 @@ class connector:
                 self._complete_async(result, entry)
 
     def _dispatch(self, message: Message) -> None:
+        dropped = drop_seen(message, self._seen)
+        if dropped:
+            log.debug(
+                "%d entr%s seen before (same uid) dropped", dropped, "y" if dropped == 1 else "ies"
+            )
+            if not any(name in message for name in HANDLER_NAMES):
+                return
         for name in HANDLER_NAMES:
             if name not in message:
                 continue
@@ -432,51 +483,42 @@ class connector:
     # ---- service information -----------------------------------------------------------
 
     def getConnectorVersion(self) -> asyncResult:
-        """GET the current Connector version (``GET /``, unversioned); ``result`` is text."""
-        result = asyncResult()
-        resp = self._request("GET", "/", versioned=False)
-        return self._simple(result, "get_mdc_version", resp, (200,), "text")
+        """GET the current Connector version (``GET /``, unversioned); ``result`` is text.
+        Today's service has no such route: an ``unsupported`` error."""
+        return self._dialect.service_info(asyncResult(), "get_mdc_version", "/", "text")
 
     def getApiVersions(self) -> asyncResult:
-        """The REST API versions the service accepts (``GET /rest-versions``); a list."""
-        result = asyncResult()
-        resp = self._request("GET", "/rest-versions", versioned=False)
-        return self._simple(result, "get_rest_version", resp, (200,), "json")
+        """The REST API versions the service accepts (``GET /rest-versions``); a list.
+        Today's service has no such route: an ``unsupported`` error."""
+        return self._dialect.service_info(
+            asyncResult(), "get_rest_version", "/rest-versions", "json"
+        )
 
     def getLimits(self) -> asyncResult:
-        """The account's limits (``GET /v2/limits``); a dict."""
-        result = asyncResult()
-        resp = self._request("GET", "/limits")
-        return self._simple(result, "limit", resp, (200,), "json")
+        """The account's limits (``GET /v2/limits``); a dict. Today's service has no such
+        route: an ``unsupported`` error."""
+        return self._dialect.service_info(asyncResult(), "limit", "/limits", "json")
 
     # ---- endpoints and resources ----------------------------------------------------------
 
     def getEndpoints(self, typeOfEndpoint: str = "") -> asyncResult:
-        """All endpoints (``GET /v2/endpoints[?type=]``); a list of dicts."""
+        """All registered endpoints, a list of dicts with ``name`` and ``type``: legacy
+        ``GET /v2/endpoints[?type=]``; today every page of ``GET /v3/devices`` (registered
+        devices, ``endpoint_type`` filter), ``name`` being the device ID every call takes,
+        with ``endpoint_name`` and the ``device`` object beside it."""
         result = asyncResult()
-        params = {"type": typeOfEndpoint} if typeOfEndpoint else None
         if typeOfEndpoint:
             result.extra["type"] = typeOfEndpoint
-        resp = self._request("GET", "/endpoints", params=params)
-        return self._simple(result, "get_endpoints", resp, (200,), "json")
-
-    @staticmethod
-    def _flags(noResp: bool, cacheOnly: bool) -> dict[str, str] | None:
-        # Both flags go out when either is set (as the original did).
-        if not (noResp or cacheOnly):
-            return None
-        return {
-            "noResp": "true" if noResp else "false",
-            "cacheOnly": "true" if cacheOnly else "false",
-        }
+        return self._dialect.list_endpoints(result, typeOfEndpoint)
 
     def getResources(self, ep: str, noResp: bool = False, cacheOnly: bool = False) -> asyncResult:
         """The resources of ``ep`` (``GET /v2/endpoints/{ep}``); a list of dicts."""
         result = asyncResult()
         result.endpoint = ep
-        resp = self._request(
-            "GET", "/endpoints" + self._ep_path(ep), params=self._flags(noResp, cacheOnly)
-        )
+        flags = self._dialect.listing_flags(noResp, cacheOnly)
+        if isinstance(flags, str):
+            return unsupported(result, flags)
+        resp = self._request("GET", "/endpoints" + self._ep_path(ep), params=flags)
         return self._simple(result, "get_resources", resp, (200,), "json")
 
     def getResourceValue(
@@ -486,14 +528,20 @@ class connector:
         cbfn: Callback | str = "",
         noResp: bool = False,
         cacheOnly: bool = False,
+        *,
+        retry: int | None = None,
+        expiry: int | None = None,
     ) -> asyncResult:
-        """Read ``res`` on ``ep``: 200 is a cached value, 202 an async answer to come."""
+        """Read ``res`` on ``ep``: 200 is a cached value, 202 an async answer to come.
+        Today's service: a device request, always answered later. ``retry`` (delivery
+        attempts after the first) and ``expiry`` (seconds delivery is tried) go with a
+        device request; the legacy service has neither (an ``unsupported`` error)."""
         result = asyncResult(callback=cbfn)
         result.endpoint, result.resource = ep, res
-        resp = self._request(
-            "GET", "/endpoints" + self._ep_path(ep, res), params=self._flags(noResp, cacheOnly)
-        )
-        return self._resource(result, "resource", resp, (200,))
+        return self._dialect.resource_call(
+            result, "GET", ep, res, None, noResp=noResp, cacheOnly=cacheOnly,
+            retry=retry, expiry=expiry,
+        )  # fmt: skip
 
     @staticmethod
     def _body(data: object) -> tuple[bytes | None, str | None]:
@@ -509,38 +557,47 @@ class connector:
         raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
 
     def putResourceValue(
-        self, ep: str, res: str, data: str | bytes, cbfn: Callback | str = ""
+        self,
+        ep: str,
+        res: str,
+        data: str | bytes,
+        cbfn: Callback | str = "",
+        *,
+        retry: int | None = None,
+        expiry: int | None = None,
     ) -> asyncResult:
-        """Write ``data`` (sent as raw bytes: str as UTF-8 text) to ``res`` on ``ep``."""
+        """Write ``data`` (sent as raw bytes: str as UTF-8 text) to ``res`` on ``ep``;
+        ``retry`` and ``expiry`` as for :meth:`getResourceValue`."""
         result = asyncResult(callback=cbfn)
         result.endpoint, result.resource = ep, res
-        body, ctype = self._body(data)
-        resp = self._request(
-            "PUT",
-            "/endpoints" + self._ep_path(ep, res),
-            body=body if body is not None else b"",
-            content_type=ctype or "text/plain",
-        )
-        return self._resource(result, "resource", resp, (200, 201))
+        self._body(data)  # a value of the wrong type raises before anything is sent
+        return self._dialect.resource_call(result, "PUT", ep, res, data, retry=retry, expiry=expiry)
 
     def postResource(
-        self, ep: str, res: str, data: str | bytes = "", cbfn: Callback | str = ""
+        self,
+        ep: str,
+        res: str,
+        data: str | bytes = "",
+        cbfn: Callback | str = "",
+        *,
+        retry: int | None = None,
+        expiry: int | None = None,
     ) -> asyncResult:
-        """Execute ``res`` on ``ep`` with the optional argument ``data`` (raw bytes)."""
+        """Execute ``res`` on ``ep`` with the optional argument ``data`` (raw bytes);
+        ``retry`` and ``expiry`` as for :meth:`getResourceValue`."""
         result = asyncResult(callback=cbfn)
         result.endpoint, result.resource = ep, res
-        body, ctype = self._body(data)
-        resp = self._request(
-            "POST", "/endpoints" + self._ep_path(ep, res), body=body, content_type=ctype
+        self._body(data)
+        return self._dialect.resource_call(
+            result, "POST", ep, res, data, retry=retry, expiry=expiry
         )
-        return self._resource(result, "resource", resp, (200, 201))
 
     def deleteEndpoint(self, ep: str, cbfn: Callback | str = "") -> asyncResult:
-        """Send DELETE to an endpoint (``DELETE /v2/endpoints/{ep}``)."""
+        """Send DELETE to an endpoint (legacy ``DELETE /v2/endpoints/{ep}``; today a
+        ``DELETE`` device request on ``/``)."""
         result = asyncResult(callback=cbfn)
         result.endpoint = ep
-        resp = self._request("DELETE", "/endpoints" + self._ep_path(ep))
-        return self._resource(result, "resource", resp, (200,))
+        return self._dialect.resource_call(result, "DELETE", ep, "", None)
 
     # ---- subscriptions ------------------------------------------------------------------
 
@@ -851,6 +908,10 @@ class connector:
         stats = self._poller.stats()
         stats["running"] = self._poller.is_running()
         return stats
+
+    def duplicatesDropped(self) -> int:
+        """How many channel entries were dropped because their ``uid`` was seen before."""
+        return self._seen.dropped
 
     def pendingCount(self) -> int:
         """How many async ids wait for their answer."""

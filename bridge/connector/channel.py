@@ -81,6 +81,7 @@ class _Outcome:
     message: Message | None = None
     problem: str | None = None
     refused: int | None = None  # 401/403: the access key was refused
+    removed: int | None = None  # 404/410: the service has no long poll (today's removed it)
     retry_after: float | None = None
 
 
@@ -244,6 +245,8 @@ class LongPoller:
                 return _Outcome(problem=f"HTTP 200 with a bad body: {exc}")
         if status in (401, 403):
             return _Outcome(problem=f"HTTP {status}", refused=status)
+        if status in (404, 410):
+            return _Outcome(problem=f"HTTP {status}", removed=status)
         return _Outcome(problem=f"HTTP {status}", retry_after=_retry_after(resp))
 
     def _run(self, stop: threading.Event, noWait: bool, first: threading.Event) -> None:
@@ -287,6 +290,14 @@ class LongPoller:
                     "Connector refused the access key on the notification channel "
                     "(HTTP %d): check the token; next try in %.1f s",
                     outcome.refused,
+                    delay,
+                )
+            elif outcome.removed:
+                delay = self.backoff_max  # a removed route will not come back soon
+                log.error(
+                    "the service has no long poll (HTTP %d; today's Device Management "
+                    "removed it: use startWebsocket() or putCallback()); next try in %.1f s",
+                    outcome.removed,
                     delay,
                 )
             else:

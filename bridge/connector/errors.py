@@ -21,7 +21,9 @@ the service (``"not_sent"``) or may have reached it (``"no_answer"``): the HTTP 
 
 from __future__ import annotations
 
-from typing import ClassVar, Final, Literal
+import json
+import re
+from typing import Any, ClassVar, Final, Literal
 
 #: How a call failed without an HTTP answer: ``"not_sent"``, the request certainly never
 #: reached the service (no connection: DNS failure, refused, connect time-out, TLS
@@ -83,6 +85,7 @@ CONNECTION_ERROR = "connection_error"  # could not connect, connection reset or 
 REQUEST_TIMEOUT = "request_timeout"  # the HTTP call got no answer within `timeout`
 ASYNC_TIMEOUT = "async_timeout"  # no async-responses entry within `asyncTimeout`
 INVALID_RESPONSE = "invalid_response"  # the answer was unusable (status_code = HTTP status)
+UNSUPPORTED = "unsupported"  # the dialect in use has no such call or option: nothing was sent
 
 _RESOURCE = {
     200: "Successful GET, PUT, DELETE operation.",
@@ -210,6 +213,34 @@ def error_text(errParent: str, status_code: int) -> str:
     return _GENERAL.get(status_code, UNKNOWN_ERROR)
 
 
+_CODE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z]{3,}")
+
+
+def _error_body(body: bytes) -> dict[str, Any] | None:
+    """Today's error body as a dict, or None for anything else (plain text, HTML)."""
+    if not body or body[:1] != b"{":
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and doc.get("object") == "error":
+        return doc
+    return None
+
+
+def _leading_code(message: str | None) -> str | None:
+    """The upper-case error name a message starts with (``DEVICE_NOT_CONNECTED: ...``):
+    the service documents its device-request errors by these names in the message."""
+    if not message:
+        return None
+    found = _CODE.match(message)
+    if found is None:
+        return None
+    end = found.end()
+    return found.group() if end == len(message) or not message[end].isalnum() else None
+
+
 class response_codes:
     """The error of a failed call, as the seed API defines it.
 
@@ -224,12 +255,26 @@ class response_codes:
         certainly never reached the service) or ``"no_answer"`` (it was or may have been
         sent, no complete answer came); None for an answer with an HTTP status and for
         everything else (see :data:`Failure`).
+
+    Today's service answers errors with a JSON body (``{"object": "error", "code",
+    "type", "message", "request_id", "fields"}``); :meth:`from_body` reads it into
+    ``error`` (the message) and these, None when there was no such body:
+
+    :var errorType: the body's ``type`` (``validation_error``, ``not_found``...).
+    :var errorCode: the service's error name the message starts with, or an async
+        response's ``error`` (``DEVICE_NOT_CONNECTED``, ``QUEUE_IS_FULL``, ``TIMEOUT``...).
+    :var requestId: the body's ``request_id``, to quote to the service's support.
+    :var fields: the body's ``fields`` (validation errors: ``[{"name", "message"}]``).
     """
 
     status_code: int
     errType: str
     error: str
     failure: Failure | None
+    errorType: str | None = None
+    errorCode: str | None = None
+    requestId: str | None = None
+    fields: list[dict[str, Any]] | None = None
 
     def __init__(
         self,
@@ -244,6 +289,26 @@ class response_codes:
         self.errType = errType if errType is not None else f"{errParent}{status_code}"
         self.error = error if error else error_text(errParent, status_code)
         self.failure = failure
+
+    @classmethod
+    def from_body(cls, errParent: str, status_code: int, body: bytes) -> response_codes:
+        """The error of an HTTP answer: read from today's error body when it is one,
+        else the documented text for the status (the legacy service's plain bodies)."""
+        doc = _error_body(body)
+        if doc is None:
+            return cls(errParent, status_code)
+        message = doc.get("message")
+        text = message if isinstance(message, str) and message else None
+        err = cls(errParent, status_code, error=text)
+        kind = doc.get("type")
+        err.errorType = kind if isinstance(kind, str) else None
+        err.errorCode = _leading_code(text)
+        rid = doc.get("request_id")
+        err.requestId = rid if isinstance(rid, str) else None
+        fields = doc.get("fields")
+        if isinstance(fields, list):
+            err.fields = [f for f in fields if isinstance(f, dict)]
+        return err
 
     @classmethod
     def client(

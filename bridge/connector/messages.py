@@ -8,7 +8,10 @@ plain strings (the wire keys), so they compare, hash, format and serialise as th
 
 from __future__ import annotations
 
-from typing import Final, Literal
+import contextlib
+import threading
+from collections import deque
+from typing import Any, Final, Literal
 
 Kind = Literal[
     "notifications",
@@ -52,3 +55,64 @@ DISPATCH_ORDER: Final[tuple[Kind, ...]] = (
     MessageKind.DE_REGISTRATIONS,
     MessageKind.REGISTRATIONS_EXPIRED,
 )
+
+
+class RecentIds:
+    """The last ``size`` entry ``uid``\\ s seen, to drop an entry delivered twice.
+
+    Today's service puts a ``uid`` on every entry (serialization option ``include_uid``)
+    so that a consumer can tell a redelivery (after a reconnect, a retried callback) from
+    a new entry. The window is bounded: memory stays flat however long the channel runs.
+    Thread-safe (a webhook server may dispatch on several threads).
+    """
+
+    def __init__(self, size: int = 65_536) -> None:
+        if size < 1:
+            raise ValueError("the duplicate window must hold at least one uid")
+        self.size = size
+        self.dropped = 0
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first_time(self, uid: str) -> bool:
+        """True for a uid not in the window (it is added), False for a duplicate."""
+        with self._lock:
+            if uid in self._ids:
+                self.dropped += 1
+                return False
+            self._ids.add(uid)
+            self._order.append(uid)
+            if len(self._order) > self.size:
+                self._ids.discard(self._order.popleft())
+            return True
+
+
+def drop_seen(message: dict[str, Any], seen: RecentIds) -> int:
+    """Remove the entries whose ``uid`` was seen before from ``message`` (in place; a
+    kind left empty is removed) and read ``max-age`` as a number where it came as a
+    string (the API file declares a string, the service's examples send numbers).
+    Returns how many entries were dropped."""
+    dropped = 0
+    for kind in MESSAGE_KINDS:
+        entries = message.get(kind)
+        if not isinstance(entries, list):
+            continue
+        kept = []
+        for entry in entries:
+            if isinstance(entry, dict):
+                uid = entry.get("uid")
+                if isinstance(uid, str) and not seen.first_time(uid):
+                    dropped += 1
+                    continue
+                age = entry.get("max-age")
+                if isinstance(age, str):
+                    with contextlib.suppress(ValueError):
+                        entry["max-age"] = int(age)
+            kept.append(entry)
+        if len(kept) != len(entries):
+            if kept:
+                message[kind] = kept
+            else:
+                del message[kind]
+    return dropped

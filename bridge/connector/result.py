@@ -202,6 +202,14 @@ class asyncResult:
                 log.exception("cbfn %r raised for %s%s", cb, self.endpoint, self.resource)
         return True
 
+    def _accepted(self, status_code: int, raw_data: Any) -> None:
+        """The service accepted the call (202); its answer comes later, unless it came
+        already (on the channel's thread, while the 202 was on its way)."""
+        with self._lock:
+            if not self.is_done:
+                self.status_code = status_code
+                self.raw_data = raw_data
+
     def __repr__(self) -> str:
         state = "done" if self.is_done else "pending"
         err = f", error={self.error.errType!r}" if self.error else ""
