@@ -418,7 +418,7 @@ class WebSocketChannel:
         run = _Run(LoopThread(self.name))
         with self._lock:
             self._run = run
-        self._set_state("connecting", "registering the channel")
+        self._set_state(run, "connecting", "registering the channel")
 
         async def setup() -> None:
             run.wake = asyncio.Event()
@@ -461,9 +461,11 @@ class WebSocketChannel:
 
     # ---- state ---------------------------------------------------------------------
 
-    def _set_state(self, state: State, detail: str) -> None:
+    def _set_state(self, run: _Run, state: State, detail: str) -> None:
+        """Enter ``state`` unless ``run`` is no longer the current start (an old run that
+        ends in the background after a new start says nothing)."""
         with self._lock:
-            if state == self._state and detail == self._detail:
+            if run is not self._run or (state == self._state and detail == self._detail):
                 return
             self._state, self._detail = state, detail
             listener = self._on_state
@@ -585,7 +587,7 @@ class WebSocketChannel:
                 self._count(
                     retries=1, consecutive_failures=backoff.failures, last_error=verdict.detail
                 )
-                self._set_state("reconnecting", f"{verdict.detail}; next try in {delay:.2f} s")
+                self._set_state(run, "reconnecting", f"{verdict.detail}; next try in {delay:.2f} s")
                 await self._sleep(run, delay)
         except asyncio.CancelledError:
             pass  # stop(): a registration, handshake or unanswered close cut short
@@ -595,7 +597,7 @@ class WebSocketChannel:
             with contextlib.suppress(Exception):
                 await run.session.close()
             run.executor.shutdown(wait=False)
-            self._set_state(*final)
+            self._set_state(run, *final)
             run.first.set()
             loop.call_soon(loop.stop)  # the loop thread ends too (teardown sets ended)
 
@@ -650,7 +652,7 @@ class WebSocketChannel:
             return Verdict("stop", "stopped", "stopped by its owner"), True
         run.ws = ws
         self._count(connects=1, reconnects=1 if connected_before else 0, consecutive_failures=0)
-        self._set_state("connected", f"connected to {self.url}")
+        self._set_state(run, "connected", f"connected to {self.url}")
         run.first.set()
         opened = time.monotonic()
         messages = 0
