@@ -3,6 +3,11 @@
 Every route answers under ``/v2/x`` and ``/x``, with or without a trailing slash. Path
 segments are percent-decoded one by one, so an endpoint name may contain an encoded
 ``/``. Faults are applied here, by route name, before the operation runs.
+
+The current dialect answers every error with the service's error body
+(:mod:`bridge.simulator.errors`), and the routes the service removed (the endpoint list,
+the resource verbs, the long poll, the version and limits routes) with 404 ``not_found``,
+as a route that does not exist.
 """
 
 from __future__ import annotations
@@ -17,7 +22,16 @@ from aiohttp import web
 
 from bridge.simulator import channel as ch
 from bridge.simulator.admin import handle_admin
-from bridge.simulator.core import VERSION_TEXT, EmulatorCore, Reply, as_json, bool_arg, text
+from bridge.simulator.core import (
+    VERSION_TEXT,
+    EmulatorCore,
+    Reply,
+    api_error,
+    as_json,
+    bool_arg,
+    text,
+)
+from bridge.simulator.errors import error_json
 
 Handler = Callable[[web.Request, list[str]], Awaitable[Reply | web.StreamResponse]]
 
@@ -34,8 +48,37 @@ def split_path(raw_path: str) -> list[str]:
     return [unquote(p) for p in parts]
 
 
-def resolve(method: str, parts: list[str]) -> tuple[str | None, bool]:
-    """The route name for a method and path; (None, path_known) when there is none."""
+# Routes the current dialect no longer has (the service removed them).
+REMOVED = frozenset(
+    {
+        "version",
+        "rest-versions",
+        "limits",
+        "endpoints",
+        "endpoint-delete",
+        "resource-get",
+        "resource-put",
+        "resource-post",
+        "resource-delete",
+        "pull",
+    }
+)
+
+
+def resolve(method: str, parts: list[str], current: bool = False) -> tuple[str | None, bool]:
+    """The route name for a method and path; (None, path_known) when there is none. In
+    the current dialect a removed route is no route (None, False)."""
+    route, known = _resolve(method, parts)
+    if current and known:
+        table = {m: _resolve(m, parts)[0] for m in ("GET", "PUT", "POST", "DELETE")}
+        live = {m: r for m, r in table.items() if r is not None and r not in REMOVED}
+        if not live:
+            return None, False
+        return live.get(method), True
+    return route, known
+
+
+def _resolve(method: str, parts: list[str]) -> tuple[str | None, bool]:
     n = len(parts)
     head = parts[0] if parts else ""
     table: dict[str, str] = {}
@@ -98,17 +141,25 @@ class RestApp:
             key.strip().encode(), self.core.token.encode()
         )
 
+    def error(self, status: int, message: str) -> web.Response:
+        """An error answer: plain text (legacy) or the service's error body (current)."""
+        if self.core.current:
+            return web.Response(
+                status=status, body=error_json(status, message), content_type="application/json"
+            )
+        return web.Response(status=status, text=message)
+
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         if not self.authorized(request):
-            return web.Response(status=401, text="Unauthorized: missing or wrong access key")
+            return self.error(401, "Unauthorized: missing or wrong access key")
         parts = split_path(request.rel_url.raw_path)
         if parts and parts[0] == "admin" and not request.rel_url.raw_path.startswith("/v2/"):
             return await handle_admin(self.core, request, parts[1:])
-        route, known = resolve(request.method, parts)
+        route, known = resolve(request.method, parts, self.core.current)
         if route is None:
             if known:
-                return web.Response(status=405, text=f"{request.method} not allowed here")
-            return web.Response(status=404, text="no such route")
+                return self.error(405, f"{request.method} not allowed here")
+            return self.error(404, "no such route")
         core = self.core
         core.count("requests")
         faults = core.faults
@@ -116,10 +167,12 @@ class RestApp:
             await asyncio.Event().wait()  # never answers; ends when the client gives up
         forced = faults.forced_for(route)
         if forced is not None:
+            if core.current and forced.status >= 400 and not forced.body:
+                return self.error(forced.status, f"forced status {forced.status}")
             return web.Response(status=forced.status, text=forced.body)
         error = faults.error_for(route)
         if error is not None:
-            return web.Response(status=error, text=f"injected error {error}")
+            return self.error(error, f"injected error {error}")
         if faults.latency:
             await asyncio.sleep(faults.latency)
         if faults.malformed_for(route):
@@ -127,6 +180,8 @@ class RestApp:
         if route == "pull":
             return await self.pull(request)
         reply = await self.operate(route, request, parts)
+        if core.current and reply.status >= 400 and reply.content_type != "application/json":
+            reply = api_error(reply.status, reply.body.decode("utf-8", "replace"))
         return web.Response(status=reply.status, body=reply.body or None, headers=_ct(reply))
 
     async def operate(self, route: str, request: web.Request, parts: list[str]) -> Reply:

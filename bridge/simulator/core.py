@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import heapq
 import json
 import random
 import time
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import aiohttp
 
@@ -36,6 +37,7 @@ from bridge.simulator.devices import (
     lwm2m_json,
     resource_from_dict,
 )
+from bridge.simulator.errors import error_json
 from bridge.simulator.faults import Faults
 from bridge.simulator.presubs import Rule, mask_for, parse_rules
 from bridge.simulator.scenario import Scenario, default_scenario
@@ -57,6 +59,17 @@ def text(status: int, message: str = "") -> Reply:
 
 def as_json(status: int, obj: Any) -> Reply:
     return Reply(status, json.dumps(obj).encode(), "application/json")
+
+
+def api_error(
+    status: int, message: str, type_: str | None = None, fields: list[dict[str, str]] | None = None
+) -> Reply:
+    """A current-dialect error body (see :mod:`bridge.simulator.errors`)."""
+    return Reply(status, error_json(status, message, type_, fields), "application/json")
+
+
+Api = Literal["legacy", "current"]
+APIS: tuple[Api, ...] = ("legacy", "current")
 
 
 class Job(NamedTuple):
@@ -88,6 +101,7 @@ COUNTER_NAMES = (
     "pulls_refused",
     "webhook_posts",
     "async_requests",
+    "discarded",
     *_EMITTED_KIND,
 )
 
@@ -110,7 +124,15 @@ class EmulatorCore:
         batch_size: int = 10_000,
         channel_idle_timeout: float = 120.0,
         transaction_quota: int = 10_000,
+        api: Api = "legacy",
     ) -> None:
+        if api not in APIS:
+            raise ValueError(f"api must be one of {', '.join(APIS)}: {api!r}")
+        self.api: Api = api
+        self.current = api == "current"
+        # Entry fragments of this dialect; a current-dialect channel registered with
+        # serialization options brings its own (see set_encoder).
+        self.enc = ch.Encoder(self.current)
         self.token = token
         self.scenario = default_scenario() if scenario is None else scenario
         self.pull_timeout = pull_timeout
@@ -123,7 +145,11 @@ class EmulatorCore:
         self.faults = Faults(random.Random(None if seed is None else seed + 1))
         self.outbox = ch.Outbox(max_pending, batch_size)
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
-        self.devices: dict[str, Device] = {}
+        self.devices: dict[str, Device] = {}  # by endpoint name
+        self.by_id: dict[str, Device] = {}  # by device ID
+        self.ids: list[str] = []  # every device ID, sorted (the device directory's order)
+        # The devices as REST paths name them: by name (legacy) or by device ID (current).
+        self.by_ep = self.by_id if self.current else self.devices
         self._generated: list[Device] = []  # drifted round-robin, a slice per tick
         self._featured: list[Device] = []  # named devices, drifted every tick
         self._drift_pos = 0
@@ -134,6 +160,8 @@ class EmulatorCore:
         self.rules_json: list[Any] = []
         self._rule_masks: dict[tuple[int, DeviceTemplate], int] = {}
         self.callback: dict[str, Any] | None = None
+        # The current dialect's one notification channel: "CALLBACK" or "WEB_SOCKET".
+        self.channel_kind: str | None = None
         self.pull_open = False
         self.last_pull_end = -1e18
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -143,13 +171,22 @@ class EmulatorCore:
         self._channel_waiters: list[asyncio.Future[None]] = []
         self._generic = DeviceTemplate("Sensor", "Sensor", IPSO_OBJECTS["3303"])
         now = time.monotonic()
+        wall = time.time()
         named = {name for name, _ in self.scenario.devices}
         for name, template in self.scenario.endpoints(devices):
             dev = Device(name, template)
-            self.devices[name] = dev
+            self._add(dev, wall)
             (self._featured if name in named else self._generated).append(dev)
             self._activate(dev, now)
+        self.ids = sorted(self.by_id)
         self.endpoint_quota = max(100, len(self.devices))
+
+    def _add(self, dev: Device, wall: float) -> None:
+        if self.current:
+            dev.ep = dev.id
+        dev.created_at = dev.updated_at = wall
+        self.devices[dev.name] = dev
+        self.by_id[dev.id] = dev
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -195,9 +232,16 @@ class EmulatorCore:
     # --- emitting -------------------------------------------------------------------
 
     def emit(self, entry: ch.Entry) -> None:
-        self.outbox.put(entry)
         self.counters["emitted"] += 1
         self.counters[_EMITTED_KIND[entry[0]]] += 1
+        if self._discarding():
+            self.counters["discarded"] += 1
+            return
+        self.outbox.put(entry)
+
+    def _discarding(self) -> bool:
+        """Current dialect without a notification channel: the service keeps nothing."""
+        return self.current and self.channel_kind is None
 
     def notify(self, dev: Device, index: int) -> None:
         """The device's value at ``index`` changed: a notification if it is observed."""
@@ -205,7 +249,7 @@ class EmulatorCore:
             return
         spec = dev.template.resources[index]
         value = dev.values[index]
-        self.emit(ch.notification(dev.name, spec.path, value, spec.ct))
+        self.emit(self.enc.notification(dev.ep, dev.name, spec.path, value, spec.ct))
         self._cache(dev, index, value)
 
     def _cache(self, dev: Device, index: int, value: bytes) -> None:
@@ -273,7 +317,8 @@ class EmulatorCore:
         dev = self.devices.get(ep)
         if dev is None:
             dev = Device(ep, template, ept=ept, q=q, lifetime=lifetime)
-            self.devices[ep] = dev
+            self._add(dev, time.time())
+            bisect.insort(self.ids, dev.id)
             self._featured.append(dev)
         else:
             self._drop_queue(dev)
@@ -285,17 +330,22 @@ class EmulatorCore:
         self._emit_registration(ch.REGISTRATION, dev)
 
     def _emit_registration(self, kind: int, dev: Device) -> None:
+        dev.updated_at = time.time()
         self.emit(
-            ch.registration(
-                kind, dev.name, dev.ept, dev.q, dev.template.registration_resources_json
+            self.enc.registration(
+                kind, dev.ep, dev.name, dev.ept, dev.q, dev.template.registration_resources_json
             )
         )
 
     def device(self, ep: str) -> Device:
-        dev = self.devices.get(ep)
+        """A device by endpoint name, or by device ID (control calls and admin routes)."""
+        dev = self.devices.get(ep) or self.by_id.get(ep)
         if dev is None:
             raise KeyError(f"unknown endpoint {ep!r}")
         return dev
+
+    def device_id(self, ep: str) -> str:
+        return self.device(ep).id
 
     def registered_device(self, ep: str) -> Device:
         dev = self.device(ep)
@@ -320,7 +370,8 @@ class EmulatorCore:
         dev.cache = None
         dev.expires_at = dev.wake_at = 0.0
         self._drop_queue(dev)
-        self.emit(ch.endpoint_name(kind, dev.name))
+        dev.updated_at = time.time()
+        self.emit(self.enc.gone(kind, dev.ep, dev.name))
 
     def _drop_queue(self, dev: Device) -> None:
         """Requests waiting for a device that goes away are answered 410."""
@@ -330,7 +381,7 @@ class EmulatorCore:
             for job in jobs:
                 dev.inflight -= 1
                 if job.aid is not None:
-                    self.emit(ch.async_response(job.aid, 410, error="GONE"))
+                    self.emit(self.enc.async_response(job.aid, 410, error="GONE"))
 
     def wake(self, ep: str) -> None:
         self._wake(self.registered_device(ep), self.now())
@@ -391,20 +442,19 @@ class EmulatorCore:
         chunk = 5_000
         done = 0
         ntargets = len(targets)
+        b64 = ch.b64
         while done < n:
             entries = []
+            make = self.enc.notification_from_prefix  # (a new channel may bring its own)
             for k in range(done, min(n, done + chunk)):
-                dev, index, ep_json, path_json, ct_json = targets[k % ntargets]
+                dev, index, prefix = targets[k % ntargets]
                 value = f"{start + k:0{width}d}".encode()
                 dev.values[index] = value
-                entries.append(
-                    (
-                        ch.NOTIFICATION,
-                        f'{{"ep":{ep_json},"path":{path_json},"ct":{ct_json},'
-                        f'"payload":"{ch.b64(value)}","max-age":60}}',
-                    )
-                )
-            self.outbox.put_many(entries)
+                entries.append(make(prefix, b64(value)))
+            if self._discarding():
+                self.counters["discarded"] += len(entries)
+            else:
+                self.outbox.put_many(entries)
             self.counters["emitted"] += len(entries)
             self.counters["emitted_notifications"] += len(entries)
             done += len(entries)
@@ -412,9 +462,7 @@ class EmulatorCore:
                 await asyncio.sleep(0)  # let pulls stream while a big burst is built
         return n
 
-    def _burst_targets(
-        self, ep: str | None, path: str | None
-    ) -> list[tuple[Device, int, str, str, str]]:
+    def _burst_targets(self, ep: str | None, path: str | None) -> list[tuple[Device, int, str]]:
         devices = (
             [self.registered_device(ep)]
             if ep is not None
@@ -429,9 +477,8 @@ class EmulatorCore:
                         continue
                 elif not spec.obs or (any_subs and not dev.subs >> i & 1):
                     continue
-                targets.append(
-                    (dev, i, json.dumps(dev.name), json.dumps(spec.path), json.dumps(spec.ct))
-                )
+                prefix = self.enc.notification_prefix(dev.ep, dev.name, spec.path, spec.ct)
+                targets.append((dev, i, prefix))
         if path is not None and not targets:
             raise KeyError(f"no resource {path} on {ep or 'any endpoint'}")
         return targets
@@ -580,11 +627,22 @@ class EmulatorCore:
         ]
         return Reply(200, ("[" + ",".join(parts) + "]").encode(), "application/json")
 
+    def is_gone(self, dev: Device) -> bool:
+        """The ``device_gone`` fault hits this device (named by its name or its ID)."""
+        faults = self.faults
+        return faults.is_gone(dev.name) or faults.is_gone(dev.id)
+
     def _lookup(self, ep: str) -> Device | Reply:
-        dev = self.devices.get(ep)
+        dev = self.by_ep.get(ep)
+        if self.current:
+            if dev is None:
+                return api_error(404, f"DEVICE_NOT_FOUND: no device {ep}")
+            if not dev.registered or self.is_gone(dev):
+                return api_error(404, f"DEVICE_NOT_FOUND: device {ep} is not registered")
+            return dev
         if dev is None:
             return text(404, f"Endpoint {ep} not found")
-        if not dev.registered or self.faults.is_gone(ep):
+        if not dev.registered or self.is_gone(dev):
             return text(410, f"Endpoint {ep} is gone")
         return dev
 
@@ -662,7 +720,7 @@ class EmulatorCore:
             self.count("async_requests")
             aid = job.aid
             if aid is None:
-                aid = f"{self._next_id}#{dev.name}@domain{job.path}"
+                aid = f"{self._next_id}#{dev.ep}@domain{job.path}"
                 self._next_id += 1
                 job = job._replace(aid=aid)
         dev.inflight += 1
@@ -674,6 +732,11 @@ class EmulatorCore:
         if aid is None:
             return Reply(204)
         return as_json(202, {"async-response-id": aid})
+
+    def times_out(self, dev: Device, path: str) -> bool:
+        """The ``device_timeout`` fault hits this request (device by name or ID)."""
+        faults = self.faults
+        return faults.times_out(dev.name, path) or faults.times_out(dev.id, path)
 
     def _dispatch(self, job: Job) -> None:
         assert self.loop is not None
@@ -694,15 +757,15 @@ class EmulatorCore:
         error: str | None = None,
     ) -> None:
         if job.aid is not None:
-            self.emit(ch.async_response(job.aid, status, payload, ct or "text/plain", error))
+            self.emit(self.enc.async_response(job.aid, status, payload, ct or "text/plain", error))
 
     def _run_job(self, job: Job) -> None:
         dev = job.device
         dev.inflight -= 1
-        if not dev.registered or self.faults.is_gone(dev.name):
+        if not dev.registered or self.is_gone(dev):
             self._answer(job, 410, error="GONE")
             return
-        if self.faults.times_out(dev.name, job.path):
+        if self.times_out(dev, job.path):
             self._answer(job, 504, error="TIMEOUT")
             return
         try:
@@ -787,14 +850,14 @@ class EmulatorCore:
         return Reply(200)
 
     def subscription_get(self, ep: str, path: str) -> Reply:
-        dev = self.devices.get(ep)
+        dev = self.by_ep.get(ep)
         index = None if dev is None else dev.template.index.get(path)
         if dev is None or index is None or not dev.subs >> index & 1:
             return text(404, f"{ep}{path} is not subscribed")
         return Reply(200, f"/subscriptions/{ep}{path}\n".encode(), "text/uri-list")
 
     def subscription_delete(self, ep: str, path: str) -> Reply:
-        dev = self.devices.get(ep)
+        dev = self.by_ep.get(ep)
         index = None if dev is None else dev.template.index.get(path)
         if dev is None or index is None or not dev.subs >> index & 1:
             return text(404, f"{ep}{path} is not subscribed")
@@ -802,14 +865,14 @@ class EmulatorCore:
         return Reply(204)
 
     def endpoint_subscriptions(self, ep: str) -> Reply:
-        dev = self.devices.get(ep)
+        dev = self.by_ep.get(ep)
         if dev is None:
             return text(404, f"Endpoint {ep} not found")
         lines = "".join(f"/subscriptions/{ep}{p}\n" for p in dev.subscribed_paths())
         return Reply(200, lines.encode(), "text/uri-list")
 
     def endpoint_subscriptions_delete(self, ep: str) -> Reply:
-        dev = self.devices.get(ep)
+        dev = self.by_ep.get(ep)
         if dev is None:
             return text(404, f"Endpoint {ep} not found")
         dev.subs = 0
