@@ -32,6 +32,7 @@ from bridge.simulator.core import (
     text,
 )
 from bridge.simulator.errors import error_json
+from bridge.simulator.websocket import key_matches, protocol_key
 
 Handler = Callable[[web.Request, list[str]], Awaitable[Reply | web.StreamResponse]]
 
@@ -48,6 +49,10 @@ def split_path(raw_path: str) -> list[str]:
     return [unquote(p) for p in parts]
 
 
+# Routes only the current dialect has.
+CURRENT_ONLY = frozenset(
+    {"devices", "websocket-put", "websocket-get", "websocket-delete", "websocket-connect"}
+)
 # Routes the current dialect no longer has (the service removed them).
 REMOVED = frozenset(
     {
@@ -68,14 +73,15 @@ REMOVED = frozenset(
 def resolve(method: str, parts: list[str], current: bool = False) -> tuple[str | None, bool]:
     """The route name for a method and path; (None, path_known) when there is none. In
     the current dialect a removed route is no route (None, False)."""
-    route, known = _resolve(method, parts)
-    if current and known:
-        table = {m: _resolve(m, parts)[0] for m in ("GET", "PUT", "POST", "DELETE")}
-        live = {m: r for m, r in table.items() if r is not None and r not in REMOVED}
-        if not live:
-            return None, False
-        return live.get(method), True
-    return route, known
+    _, known = _resolve(method, parts)
+    if not known:
+        return None, False
+    gone = REMOVED if current else CURRENT_ONLY
+    table = {m: _resolve(m, parts)[0] for m in ("GET", "PUT", "POST", "DELETE")}
+    live = {m: r for m, r in table.items() if r is not None and r not in gone}
+    if not live:
+        return None, False
+    return live.get(method), True
 
 
 def _resolve(method: str, parts: list[str]) -> tuple[str | None, bool]:
@@ -121,6 +127,12 @@ def _resolve(method: str, parts: list[str]) -> tuple[str | None, bool]:
         table = {"GET": "pull"}
     elif head == "notification" and n == 2 and parts[1] == "callback":
         table = {"PUT": "callback-put", "GET": "callback-get", "DELETE": "callback-delete"}
+    elif head == "notification" and n == 2 and parts[1] == "channel":
+        table = {"GET": "channel"}
+    elif head == "notification" and n == 2 and parts[1] == "websocket":
+        table = {"PUT": "websocket-put", "GET": "websocket-get", "DELETE": "websocket-delete"}
+    elif head == "notification" and n == 2 and parts[1] == "websocket-connect":
+        table = {"GET": "websocket-connect"}
     if not table:
         return None, False
     return table.get(method), True
@@ -134,12 +146,21 @@ class RestApp:
         self.app = web.Application(client_max_size=16 * 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
 
-    def authorized(self, request: web.Request) -> bool:
+    def authorized(self, request: web.Request, parts: list[str]) -> bool:
+        """The access key is right: a bearer token, or (on the WebSocket handshake) a
+        ``pelion_<key>`` subprotocol. While the ``revoke_key`` fault is on, only the
+        admin routes still take the key."""
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            key.strip().encode(), self.core.token.encode()
+        token = self.core.token
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            key.strip().encode(), token.encode()
         )
+        if not ok and parts[-2:] == ["notification", "websocket-connect"]:
+            ok = key_matches(protocol_key(request), token)
+        if ok and self.core.faults.key_revoked:
+            return bool(parts) and parts[0] == "admin"
+        return ok
 
     def error(self, status: int, message: str) -> web.Response:
         """An error answer: plain text (legacy) or the service's error body (current)."""
@@ -150,9 +171,9 @@ class RestApp:
         return web.Response(status=status, text=message)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        if not self.authorized(request):
-            return self.error(401, "Unauthorized: missing or wrong access key")
         parts = split_path(request.rel_url.raw_path)
+        if not self.authorized(request, parts):
+            return self.error(401, "Unauthorized: missing or wrong access key")
         if parts and parts[0] == "admin" and not request.rel_url.raw_path.startswith("/v2/"):
             return await handle_admin(self.core, request, parts[1:])
         route, known = resolve(request.method, parts, self.core.current)
@@ -162,6 +183,24 @@ class RestApp:
             return self.error(404, "no such route")
         core = self.core
         core.count("requests")
+        if route == "websocket-connect":
+            return await core.ws.connect(request, lambda: self.route_faults(route))
+        faulted = await self.route_faults(route)
+        if faulted is not None:
+            return faulted
+        if core.faults.malformed_for(route):
+            return web.Response(status=200, body=MALFORMED_BODY, content_type="application/json")
+        if route == "pull":
+            return await self.pull(request)
+        reply = await self.operate(route, request, parts)
+        if core.current and reply.status >= 400 and reply.content_type != "application/json":
+            reply = api_error(reply.status, reply.body.decode("utf-8", "replace"))
+        return web.Response(status=reply.status, body=reply.body or None, headers=_ct(reply))
+
+    async def route_faults(self, route: str) -> web.Response | None:
+        """The faults that hit a request before it runs: hang, forced status, error rate,
+        latency. An answer when one decides it, else None."""
+        core = self.core
         faults = core.faults
         if faults.hang_for(route):
             await asyncio.Event().wait()  # never answers; ends when the client gives up
@@ -175,14 +214,7 @@ class RestApp:
             return self.error(error, f"injected error {error}")
         if faults.latency:
             await asyncio.sleep(faults.latency)
-        if faults.malformed_for(route):
-            return web.Response(status=200, body=MALFORMED_BODY, content_type="application/json")
-        if route == "pull":
-            return await self.pull(request)
-        reply = await self.operate(route, request, parts)
-        if core.current and reply.status >= 400 and reply.content_type != "application/json":
-            reply = api_error(reply.status, reply.body.decode("utf-8", "replace"))
-        return web.Response(status=reply.status, body=reply.body or None, headers=_ct(reply))
+        return None
 
     async def operate(self, route: str, request: web.Request, parts: list[str]) -> Reply:
         core = self.core
@@ -203,6 +235,14 @@ class RestApp:
             return as_json(200, core.callback)
         if route == "callback-delete":
             return core.delete_callback()
+        if route == "channel":
+            return core.channel_info()
+        if route == "websocket-put":
+            return core.put_websocket(await request.read())
+        if route == "websocket-get":
+            return core.get_websocket()
+        if route == "websocket-delete":
+            return core.delete_websocket()
         if route == "presubscription-put":
             return core.put_presubscriptions(await request.read())
         if route == "presubscription-get":

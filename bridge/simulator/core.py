@@ -41,6 +41,8 @@ from bridge.simulator.errors import error_json
 from bridge.simulator.faults import Faults
 from bridge.simulator.presubs import Rule, mask_for, parse_rules
 from bridge.simulator.scenario import Scenario, default_scenario
+from bridge.simulator.websocket import COUNTER_NAMES as WS_COUNTER_NAMES
+from bridge.simulator.websocket import WebSocketChannel
 
 VERSION_TEXT = "DeviceServer v3.0.0-520\nREST version = v2"
 MAX_INFLIGHT = 256  # requests under way to one awake endpoint before 429
@@ -102,6 +104,7 @@ COUNTER_NAMES = (
     "webhook_posts",
     "async_requests",
     "discarded",
+    *WS_COUNTER_NAMES,
     *_EMITTED_KIND,
 )
 
@@ -162,6 +165,8 @@ class EmulatorCore:
         self.callback: dict[str, Any] | None = None
         # The current dialect's one notification channel: "CALLBACK" or "WEB_SOCKET".
         self.channel_kind: str | None = None
+        self._channel_gen = 0  # counts deleted channels (their queue must not come back)
+        self.ws = WebSocketChannel(self)
         self.pull_open = False
         self.last_pull_end = -1e18
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -193,6 +198,7 @@ class EmulatorCore:
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.outbox.rebind()
+        self.ws.rebind()
         self._channel_waiters.clear()
         self.pull_open = False
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0))
@@ -201,6 +207,8 @@ class EmulatorCore:
             self._start_webhook()
 
     async def shutdown(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.ws.shutdown(), 2.0)
         for task in (self._ticker, self._webhook_task):
             if task is not None:
                 task.cancel()
@@ -223,6 +231,8 @@ class EmulatorCore:
         out["pending"] = len(self.outbox)
         out["endpoints"] = sum(1 for d in self.devices.values() if d.registered)
         out["subscriptions"] = sum(d.subs.bit_count() for d in self.devices.values() if d.subs)
+        out["ws_connected"] = int(self.ws.connected)
+        out["ws_handshaking"] = self.ws.handshaking
         return out
 
     def reset_counters(self) -> None:
@@ -533,6 +543,8 @@ class EmulatorCore:
     # --- the notification channel -----------------------------------------------------
 
     def channel_ready(self) -> bool:
+        if self.current:
+            return self.channel_kind is not None
         return (
             self.callback is not None
             or self.pull_open
@@ -542,6 +554,9 @@ class EmulatorCore:
     def pull_started(self) -> None:
         self.pull_open = True
         self.count("pulls")
+        self._wake_channel_waiters()
+
+    def _wake_channel_waiters(self) -> None:
         for fut in self._channel_waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -564,23 +579,117 @@ class EmulatorCore:
     async def set_callback(self, body: bytes) -> Reply:
         try:
             url, headers = webhook.parse_callback(body)
+            options = self._channel_options(body) if self.current else None
         except ValueError as exc:
             return text(400, str(exc))
+        if self.current and self.channel_kind == "WEB_SOCKET":
+            return api_error(400, "another kind of channel (WEB_SOCKET) exists: delete it first")
         assert self.http is not None
         problem = await webhook.check_reachable(self.http, url, headers)
         if problem:
             return text(400, f"callback url is not reachable: {problem}")
+        if self.current and self.channel_kind == "WEB_SOCKET":  # registered meanwhile
+            return api_error(400, "another kind of channel (WEB_SOCKET) exists: delete it first")
         self.stop_webhook()
         self.callback = {"url": url, "headers": headers}
+        if self.current and self.channel_kind is None:
+            self._channel_opened("CALLBACK", options)
         self._start_webhook()
-        for fut in self._channel_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._channel_waiters.clear()
+        self._wake_channel_waiters()
         return Reply(204)
+
+    # --- the current dialect's one channel: callback or WebSocket ---------------------
+
+    @staticmethod
+    def _channel_options(body: bytes) -> ch.Serialization:
+        """The serialization options of a channel registration body (may be empty)."""
+        if not body.strip():
+            return ch.Serialization()
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("the body must be JSON") from None
+        if not isinstance(data, dict):
+            raise ValueError("the body must be a JSON object")
+        return ch.parse_serialization(data.get("serialization"))
+
+    def _channel_opened(self, kind: str, options: ch.Serialization | None) -> None:
+        """A channel is registered: its options hold until it is deleted; the queue
+        starts empty (nothing was kept while there was no channel)."""
+        self.channel_kind = kind
+        self.enc = ch.Encoder(True, options)
+        self.outbox.clear()
+        self._wake_channel_waiters()
+
+    def _channel_closed(self) -> None:
+        """The channel is deleted, and its queue with it."""
+        self.channel_kind = None
+        self._channel_gen += 1
+        self.enc = ch.Encoder(True)
+        self.outbox.clear()
+
+    def channel_info(self) -> Reply:
+        """``GET /v2/notification/channel``."""
+        kind = self.channel_kind
+        if not self.current:
+            if self.callback is not None:
+                kind = "CALLBACK"
+            elif self.channel_ready():
+                kind = "LONG_POLLING"
+        if kind is None:
+            return text(404, "no notification channel")
+        return as_json(200, {"delivery_mechanism": kind})
+
+    def _websocket_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": "connected" if self.ws.connected else "disconnected",
+            "queue_size": len(self.outbox),
+        }
+        if self.enc.options.given:
+            out["serialization"] = self.enc.options.to_json()
+        return out
+
+    def put_websocket(self, body: bytes) -> Reply:
+        """``PUT /v2/notification/websocket``: 201 registered, 200 it already was (and
+        the call has no effect), 400 another kind of channel exists."""
+        try:
+            options = self._channel_options(body)
+        except ValueError as exc:
+            return api_error(400, str(exc))
+        if self.channel_kind == "CALLBACK":
+            return api_error(400, "another kind of channel (CALLBACK) exists: delete it first")
+        if self.channel_kind == "WEB_SOCKET":
+            return as_json(200, self._websocket_json())
+        self._channel_opened("WEB_SOCKET", options)
+        return as_json(201, self._websocket_json())
+
+    def get_websocket(self) -> Reply:
+        if self.channel_kind != "WEB_SOCKET":
+            return api_error(404, "no WebSocket channel")
+        return as_json(200, self._websocket_json())
+
+    def delete_websocket(self) -> Reply:
+        """204: the channel and its queue are gone, the socket is closed with 1000."""
+        if self.channel_kind != "WEB_SOCKET":
+            return api_error(404, "no WebSocket channel")
+        self._channel_closed()
+        self.ws.close_soon(1000)
+        return Reply(204)
+
+    def apply_faults(self, **kw: Any) -> None:
+        """Switch faults (see :mod:`bridge.simulator.faults`); wakes the WebSocket
+        sender so that a socket fault takes effect at once."""
+        self.faults.apply(**kw)
+        if self.current:
+            self.outbox.poke()
 
     def _start_webhook(self) -> None:
         assert self.loop is not None and self.http is not None and self.callback is not None
+        generation = self._channel_gen
+
+        def same_channel() -> bool:
+            return generation == self._channel_gen
+
         self._webhook_task = self.loop.create_task(
             webhook.deliver_forever(
                 self.outbox,
@@ -589,6 +698,8 @@ class EmulatorCore:
                 self.callback["headers"],
                 self.callback_retry_period,
                 self.count,
+                lambda: self.enc.chunk,
+                same_channel,
             )
         )
 
@@ -602,6 +713,8 @@ class EmulatorCore:
             return text(404, "no callback URL set")
         self.callback = None
         self.stop_webhook()
+        if self.current:
+            self._channel_closed()
         self.last_pull_end = -1e18  # the channel is gone until a pull or a new callback
         return Reply(204)
 

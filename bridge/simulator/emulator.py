@@ -205,7 +205,7 @@ class Emulator:
         return self._call(self.core.subscription_pairs)
 
     def set_fault(self, **kw: Any) -> None:
-        self._call(self.core.faults.apply, **kw)
+        self._call(self.core.apply_faults, **kw)
 
     def clear_faults(self) -> None:
         self._call(self.core.faults.clear)

@@ -28,6 +28,7 @@ ERROR_TYPES = {
     412: "precondition_failed",
     413: "request_entity_too_large",
     415: "unsupported_media_type",
+    426: "upgrade_required",
     429: "too_many_requests",
     500: "internal_server_error",
     502: "bad_gateway",
