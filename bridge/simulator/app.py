@@ -51,7 +51,7 @@ def split_path(raw_path: str) -> list[str]:
 
 # Routes only the current dialect has.
 CURRENT_ONLY = frozenset(
-    {"devices", "websocket-put", "websocket-get", "websocket-delete", "websocket-connect"}
+    {"devices", "device", "websocket-put", "websocket-get", "websocket-delete", "websocket-connect"}
 )
 # Routes the current dialect no longer has (the service removed them).
 REMOVED = frozenset(
@@ -121,6 +121,8 @@ def _resolve(method: str, parts: list[str]) -> tuple[str | None, bool]:
                 "GET": "subscription-get",
                 "DELETE": "subscription-delete",
             }
+    elif head == "v3" and n in (2, 3) and parts[1] == "devices":
+        table = {"GET": "devices" if n == 2 else "device"}
     elif head == "device-requests" and n == 2:
         table = {"POST": "device-requests"}
     elif head == "notification" and n == 2 and parts[1] == "pull":
@@ -237,6 +239,10 @@ class RestApp:
             return core.delete_callback()
         if route == "channel":
             return core.channel_info()
+        if route == "devices":
+            return core.list_devices(q)
+        if route == "device":
+            return core.get_device(parts[2])
         if route == "websocket-put":
             return core.put_websocket(await request.read())
         if route == "websocket-get":

@@ -37,6 +37,7 @@ from bridge.simulator.devices import (
     lwm2m_json,
     resource_from_dict,
 )
+from bridge.simulator.directory import Directory, QueryError
 from bridge.simulator.errors import error_json
 from bridge.simulator.faults import Faults
 from bridge.simulator.presubs import Rule, mask_for, parse_rules
@@ -167,6 +168,7 @@ class EmulatorCore:
         self.channel_kind: str | None = None
         self._channel_gen = 0  # counts deleted channels (their queue must not come back)
         self.ws = WebSocketChannel(self)
+        self.directory = Directory(self)
         self.pull_open = False
         self.last_pull_end = -1e18
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -675,6 +677,21 @@ class EmulatorCore:
         self._channel_closed()
         self.ws.close_soon(1000)
         return Reply(204)
+
+    # --- the device directory (current dialect) ------------------------------------------
+
+    def list_devices(self, query: Any) -> Reply:
+        """``GET /v3/devices`` (see :mod:`bridge.simulator.directory`)."""
+        try:
+            return Reply(200, self.directory.page(query), "application/json")
+        except QueryError as exc:
+            return api_error(400, str(exc), fields=[{"name": exc.name, "message": str(exc)}])
+
+    def get_device(self, dev_id: str) -> Reply:
+        body = self.directory.one(dev_id)
+        if body is None:
+            return api_error(404, f"no device {dev_id}")
+        return Reply(200, body, "application/json")
 
     def apply_faults(self, **kw: Any) -> None:
         """Switch faults (see :mod:`bridge.simulator.faults`); wakes the WebSocket

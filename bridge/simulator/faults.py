@@ -37,6 +37,7 @@ ROUTES = (
     "callback-delete",
     "device-requests",
     "devices",
+    "device",
     "channel",
     "websocket-put",
     "websocket-get",
