@@ -260,7 +260,7 @@ class RestApp:
         if route == "endpoint":
             return core.endpoint_resources(ep)
         if route == "device-requests":
-            return core.device_request(ep, q.get("async-id"), await request.read())
+            return core.device_request(ep, q, await request.read())
         if route == "endpoint-delete":
             return core.delete_endpoint(ep)
         if route.startswith("resource-"):

@@ -12,8 +12,6 @@ wake up) is driven by one timer task over all devices, whatever their number.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import bisect
 import contextlib
 import heapq
@@ -26,6 +24,7 @@ from typing import Any, Literal, NamedTuple
 import aiohttp
 
 from bridge.simulator import channel as ch
+from bridge.simulator import device_requests as dr
 from bridge.simulator import webhook
 from bridge.simulator.devices import (
     IPSO_OBJECTS,
@@ -86,7 +85,7 @@ class Job(NamedTuple):
     aid: str | None  # None: noResp, nobody waits for an answer
 
 
-_EXPIRE, _WAKE = 0, 1
+_EXPIRE, _WAKE, _REQUESTS_EXPIRE = 0, 1, 2
 
 _EMITTED_KIND = tuple(f"emitted_{k.replace('-', '_')}" for k in ch.KIND_KEYS)
 
@@ -105,6 +104,13 @@ COUNTER_NAMES = (
     "webhook_posts",
     "async_requests",
     "discarded",
+    "device_requests",
+    "device_requests_refused",
+    "device_request_attempts",
+    "device_request_cache_hits",
+    "device_request_timeouts",
+    "device_request_expired",
+    "device_request_removed",
     *WS_COUNTER_NAMES,
     *_EMITTED_KIND,
 )
@@ -129,10 +135,15 @@ class EmulatorCore:
         channel_idle_timeout: float = 120.0,
         transaction_quota: int = 10_000,
         api: Api = "legacy",
+        expiry_scale: float = 1.0,
     ) -> None:
         if api not in APIS:
             raise ValueError(f"api must be one of {', '.join(APIS)}: {api!r}")
         self.api: Api = api
+        if not expiry_scale > 0:
+            raise ValueError("expiry_scale must be greater than 0")
+        # Device requests expire after expiry-seconds times this (tests: a small share).
+        self.expiry_scale = expiry_scale
         self.current = api == "current"
         # Entry fragments of this dialect; a current-dialect channel registered with
         # serialization options brings its own (see set_encoder).
@@ -340,6 +351,7 @@ class EmulatorCore:
         dev.subs = 0
         self._activate(dev, self.now())
         self._emit_registration(ch.REGISTRATION, dev)
+        self._contact(dev)
 
     def _emit_registration(self, kind: int, dev: Device) -> None:
         dev.updated_at = time.time()
@@ -369,6 +381,7 @@ class EmulatorCore:
         dev = self.registered_device(ep)
         self._refresh_lifetime(dev, self.now())
         self._emit_registration(ch.REG_UPDATE, dev)
+        self._contact(dev)
 
     def deregister(self, ep: str) -> None:
         self._unregister(self.registered_device(ep), ch.DEREGISTRATION)
@@ -384,6 +397,7 @@ class EmulatorCore:
         self._drop_queue(dev)
         dev.updated_at = time.time()
         self.emit(self.enc.gone(kind, dev.ep, dev.name))
+        self._drop_requests(dev)
 
     def _drop_queue(self, dev: Device) -> None:
         """Requests waiting for a device that goes away are answered 410."""
@@ -410,6 +424,7 @@ class EmulatorCore:
                 self._dispatch(job)
         if dev.q:
             self._schedule(dev, _WAKE, now + dev.template.wake_interval)
+        self._contact(dev)
 
     def set_value(self, ep: str, path: str, value: bytes) -> None:
         dev = self.device(ep)
@@ -517,6 +532,8 @@ class EmulatorCore:
                 self._unregister(dev, ch.EXPIRED)
             elif kind == _WAKE and dev.wake_at == when and dev.q:
                 self._wake(dev, now)
+            elif kind == _REQUESTS_EXPIRE:
+                self._expire_requests(dev, now)
 
     def _drift_step(self) -> None:
         for dev in self._featured:
@@ -799,31 +816,160 @@ class EmulatorCore:
             return Reply(200, cached, template.resources[index].ct)
         return self._submit(Job(verb, dev, path, index, body, None), no_resp)
 
-    def device_request(self, ep: str, async_id: str | None, body: bytes) -> Reply:
-        """``POST /v2/device-requests/{ep}?async-id=ID`` (the later Pelion API): one JSON
-        request whose answer comes back as an async response with the caller's id."""
-        if not async_id:
-            return text(400, "async-id is required")
+    # --- device requests (POST /v2/device-requests, see device_requests.py) -------------
+
+    def device_request(self, ep: str, query: Any, body: bytes) -> Reply:
+        """202 with no body, or an error body; the result comes on the channel."""
         try:
-            req = json.loads(body or b"null")
-            if not isinstance(req, dict):
-                raise ValueError("body must be a JSON object")
-            verb, uri = req.get("method"), req.get("uri")
-            if verb not in ("GET", "PUT", "POST", "DELETE"):
-                raise ValueError("method must be GET, PUT, POST or DELETE")
-            if not isinstance(uri, str) or not uri.startswith("/"):
-                raise ValueError("uri must be a resource path")
-            payload = base64.b64decode(req.get("payload-b64") or "", validate=True)
-        except (ValueError, binascii.Error) as exc:
-            return text(400, f"malformed device request: {exc}")
-        dev = self._lookup(ep)
-        if isinstance(dev, Reply):
-            return dev
-        index = dev.template.index.get(uri, -1)
-        if index < 0 and (verb != "GET" or not dev.template.object_indexes(uri)):
-            return text(404, f"Resource {uri} not found on {ep}")
-        reply = self._submit(Job(verb, dev, uri, index, payload, async_id), False)
-        return Reply(202) if reply.status == 202 else reply
+            reply = self._device_request(ep, query, body)
+        except dr.RequestError as exc:
+            fields = None if exc.field is None else [{"name": exc.field, "message": str(exc)}]
+            reply = api_error(exc.status, str(exc), fields=fields)
+        if reply.status >= 400:
+            self.count("device_requests_refused")
+        return reply
+
+    def _device_request(self, ep: str, query: Any, body: bytes) -> Reply:
+        req = dr.parse(query, body)
+        dev = self.by_ep.get(ep)
+        if dev is None:
+            raise dr.RequestError(404, f"DEVICE_NOT_FOUND: no device {ep}")
+        if not dev.registered or self.is_gone(dev):
+            raise dr.RequestError(400, f"DEVICE_NOT_CONNECTED: device {ep} is not registered")
+        template = dev.template
+        index = template.index.get(req.uri, -1)
+        if index < 0 and not template.object_indexes(req.uri):
+            raise dr.RequestError(404, f"URI_PATH_DOES_NOT_EXISTS: {ep} has no {req.uri}")
+        if not self.channel_ready():
+            return api_error(412, "No notification channel")
+        self.count("transactions")
+        if req.verb == "GET" and index >= 0 and dev.subs >> index & 1:
+            # Observed: the service has the value (every change is notified) and answers
+            # from its cache, without the device, still on the channel.
+            spec = template.resources[index]
+            self.count("device_requests")
+            self.count("device_request_cache_hits")
+            self.emit(self.enc.async_response(req.aid, 200, dev.values[index], spec.ct, max_age=60))
+            return Reply(202)
+        queue = dev.requests
+        if queue is None:
+            queue = dev.requests = dr.RequestQueue()
+        if len(queue.items) >= dr.QUEUE_LIMIT:
+            raise dr.RequestError(
+                400, f"QUEUE_IS_FULL: {dr.QUEUE_LIMIT} requests wait for {ep} already"
+            )
+        retry = req.retry
+        if retry is None:
+            retry = dr.DEFAULT_RETRY_QUEUE_MODE if dev.q else dr.DEFAULT_RETRY
+        expiry = req.expiry
+        if expiry is None:
+            expiry = dr.DEFAULT_EXPIRY_QUEUE_MODE if dev.q else dr.DEFAULT_EXPIRY
+        expires_at = self.now() + expiry * self.expiry_scale
+        attributes_only = bool(req.query) and req.verb == "PUT" and not req.body
+        queue.items.append(
+            dr.DeviceRequest(
+                req.aid,
+                req.verb,
+                req.uri,
+                index,
+                req.body,
+                1 + retry,
+                expires_at,
+                attributes_only,
+            )
+        )
+        self.count("device_requests")
+        self.count("async_requests")
+        self._seq += 1
+        heapq.heappush(self._heap, (expires_at, self._seq, _REQUESTS_EXPIRE, dev))
+        self._pump(dev)
+        return Reply(202)
+
+    def _reachable(self, dev: Device) -> bool:
+        return dev.registered and not self.is_gone(dev) and not dev.asleep(self.now())
+
+    def _contact(self, dev: Device) -> None:
+        """The device contacted the service: requests it did not answer get their next
+        attempt now."""
+        queue = dev.requests
+        if queue is not None:
+            queue.stalled = False
+            self._pump(dev)
+
+    def _pump(self, dev: Device) -> None:
+        """Give the device the head of its queue, if it can take it now."""
+        queue = dev.requests
+        if queue is None or queue.busy or queue.stalled or not queue.items:
+            return
+        if not self._reachable(dev):
+            return
+        assert self.loop is not None
+        queue.busy = True
+        delay = self.faults.device_latency
+        if delay is None:
+            delay = self.latency
+        head = queue.items[0]
+        if delay > 0:
+            self.loop.call_later(delay, self._attempt, dev, head)
+        else:
+            self.loop.call_soon(self._attempt, dev, head)
+
+    def _attempt(self, dev: Device, req: dr.DeviceRequest) -> None:
+        queue = dev.requests
+        assert queue is not None
+        queue.busy = False
+        if not queue.items or queue.items[0] is not req:  # answered meanwhile (dropped)
+            self._pump(dev)
+            return
+        if not dev.registered or self.is_gone(dev):
+            return  # gone while the request was on its way: it waits (or is dropped)
+        self.count("device_request_attempts")
+        if self.times_out(dev, req.path):
+            req.attempts_left -= 1
+            if req.attempts_left <= 0:
+                queue.items.popleft()
+                self.count("device_request_timeouts")
+                self.emit(self.enc.async_response(req.aid, 504, error="TIMEOUT"))
+            queue.stalled = True  # the next attempt waits for the device's next contact
+            return
+        queue.items.popleft()
+        if req.attributes_only:  # PUT /5/0/1?pmax=120: notification attributes written
+            self.emit(self.enc.async_response(req.aid, 200, b""))
+        else:
+            job = Job(req.verb, dev, req.path, req.idx, req.body, req.aid)
+            try:
+                self._execute(job)
+            except DeviceError as exc:
+                self._answer(job, exc.status, error=exc.error)
+        self._pump(dev)
+
+    def _expire_requests(self, dev: Device, now: float) -> None:
+        """Requests whose expiry-seconds ran out before delivery: 429 REQUEST_EXPIRED."""
+        queue = dev.requests
+        if queue is None or not queue.items:
+            return
+        head = queue.items[0] if queue.busy else None  # with the device: it completes
+        kept: deque[dr.DeviceRequest] = deque()
+        for req in queue.items:
+            if req is not head and req.expires_at <= now:
+                self.count("device_request_expired")
+                self.emit(self.enc.async_response(req.aid, 429, error="REQUEST_EXPIRED"))
+            else:
+                kept.append(req)
+        queue.items = kept
+        self._pump(dev)
+
+    def _drop_requests(self, dev: Device) -> None:
+        """The device's registration is gone, and the requests waiting for it with it."""
+        queue = dev.requests
+        if queue is None or not queue.items:
+            return
+        waiting = list(queue.items)
+        queue.items.clear()
+        queue.stalled = False
+        for req in waiting:
+            self.count("device_request_removed")
+            self.emit(self.enc.async_response(req.aid, 429, error="DEVICE_REMOVED_REGISTRATION"))
 
     def delete_endpoint(self, ep: str) -> Reply:
         dev = self._lookup(ep)
@@ -910,6 +1056,8 @@ class EmulatorCore:
             self._answer(job, 202)
             self._unregister(dev, ch.DEREGISTRATION)
             return
+        if index < 0 and verb != "GET":  # an object or instance: read only, here
+            raise DeviceError(405, "METHOD_NOT_ALLOWED")
         if index < 0:  # object-level read
             idx = template.object_indexes(job.path)
             ct = "application/vnd.oma.lwm2m+json"

@@ -69,6 +69,7 @@ class Emulator:
         channel_idle_timeout: float = 120.0,
         transaction_quota: int = 10_000,
         api: Api = "legacy",
+        expiry_scale: float = 1.0,
     ) -> None:
         """``token`` is the access key; ``scenario`` and ``devices`` say which virtual devices
         exist; ``pull_timeout``, ``latency``, ``callback_retry_period``, ``seed`` and
@@ -81,7 +82,11 @@ class Emulator:
         ``api`` picks the dialect: ``"legacy"`` (the 2016 mbed Device Connector: ``ep``
         is the endpoint name, long polling) or ``"current"`` (today's Device Management:
         device IDs, ``/v3/devices``, device requests, callback or WebSocket channel, error
-        bodies). Control methods take endpoint names in both (a device ID works too)."""
+        bodies). Control methods take endpoint names in both (a device ID works too).
+        ``expiry_scale`` scales the service's time for device requests: a request's
+        ``expiry-seconds`` (60 at least, 2 hours by default) lasts that many seconds
+        times ``expiry_scale``, so ``expiry_scale=0.005`` lets a test see a 60 s request
+        expire after 0.3 s."""
         self.core = EmulatorCore(
             token,
             scenario,
@@ -96,6 +101,7 @@ class Emulator:
             channel_idle_timeout=channel_idle_timeout,
             transaction_quota=transaction_quota,
             api=api,
+            expiry_scale=expiry_scale,
         )
         self.api = api
         self.token = token
