@@ -106,7 +106,7 @@ async def _handle(core: EmulatorCore, request: web.Request, parts: list[str]) ->
         if method == "GET":
             return web.json_response(core.faults.describe())
         if method == "PUT":
-            core.faults.apply(**await _body(request))
+            core.apply_faults(**await _body(request))
             return web.Response(status=204)
         if method == "DELETE":
             core.faults.clear()

@@ -3,6 +3,11 @@
 Every route answers under ``/v2/x`` and ``/x``, with or without a trailing slash. Path
 segments are percent-decoded one by one, so an endpoint name may contain an encoded
 ``/``. Faults are applied here, by route name, before the operation runs.
+
+The current dialect answers every error with the service's error body
+(:mod:`bridge.simulator.errors`), and the routes the service removed (the endpoint list,
+the resource verbs, the long poll, the version and limits routes) with 404 ``not_found``,
+as a route that does not exist.
 """
 
 from __future__ import annotations
@@ -17,7 +22,17 @@ from aiohttp import web
 
 from bridge.simulator import channel as ch
 from bridge.simulator.admin import handle_admin
-from bridge.simulator.core import VERSION_TEXT, EmulatorCore, Reply, as_json, bool_arg, text
+from bridge.simulator.core import (
+    VERSION_TEXT,
+    EmulatorCore,
+    Reply,
+    api_error,
+    as_json,
+    bool_arg,
+    text,
+)
+from bridge.simulator.errors import error_json
+from bridge.simulator.websocket import key_matches, protocol_key
 
 Handler = Callable[[web.Request, list[str]], Awaitable[Reply | web.StreamResponse]]
 
@@ -34,8 +49,42 @@ def split_path(raw_path: str) -> list[str]:
     return [unquote(p) for p in parts]
 
 
-def resolve(method: str, parts: list[str]) -> tuple[str | None, bool]:
-    """The route name for a method and path; (None, path_known) when there is none."""
+# Routes only the current dialect has.
+CURRENT_ONLY = frozenset(
+    {"devices", "device", "websocket-put", "websocket-get", "websocket-delete", "websocket-connect"}
+)
+# Routes the current dialect no longer has (the service removed them).
+REMOVED = frozenset(
+    {
+        "version",
+        "rest-versions",
+        "limits",
+        "endpoints",
+        "endpoint-delete",
+        "resource-get",
+        "resource-put",
+        "resource-post",
+        "resource-delete",
+        "pull",
+    }
+)
+
+
+def resolve(method: str, parts: list[str], current: bool = False) -> tuple[str | None, bool]:
+    """The route name for a method and path; (None, path_known) when there is none. In
+    the current dialect a removed route is no route (None, False)."""
+    _, known = _resolve(method, parts)
+    if not known:
+        return None, False
+    gone = REMOVED if current else CURRENT_ONLY
+    table = {m: _resolve(m, parts)[0] for m in ("GET", "PUT", "POST", "DELETE")}
+    live = {m: r for m, r in table.items() if r is not None and r not in gone}
+    if not live:
+        return None, False
+    return live.get(method), True
+
+
+def _resolve(method: str, parts: list[str]) -> tuple[str | None, bool]:
     n = len(parts)
     head = parts[0] if parts else ""
     table: dict[str, str] = {}
@@ -72,12 +121,20 @@ def resolve(method: str, parts: list[str]) -> tuple[str | None, bool]:
                 "GET": "subscription-get",
                 "DELETE": "subscription-delete",
             }
+    elif head == "v3" and n in (2, 3) and parts[1] == "devices":
+        table = {"GET": "devices" if n == 2 else "device"}
     elif head == "device-requests" and n == 2:
         table = {"POST": "device-requests"}
     elif head == "notification" and n == 2 and parts[1] == "pull":
         table = {"GET": "pull"}
     elif head == "notification" and n == 2 and parts[1] == "callback":
         table = {"PUT": "callback-put", "GET": "callback-get", "DELETE": "callback-delete"}
+    elif head == "notification" and n == 2 and parts[1] == "channel":
+        table = {"GET": "channel"}
+    elif head == "notification" and n == 2 and parts[1] == "websocket":
+        table = {"PUT": "websocket-put", "GET": "websocket-get", "DELETE": "websocket-delete"}
+    elif head == "notification" and n == 2 and parts[1] == "websocket-connect":
+        table = {"GET": "websocket-connect"}
     if not table:
         return None, False
     return table.get(method), True
@@ -91,43 +148,75 @@ class RestApp:
         self.app = web.Application(client_max_size=16 * 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
 
-    def authorized(self, request: web.Request) -> bool:
+    def authorized(self, request: web.Request, parts: list[str]) -> bool:
+        """The access key is right: a bearer token, or (on the WebSocket handshake) a
+        ``pelion_<key>`` subprotocol. While the ``revoke_key`` fault is on, only the
+        admin routes still take the key."""
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            key.strip().encode(), self.core.token.encode()
+        token = self.core.token
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            key.strip().encode(), token.encode()
         )
+        if not ok and parts[-2:] == ["notification", "websocket-connect"]:
+            ok = key_matches(protocol_key(request), token)
+        if ok and self.core.faults.key_revoked:
+            return bool(parts) and parts[0] == "admin"
+        return ok
+
+    def error(self, status: int, message: str) -> web.Response:
+        """An error answer: plain text (legacy) or the service's error body (current)."""
+        if self.core.current:
+            return web.Response(
+                status=status, body=error_json(status, message), content_type="application/json"
+            )
+        return web.Response(status=status, text=message)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        if not self.authorized(request):
-            return web.Response(status=401, text="Unauthorized: missing or wrong access key")
         parts = split_path(request.rel_url.raw_path)
+        if not self.authorized(request, parts):
+            return self.error(401, "Unauthorized: missing or wrong access key")
         if parts and parts[0] == "admin" and not request.rel_url.raw_path.startswith("/v2/"):
             return await handle_admin(self.core, request, parts[1:])
-        route, known = resolve(request.method, parts)
+        route, known = resolve(request.method, parts, self.core.current)
         if route is None:
             if known:
-                return web.Response(status=405, text=f"{request.method} not allowed here")
-            return web.Response(status=404, text="no such route")
+                return self.error(405, f"{request.method} not allowed here")
+            return self.error(404, "no such route")
         core = self.core
         core.count("requests")
+        if route == "websocket-connect":
+            return await core.ws.connect(request, lambda: self.route_faults(route))
+        faulted = await self.route_faults(route)
+        if faulted is not None:
+            return faulted
+        if core.faults.malformed_for(route):
+            return web.Response(status=200, body=MALFORMED_BODY, content_type="application/json")
+        if route == "pull":
+            return await self.pull(request)
+        reply = await self.operate(route, request, parts)
+        if core.current and reply.status >= 400 and reply.content_type != "application/json":
+            reply = api_error(reply.status, reply.body.decode("utf-8", "replace"))
+        return web.Response(status=reply.status, body=reply.body or None, headers=_ct(reply))
+
+    async def route_faults(self, route: str) -> web.Response | None:
+        """The faults that hit a request before it runs: hang, forced status, error rate,
+        latency. An answer when one decides it, else None."""
+        core = self.core
         faults = core.faults
         if faults.hang_for(route):
             await asyncio.Event().wait()  # never answers; ends when the client gives up
         forced = faults.forced_for(route)
         if forced is not None:
+            if core.current and forced.status >= 400 and not forced.body:
+                return self.error(forced.status, f"forced status {forced.status}")
             return web.Response(status=forced.status, text=forced.body)
         error = faults.error_for(route)
         if error is not None:
-            return web.Response(status=error, text=f"injected error {error}")
+            return self.error(error, f"injected error {error}")
         if faults.latency:
             await asyncio.sleep(faults.latency)
-        if faults.malformed_for(route):
-            return web.Response(status=200, body=MALFORMED_BODY, content_type="application/json")
-        if route == "pull":
-            return await self.pull(request)
-        reply = await self.operate(route, request, parts)
-        return web.Response(status=reply.status, body=reply.body or None, headers=_ct(reply))
+        return None
 
     async def operate(self, route: str, request: web.Request, parts: list[str]) -> Reply:
         core = self.core
@@ -148,6 +237,18 @@ class RestApp:
             return as_json(200, core.callback)
         if route == "callback-delete":
             return core.delete_callback()
+        if route == "channel":
+            return core.channel_info()
+        if route == "devices":
+            return core.list_devices(q)
+        if route == "device":
+            return core.get_device(parts[2])
+        if route == "websocket-put":
+            return core.put_websocket(await request.read())
+        if route == "websocket-get":
+            return core.get_websocket()
+        if route == "websocket-delete":
+            return core.delete_websocket()
         if route == "presubscription-put":
             return core.put_presubscriptions(await request.read())
         if route == "presubscription-get":
@@ -159,7 +260,7 @@ class RestApp:
         if route == "endpoint":
             return core.endpoint_resources(ep)
         if route == "device-requests":
-            return core.device_request(ep, q.get("async-id"), await request.read())
+            return core.device_request(ep, q, await request.read())
         if route == "endpoint-delete":
             return core.delete_endpoint(ep)
         if route.startswith("resource-"):

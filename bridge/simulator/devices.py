@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.simulator.identity import device_id
+
 KINDS = ("float", "int", "bool", "string", "opaque", "none")
 TEXT_PLAIN = "text/plain"
 
@@ -277,16 +279,21 @@ class Device:
     __slots__ = (
         "awake_until",
         "cache",
+        "created_at",
+        "ep",
         "ept",
         "expires_at",
+        "id",
         "inflight",
         "lifetime",
         "name",
         "q",
         "queue",
         "registered",
+        "requests",
         "subs",
         "template",
+        "updated_at",
         "values",
         "wake_at",
     )
@@ -301,6 +308,8 @@ class Device:
         lifetime: float | None = None,
     ) -> None:
         self.name = name
+        self.id = device_id(name)  # the current dialect's device ID
+        self.ep = name  # what ``ep`` says on the wire: the name, or the ID (current)
         self.template = template
         self.ept = template.ept if ept is None else ept
         self.q = template.q if q is None else q
@@ -315,6 +324,9 @@ class Device:
         self.wake_at = 0.0
         self.expires_at = 0.0  # 0 = never
         self.cache: dict[int, bytes] | None = None  # values the service has seen
+        self.requests: Any = None  # device requests (core.RequestQueue), made when needed
+        self.created_at = 0.0  # wall-clock time, for the device directory
+        self.updated_at = 0.0
 
     def reset_values(self) -> None:
         self.values = list(self.template.initial)

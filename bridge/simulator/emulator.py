@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bridge.core.loop_thread import LoopThread
 from bridge.simulator.app import RestApp
-from bridge.simulator.core import EmulatorCore
+from bridge.simulator.core import Api, EmulatorCore
 from bridge.simulator.scenario import Scenario
 
 T = TypeVar("T")
@@ -68,6 +68,8 @@ class Emulator:
         max_pending: int = 1_000_000,
         channel_idle_timeout: float = 120.0,
         transaction_quota: int = 10_000,
+        api: Api = "legacy",
+        expiry_scale: float = 1.0,
     ) -> None:
         """``token`` is the access key; ``scenario`` and ``devices`` say which virtual devices
         exist; ``pull_timeout``, ``latency``, ``callback_retry_period``, ``seed`` and
@@ -75,7 +77,16 @@ class Emulator:
         entries of one message (pull or webhook PUT); ``max_pending`` bounds the queue (the
         oldest are dropped and counted beyond it); ``channel_idle_timeout`` is how long after
         the last pull the long-poll channel still counts as set up (else async calls get
-        412); ``transaction_quota`` is what ``GET /limits`` reports (not enforced)."""
+        412); ``transaction_quota`` is what ``GET /limits`` reports (not enforced).
+
+        ``api`` picks the dialect: ``"legacy"`` (the 2016 mbed Device Connector: ``ep``
+        is the endpoint name, long polling) or ``"current"`` (today's Device Management:
+        device IDs, ``/v3/devices``, device requests, callback or WebSocket channel, error
+        bodies). Control methods take endpoint names in both (a device ID works too).
+        ``expiry_scale`` scales the service's time for device requests: a request's
+        ``expiry-seconds`` (60 at least, 2 hours by default) lasts that many seconds
+        times ``expiry_scale``, so ``expiry_scale=0.005`` lets a test see a 60 s request
+        expire after 0.3 s."""
         self.core = EmulatorCore(
             token,
             scenario,
@@ -89,7 +100,10 @@ class Emulator:
             max_pending=max_pending,
             channel_idle_timeout=channel_idle_timeout,
             transaction_quota=transaction_quota,
+            api=api,
+            expiry_scale=expiry_scale,
         )
+        self.api = api
         self.token = token
         self.host = "127.0.0.1"
         self.port = 0
@@ -186,6 +200,10 @@ class Emulator:
         result: int = self._await(self.core.burst, n, ep, path, size)
         return result
 
+    def device_id(self, ep: str) -> str:
+        """The device ID of a device, by its endpoint name (the same in both dialects)."""
+        return self._call(self.core.device_id, ep)
+
     def endpoints(self) -> list[str]:
         return self._call(self.core.registered_names)
 
@@ -193,7 +211,7 @@ class Emulator:
         return self._call(self.core.subscription_pairs)
 
     def set_fault(self, **kw: Any) -> None:
-        self._call(self.core.faults.apply, **kw)
+        self._call(self.core.apply_faults, **kw)
 
     def clear_faults(self) -> None:
         self._call(self.core.faults.clear)

@@ -36,6 +36,13 @@ ROUTES = (
     "callback-get",
     "callback-delete",
     "device-requests",
+    "devices",
+    "device",
+    "channel",
+    "websocket-put",
+    "websocket-get",
+    "websocket-delete",
+    "websocket-connect",
 )
 
 FAULT_NAMES = (
@@ -48,7 +55,12 @@ FAULT_NAMES = (
     "device_gone",
     "malformed",
     "hang",
+    "ws_close",
+    "revoke_key",
+    "refuse_handshake",
+    "duplicate_messages",
 )
+WS_CLOSE_CODES = (1006, 1012)
 
 
 def _route(value: Any) -> str:
@@ -93,6 +105,12 @@ class ErrorRate:
 
 
 @dataclass
+class WsClose:
+    code: int
+    after: int  # messages still to send before the socket is closed
+
+
+@dataclass
 class DeviceFault:
     ep: str
     path: str | None
@@ -118,6 +136,10 @@ class Faults:
         self.gone: set[str] = set()
         self.malformed: list[Counted] = []
         self.hangs: list[Counted] = []
+        self.ws_close: WsClose | None = None
+        self.key_revoked = False
+        self.refused_handshakes: Counted | None = None
+        self.duplicates = 0
 
     def apply(self, **kw: Any) -> None:
         """Switch faults on (or off with ``None``); raises ValueError naming a bad one."""
@@ -190,6 +212,39 @@ class Faults:
     def _set_device_gone(self, value: Any) -> None:
         self.gone = set() if value is None else {str(v) for v in self._many(value)}
 
+    def _set_ws_close(self, value: Any) -> None:
+        if value is None:
+            self.ws_close = None
+            return
+        spec = {"code": value} if isinstance(value, int) else value
+        code = int(spec["code"])
+        if code not in WS_CLOSE_CODES:
+            raise ValueError(f"code must be one of {WS_CLOSE_CODES}")
+        after = int(spec.get("after", 0))
+        if after < 0:
+            raise ValueError("after must not be negative")
+        self.ws_close = WsClose(code, after)
+
+    def _set_revoke_key(self, value: Any) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise ValueError("revoke_key is true, false or null")
+        self.key_revoked = bool(value)
+
+    def _set_refuse_handshake(self, value: Any) -> None:
+        if value is None:
+            self.refused_handshakes = None
+            return
+        status = int(value.get("status", 503))
+        if not 400 <= status <= 599:
+            raise ValueError(f"status {status} is not an HTTP error status")
+        self.refused_handshakes = Counted("websocket-connect", _count(value), status)
+
+    def _set_duplicate_messages(self, value: Any) -> None:
+        count = 0 if value is None else int(value)
+        if count < 0:
+            raise ValueError("duplicate_messages must not be negative")
+        self.duplicates = count
+
     # --- questions the handlers ask -------------------------------------------------
 
     def hang_for(self, route: str) -> bool:
@@ -219,6 +274,33 @@ class Faults:
     def is_gone(self, ep: str) -> bool:
         return ep in self.gone or "*" in self.gone
 
+    def refused_handshake(self) -> int | None:
+        """The status a WebSocket handshake is refused with now, if any (counted)."""
+        refused = self.refused_handshakes
+        if refused is not None and refused.hits("websocket-connect"):
+            return refused.status
+        return None
+
+    def ws_close_due(self) -> int | None:
+        """The close code when the ``ws_close`` fault is due now (it then switches off)."""
+        fault = self.ws_close
+        if fault is not None and fault.after <= 0:
+            self.ws_close = None
+            return fault.code
+        return None
+
+    def message_sent(self) -> None:
+        """One notification message went out on the socket."""
+        if self.ws_close is not None and self.ws_close.after > 0:
+            self.ws_close.after -= 1
+
+    def duplicate_due(self) -> bool:
+        """True when the message just sent must be sent once more (same frame)."""
+        if self.duplicates > 0:
+            self.duplicates -= 1
+            return True
+        return False
+
     def describe(self) -> dict[str, Any]:
         """The faults switched on, for ``GET /admin/faults``."""
         out: dict[str, Any] = {}
@@ -247,4 +329,13 @@ class Faults:
             live = [c for c in items if c.count > 0]
             if live:
                 out[name] = [{"route": c.route, "count": c.count} for c in live]
+        if self.ws_close is not None:
+            out["ws_close"] = {"code": self.ws_close.code, "after": self.ws_close.after}
+        if self.key_revoked:
+            out["revoke_key"] = True
+        refused = self.refused_handshakes
+        if refused is not None and refused.count > 0:
+            out["refuse_handshake"] = {"status": refused.status, "count": refused.count}
+        if self.duplicates:
+            out["duplicate_messages"] = self.duplicates
         return out

@@ -63,14 +63,19 @@ async def deliver_forever(
     headers: dict[str, str],
     retry_period: float,
     count: Callable[[str, int], None],
+    chunk: Callable[[], int | None] = lambda: None,
+    keep: Callable[[], bool] = lambda: True,
 ) -> None:
     """PUT batches to the URL in order. A batch that fails is retried with doubling
     back-off for ``retry_period`` seconds, then dropped (counted) so later ones flow.
-    Cancelled mid-batch (callback removed, emulator stopped): the batch goes back."""
+    Cancelled mid-batch (callback removed, emulator stopped): the batch goes back.
+    ``chunk`` gives the most entries one message may carry (the channel's
+    ``max_chunk_size``; None: the outbox's batch size); a batch cancelled mid-way goes
+    back only while ``keep()`` (not when its channel was deleted meanwhile)."""
     send_headers = {**headers, "Content-Type": "application/json"}
     while True:
         await outbox.wait(None)
-        batch = outbox.take()
+        batch = outbox.take(chunk())
         if not batch:
             continue
         body = ch.encode(batch)
@@ -93,7 +98,8 @@ async def deliver_forever(
                 await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, RETRY_DELAY_MAX)
         except asyncio.CancelledError:
-            outbox.put_back(batch)
+            if keep():
+                outbox.put_back(batch)
             raise
 
 
