@@ -218,7 +218,7 @@ class Verdict:
 
 def after_close(code: int | None, reason: str = "") -> Verdict:
     """What a close by the service (or a lost connection: ``None``, 1006) leads to."""
-    why = f" ({reason})" if reason else ""
+    why = f' (reason "{reason}")' if reason else ""
     if code == 1000:
         return Verdict("stop", "deleted", f"the service closed the channel (1000){why}")
     if code == 1001:
@@ -575,7 +575,6 @@ class WebSocketChannel:
                     connected_before = connected_before or was_good is not None
                     if was_good:
                         backoff.succeeded()
-                run.first.set()
                 if run.stopping:
                     break
                 assert verdict is not None
@@ -588,6 +587,7 @@ class WebSocketChannel:
                     retries=1, consecutive_failures=backoff.failures, last_error=verdict.detail
                 )
                 self._set_state(run, "reconnecting", f"{verdict.detail}; next try in {delay:.2f} s")
+                run.first.set()  # after the state: start() returns it
                 await self._sleep(run, delay)
         except asyncio.CancelledError:
             pass  # stop(): a registration, handshake or unanswered close cut short
