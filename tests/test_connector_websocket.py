@@ -124,6 +124,20 @@ def test_async_results_complete_from_the_socket(emu: Emulator) -> None:
     assert emu.get_value(*LAMP) == b"42"
 
 
+def test_unanswered_async_ids_expire_on_the_channels_tick(emu: Emulator) -> None:
+    done: Collector[Any] = Collector()
+    emu.set_fault(device_latency=5.0)  # the device answers long after the deadline
+    c = connector(emu.token, emu.url, api="current", timeout=5.0, asyncTimeout=0.3)
+    try:
+        assert c.startWebsocket() == "connected"
+        r = c.getResourceValue(emu.device_id(TEMP[0]), TEMP[1], cbfn=done)
+        assert done.wait(1, timeout=5.0)  # nobody waits on r: the channel's tick ends it
+    finally:
+        c.close()
+    assert r.error and r.error.errType == "async_timeout"
+    assert done.threads == ["connector-websocket"]
+
+
 def test_the_serialization_options_are_registered_and_applied(emu: Emulator) -> None:
     api = Api(emu)
     seen: Collector[Message] = Collector()
@@ -336,6 +350,20 @@ def test_429_and_503_at_the_handshake_are_tried_again(emu: Emulator) -> None:
     assert "429" in states.items[1][1]
 
 
+def test_a_handshake_that_hangs_is_given_up_and_tried_again(emu: Emulator) -> None:
+    emu.set_fault(hang={"route": "websocket-connect", "count": 1})
+    states = States()
+    c = connector(emu.token, emu.url, api="current", timeout=0.5)
+    try:
+        assert c.startWebsocket(onState=states, connectTimeout=5.0) == "reconnecting"
+        assert "no handshake answer" in states.items[1][1]
+        assert states.reached("connected")
+        stats = c.websocketStats()
+    finally:
+        c.close()
+    assert stats["attempts"] >= 2 and stats["connects"] == 1
+
+
 def test_another_kind_of_channel_rejects_the_registration(emu: Emulator) -> None:
     with Emulator(token="test-token", api="legacy", drift=False) as legacy:
         c = connector(legacy.token, legacy.url, timeout=5.0)
@@ -440,11 +468,16 @@ def test_a_slow_handler_holds_the_socket_back(emu: Emulator) -> None:
 
 class OddServer:
     """Registers anything; each socket gets ``frames`` (str or bytes) and then, if
-    ``answer_close`` is False, never answers the client's close."""
+    ``answer_close`` is False, never answers the client's close (nor, without
+    ``autoping``, a ping). Keeps the handshake's headers."""
 
-    def __init__(self, frames: list[str | bytes], answer_close: bool = True) -> None:
+    def __init__(
+        self, frames: list[str | bytes], answer_close: bool = True, autoping: bool = True
+    ) -> None:
         self.frames = frames
         self.answer_close = answer_close
+        self.autoping = autoping
+        self.headers: list[dict[str, str]] = []
         self.runtime = LoopThread("odd-server")
         self.port = 0
         self.runner: web.AppRunner | None = None
@@ -453,7 +486,8 @@ class OddServer:
         return web.Response(status=201)
 
     async def _connect(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoclose=self.answer_close)
+        self.headers.append(dict(request.headers))
+        ws = web.WebSocketResponse(autoclose=self.answer_close, autoping=self.autoping)
         await ws.prepare(request)
         for frame in self.frames:
             if isinstance(frame, bytes):
@@ -523,3 +557,17 @@ def test_stop_is_bounded_when_the_close_is_never_answered() -> None:
         finally:
             c.close()
     assert 0.3 <= took < 2.0
+
+
+def test_a_peer_that_stops_answering_pings_is_noticed() -> None:
+    with OddServer([], autoping=False) as srv:
+        c = connector("the-key", srv.url, api="current", timeout=5.0)
+        try:
+            assert c.startWebsocket(heartbeat=0.2) == "connected"
+            assert wait_until(lambda: c.websocketStats()["closes"].get(1006, 0) >= 1)
+            stats = c.websocketStats()
+        finally:
+            c.close()
+    assert "no pong" in stats["last_close_reason"]
+    assert srv.headers[0]["Authorization"] == "Bearer the-key"
+    assert srv.headers[0]["Origin"] == srv.url
