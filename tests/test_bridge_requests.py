@@ -54,6 +54,8 @@ def test_endpoints(stack: Stack, u: MqttUser) -> None:
     assert set(by_name) == set(stack.emu.endpoints())
     assert by_name["light-001"] == {
         "name": "light-001",
+        "device_id": "light-001",  # the legacy Connector has no device IDs: the name
+        "endpoint_name": "light-001",
         "type": "Light",
         "q": False,
         "status": "ACTIVE",

@@ -50,7 +50,8 @@ def test_defaults() -> None:
     assert s.connector_token.get_secret_value() == TOKEN
     assert (s.mqtt_host, s.mqtt_port, s.mqtt_protocol) == ("localhost", 1883, "5")
     assert (s.topic_prefix, s.value_qos, s.value_retain) == ("connector", 1, True)
-    assert s.notification_channel == "longpoll"
+    assert s.notification_channel is None  # the dialect's default: longpoll or websocket
+    assert s.connector_api == "auto" and s.topic_endpoint == "name"
     assert s.presubscriptions == [{"endpoint-name": "*"}]
     assert s.initial_read is True and s.mqtt_tls_verify is True and not s.tls_enabled
     assert s.queue_mode_timeout > s.command_timeout

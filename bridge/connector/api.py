@@ -499,6 +499,29 @@ class connector:
         route: an ``unsupported`` error."""
         return self._dialect.service_info(asyncResult(), "limit", "/limits", "json")
 
+    def probeApi(self) -> asyncResult:
+        """Which dialect the service speaks, from one call (``GET /v3/devices?limit=2``):
+        ``result`` is ``"current"`` (today's Device Management answers it) or
+        ``"legacy"`` (a 2016 Connector or Device Server: 404); any other answer is the
+        error. Nothing changes in the client: :meth:`useApi` switches."""
+        result = asyncResult()
+        resp = self._request("GET", "/devices", api_version="/v3", params={"limit": "2"})
+        if isinstance(resp, response_codes):
+            return self._fail_transport(result, resp)
+        result.http_status = resp.status_code
+        if resp.status_code in (200, 404):
+            api = "current" if resp.status_code == 200 else "legacy"
+            result._complete(error=False, result=api, status_code=resp.status_code)
+            return result
+        return self._error(result, "get_endpoints", resp)
+
+    def useApi(self, api: Api) -> None:
+        """Speak ``api`` (``"legacy"`` or ``"current"``) from now on."""
+        if api not in API_NAMES:
+            raise ValueError(f"api must be one of {', '.join(API_NAMES)}, not {api!r}")
+        self.api = api
+        self._dialect = DIALECTS[api](self)
+
     # ---- endpoints and resources ----------------------------------------------------------
 
     def getEndpoints(self, typeOfEndpoint: str = "") -> asyncResult:
@@ -729,6 +752,20 @@ class connector:
         """Remove the registered webhook (204, or 404 when there is none)."""
         result = asyncResult()
         resp = self._request("DELETE", "/notification/callback")
+        return self._simple(result, "delete_callback_url", resp, (200, 204), "empty")
+
+    def getNotificationChannel(self) -> asyncResult:
+        """Today's service: the channel registered for this key,
+        ``{"delivery_mechanism": "CALLBACK" | "WEB_SOCKET" | "LONG_POLLING"}``, or 404."""
+        result = asyncResult()
+        resp = self._request("GET", "/notification/channel")
+        return self._simple(result, "get_callback_url", resp, (200,), "json")
+
+    def deleteWebsocket(self) -> asyncResult:
+        """Today's service: delete the WebSocket channel and its queue (the socket is
+        closed with 1000); needed before a channel of another kind can be registered."""
+        result = asyncResult()
+        resp = self._request("DELETE", "/notification/websocket")
         return self._simple(result, "delete_callback_url", resp, (200, 204), "empty")
 
     # ---- the notification channel ---------------------------------------------------------

@@ -18,15 +18,28 @@ State = Literal["online", "offline", "expired"]
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """One endpoint. ``name`` is what the bridge calls it (its topics); today's service
+    addresses it by ``device_id`` and reports the name it registered with as
+    ``endpoint_name`` (both are ``name`` on the legacy Connector, which has no IDs)."""
+
     name: str
     type: str | None
     queue_mode: bool
     resources: tuple[Resource, ...] | None
     state: State
+    device_id: str | None = None
+    endpoint_name: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The service's address of the endpoint: its device ID, or its name."""
+        return self.device_id or self.name
 
     def as_dict(self) -> dict[str, object]:
         return {
             "name": self.name,
+            "device_id": self.id,
+            "endpoint_name": self.endpoint_name or self.name,
             "type": self.type,
             "q": self.queue_mode,
             "state": self.state,
@@ -52,13 +65,15 @@ class Registry:
         type_: str | None,
         queue_mode: bool,
         resources: tuple[Resource, ...] | None,
+        device_id: str | None = None,
+        endpoint_name: str | None = None,
     ) -> Endpoint:
         """An endpoint is registered; unknown resources (None) keep the known ones."""
         with self._lock:
             old = self._endpoints.get(name)
             if resources is None and old is not None:
                 resources = old.resources
-            ep = Endpoint(name, type_, queue_mode, resources, "online")
+            ep = Endpoint(name, type_, queue_mode, resources, "online", device_id, endpoint_name)
             self._endpoints[name] = ep
             self._clock += 1
             self._generation[name] = self._clock

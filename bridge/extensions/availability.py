@@ -2,7 +2,9 @@
 
 ``$state`` is ``online`` from a registration (or the start-up listing), ``offline`` after a
 de-registration and ``expired`` when the registration lapsed. ``$resources`` is the
-endpoint's type, queue mode and resource list (path, rt, ct, obs) as JSON. Both are
+endpoint's device ID and endpoint name (today's service addresses devices by ID; on the
+legacy Connector both are the name), type, queue mode and resource list (path, rt, ct,
+obs) as JSON. Both are
 retained, so a client that subscribes later learns the fleet at once, and both are
 published again after the broker connection comes back. A forgotten endpoint (gone for
 good) has both cleared (empty retained messages).
@@ -11,6 +13,7 @@ good) has both cleared (empty retained messages).
 from __future__ import annotations
 
 import functools
+import json
 
 from bridge.core.events import (
     EndpointForgotten,
@@ -30,6 +33,14 @@ def resources_document(ept: str | None, queue_mode: bool, resources: tuple[Resou
     return encode_resources(ept, queue_mode, (r.as_dict() for r in resources))
 
 
+def identity_prefix(device_id: str, endpoint_name: str) -> bytes:
+    """The start of one endpoint's ``$resources``: its own fields before the shared rest."""
+    return (
+        b'{"device_id":' + json.dumps(device_id).encode()
+        + b',"endpoint_name":' + json.dumps(endpoint_name).encode() + b","
+    )  # fmt: skip
+
+
 class Availability(Extension):
     name = "availability"
 
@@ -46,7 +57,11 @@ class Availability(Extension):
         self.ctx.mqtt.publish(self.ctx.topics.state(name), state, qos=s.value_qos, retain=True)
 
     def _publish_resources(self, event: EndpointResources) -> None:
-        body = resources_document(event.type, event.queue_mode, tuple(event.resources))
+        shared = resources_document(event.type, event.queue_mode, tuple(event.resources))
+        ep = self.ctx.registry.get(event.name)
+        device_id = ep.id if ep is not None else event.name
+        endpoint_name = (ep.endpoint_name if ep is not None else None) or event.name
+        body = identity_prefix(device_id, endpoint_name) + shared[1:]
         s = self.ctx.settings
         self.ctx.mqtt.publish(self.ctx.topics.resources(event.name), body, s.value_qos, True)
 

@@ -155,6 +155,8 @@ class BridgeRequests(Extension):
                 data.append(
                     {
                         "name": e.name,
+                        "device_id": e.device_id or e.name,
+                        "endpoint_name": e.endpoint_name or e.name,
                         "type": e.type,
                         "q": e.queue_mode,
                         "status": e.status,
@@ -242,8 +244,9 @@ class BridgeRequests(Extension):
                 "version": ctx.info.get("connector_version"),
                 "rest_versions": ctx.info.get("rest_versions"),
                 "limits": limits.result if limits.ok else None,
-                "channel": ctx.settings.notification_channel,
-                "long_poll": ctx.port.channel_stats(),
+                "api": ctx.info.get("connector_api"),
+                "channel": ctx.info.get("channel", ctx.settings.notification_channel),
+                "channel_stats": ctx.port.channel_stats(),
                 "async_pending": ctx.port.pending_count(),
             },
             "mqtt": {

@@ -89,7 +89,7 @@ class Bridge:
             topics=self.topics,
             bus=self.bus,
             mqtt=self.mqtt,
-            port=SeedPort(self.connector_side.client, self.deadlines),
+            port=SeedPort(self.connector_side.client, self.deadlines, self.connector_side),
             registry=self.registry,
             counters=self.counters,
             commands=WorkerPool("bridge-command", settings.command_workers, settings.command_queue),
@@ -222,10 +222,13 @@ class Bridge:
 
     def _run_startup(self) -> None:
         side = self.connector_side
-        version = self._retry("connecting to the Connector", side.version)
+        version = self._retry("connecting to the Connector", side.probe)
         self.ctx.info["connector_version"] = version
-        rest = side.client.getApiVersions()
-        self.ctx.info["rest_versions"] = None if rest.error else rest.result
+        self.ctx.info["connector_api"] = side.api
+        self.ctx.info["channel"] = side.channel
+        if side.api == "legacy":
+            rest = side.client.getApiVersions()
+            self.ctx.info["rest_versions"] = None if rest.error else rest.result
         log.info("Connector at %s: %s", self.settings.connector_url, version.splitlines()[0])
         side.start_channel()
         self._retry(
@@ -236,7 +239,10 @@ class Bridge:
         fresh = [e for e in listed if not self.registry.changed_since(e["name"], mark)]
         for e in fresh:
             name, ept, q = e["name"], e.get("type"), bool(e.get("q", False))
-            self.registry.put(name, ept if isinstance(ept, str) else None, q, None)
+            self.registry.put(
+                name, ept if isinstance(ept, str) else None, q, None,
+                e.get("device_id"), e.get("endpoint_name"),
+            )  # fmt: skip
             self.bus.emit(EndpointRegistered(name, ept, q, "startup"))
         # From here on, a channel event for an endpoint makes its start-up description stale.
         mark = self.registry.mark()

@@ -41,6 +41,14 @@ GENERATED_SECRET = 43  # characters of secrets.token_urlsafe(32), the default ca
 CALLBACK_REGISTRATION_MAX = 400  # URL plus header values, as the Connector limits them
 DEFAULT_PRESUBSCRIPTIONS: list[dict[str, Any]] = [{"endpoint-name": "*"}]
 
+Channel = Literal["websocket", "callback", "longpoll"]
+#: The notification channels each dialect offers, and its default one.
+CHANNELS: dict[str, tuple[Channel, ...]] = {
+    "current": ("websocket", "callback"),
+    "legacy": ("longpoll", "callback"),
+}
+DEFAULT_CHANNEL: dict[str, Channel] = {"current": "websocket", "legacy": "longpoll"}
+
 
 class SettingsError(Exception):
     """Start-up cannot go on: the message names every wrong or missing setting."""
@@ -75,6 +83,12 @@ class Settings(BaseSettings):
         description="base URL of the Connector REST API (no /v2), e.g. http://127.0.0.1:8080"
     )
     connector_token: SecretStr = Field(description="the Connector access key (secret)")
+    connector_api: Literal["auto", "current", "legacy"] = Field(
+        "auto",
+        description="the service's API: current (today's Device Management: /v3/devices, "
+        "device requests, WebSocket), legacy (the 2016 Connector, on-premise Device Server) or "
+        "auto (one probe at start-up tells them apart; the log says which it found)",
+    )
     connector_token_file: Path | None = Field(
         None, description="file holding the access key, instead of connector_token"
     )
@@ -147,12 +161,24 @@ class Settings(BaseSettings):
 
     # ---- topics and values
     topic_prefix: str = Field("connector", description="first level(s) of every topic")
+    topic_endpoint: Literal["name", "id"] = Field(
+        "name",
+        description="today's service: devices appear in topics by their endpoint name (name) or "
+        "device ID (id); a second device with a name already taken gets its ID",
+    )
     value_qos: Literal[0, 1, 2] = Field(1, description="QoS of value, $state and $resources")
     value_retain: bool = Field(True, description="retain value topics")
 
     # ---- the notification channel
-    notification_channel: Literal["longpoll", "callback"] = Field(
-        "longpoll", description="how the Connector delivers: longpoll or callback"
+    notification_channel: Literal["websocket", "callback", "longpoll"] | None = Field(
+        None,
+        description="how the service delivers: websocket (today's service; the default there), "
+        "callback (both; needs callback_url) or longpoll (the legacy Connector; its default)",
+    )
+    channel_takeover: Literal["replace", "fail"] = Field(
+        "replace",
+        description="a channel of another kind already registered for the access key: replace "
+        "it (delete it, then open ours; the log says so) or fail (stop start-up, naming it)",
     )
     callback_url: str | None = Field(
         None, description="URL the Connector calls (callback channel), e.g. http://host:8081/n"
@@ -411,6 +437,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.connector_api != "auto":
+            self.channel_for(self.connector_api)
         if self.notification_channel == "callback" and not self.callback_url:
             raise ValueError(
                 f"{env_name('callback_url')} ({flag_name('callback_url')}) is required when "
@@ -452,6 +480,20 @@ class Settings(BaseSettings):
         return self
 
     # ---- derived values ----------------------------------------------------------------
+
+    def channel_for(self, api: Literal["current", "legacy"]) -> Channel:
+        """The notification channel on a service speaking ``api``: the setting, else the
+        dialect's default; ValueError, naming both settings, for one it does not offer."""
+        channel = self.notification_channel or DEFAULT_CHANNEL[api]
+        if channel not in CHANNELS[api]:
+            offered = " or ".join(CHANNELS[api])
+            raise ValueError(
+                f"{env_name('notification_channel')}={channel} is not offered by the "
+                f"{'legacy Connector' if api == 'legacy' else 'current Device Management'} "
+                f"API ({env_name('connector_api')}={self.connector_api}"
+                f"{'' if self.connector_api == api else f', found {api}'}): use {offered}"
+            )
+        return channel
 
     @property
     def tls_enabled(self) -> bool:

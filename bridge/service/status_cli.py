@@ -253,9 +253,12 @@ def endpoint_rows(snap: Snapshot) -> list[dict[str, Any]]:
         entry = listed.get(name, {})
         doc = snap.resources.get(name, {})
         resources = doc.get("resources")
+        device_id = entry.get("device_id") or doc.get("device_id") or name
         rows.append(
             {
                 "name": name,
+                "device_id": device_id,
+                "endpoint_name": entry.get("endpoint_name") or doc.get("endpoint_name") or name,
                 "type": entry.get("type") or doc.get("type"),
                 "state": entry.get("state") or snap.states.get(name) or "unknown",
                 "queue_mode": bool(entry.get("q", doc.get("q", False))),
@@ -301,6 +304,8 @@ def render(snap: Snapshot) -> str:
     conn = [str(connector.get("url", "?"))]
     if connector.get("version"):
         conn.append(str(connector["version"]).splitlines()[0])
+    if connector.get("api"):
+        conn.append(f"{connector['api']} API")
     conn.append(f"channel {connector.get('channel', '?')}")
     if hconn.get("state"):
         conn.append(str(hconn["state"]))
@@ -346,11 +351,14 @@ def render(snap: Snapshot) -> str:
     lines += [f"{k.ljust(width)}  {v}" for k, v in figures]
     lines.append("")
     rows = endpoint_rows(snap)
+    # Today's service has device IDs: a column of its own (the legacy one has names only).
+    ids = any(r["device_id"] != r["name"] for r in rows)
     lines += table(
-        ["ENDPOINT", "TYPE", "STATE", "QUEUE", "RESOURCES"],
+        ["ENDPOINT", *(["DEVICE ID"] if ids else []), "TYPE", "STATE", "QUEUE", "RESOURCES"],
         [
             (
                 r["name"],
+                *([r["device_id"]] if ids else []),
                 r["type"] or "-",
                 r["state"],
                 "yes" if r["queue_mode"] else "no",

@@ -30,6 +30,7 @@ from bridge.core.counters import Counters
 from bridge.core.retry import ErrorKind, RetryPolicy
 from bridge.core.workers import Deadlines
 from bridge.upstream.async_calls import AsyncCalls, Done, Outcome, Resubmit, Starter
+from bridge.upstream.identities import Addressing
 from bridge.upstream.lwm2m_json import UNREACHABLE, answered_values, read_groups
 from bridge.upstream.side import listing_resources
 
@@ -63,12 +64,16 @@ def _with_instance_values(base: str, done: Done, outcome: Outcome) -> None:
 
 @dataclass(frozen=True, slots=True)
 class ListedEndpoint:
-    """One endpoint of a listing."""
+    """One endpoint of a listing: ``name`` as the bridge calls it (its topics), with the
+    service's ``device_id`` and the ``endpoint_name`` the device registered with (all
+    three the same on the legacy Connector)."""
 
     name: str
     type: str | None
     queue_mode: bool
     status: str | None
+    device_id: str | None = None
+    endpoint_name: str | None = None
 
 
 class ConnectorPort(ABC):
@@ -197,6 +202,10 @@ class ConnectorPort(ABC):
         """The notification channel's counters (long polling: pulls, failures, ...)."""
 
     @abstractmethod
+    def duplicates(self) -> int:
+        """How many channel entries were dropped as seen before (same ``uid``)."""
+
+    @abstractmethod
     def pending_count(self) -> int:
         """How many calls wait for their answer from the channel."""
 
@@ -252,14 +261,24 @@ class SeedPort(ConnectorPort):
     """The port over the seed-API client, which must have been created with
     ``asyncTimeout=None`` (the calls' deadlines are the port's)."""
 
-    def __init__(self, client: connector, deadlines: Deadlines) -> None:
+    def __init__(
+        self,
+        client: connector,
+        deadlines: Deadlines,
+        addressing: Addressing | None = None,
+    ) -> None:
+        """``addressing`` translates the bridge's endpoint names and the service's
+        addresses (today's device IDs); the same by default."""
         super().__init__(deadlines)
         self._client = client
+        self._names = addressing or Addressing()
+        self._address = self._names.address
 
     def _try(
         self, verb: Verb, endpoint: str, path: str, value: bytes | str | None, cache_only: bool
     ) -> Starter:
         c = self._client
+        endpoint = self._address(endpoint)
 
         def start(answer: Done) -> Callable[[], object] | None:
             def cb(r: asyncResult) -> None:
@@ -278,27 +297,33 @@ class SeedPort(ConnectorPort):
         return start
 
     def unsubscribe(self, endpoint: str, path: str) -> Outcome:
-        r = self._client.deleteResourceSubscription(endpoint, path)
+        r = self._client.deleteResourceSubscription(self._address(endpoint), path)
         return outcome_of(r, None, keep_result=False)
 
     def list_endpoints(self, type: str = "") -> Outcome:
         r = self._client.getEndpoints(type)
         listed = None
         if not r.error and isinstance(r.result, list):
-            listed = [
-                ListedEndpoint(
-                    e["name"],
-                    e.get("type") if isinstance(e.get("type"), str) else None,
-                    bool(e.get("q", False)),
-                    e.get("status") if isinstance(e.get("status"), str) else None,
+            listed = []
+            for e in r.result:
+                if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+                    continue
+                original = e.get("endpoint_name")
+                original = original if isinstance(original, str) and original else None
+                listed.append(
+                    ListedEndpoint(
+                        self._names.name_for(e["name"], original),
+                        e.get("type") if isinstance(e.get("type"), str) else None,
+                        bool(e.get("q", False)),
+                        e.get("status") if isinstance(e.get("status"), str) else None,
+                        e["name"],
+                        original or e["name"],
+                    )
                 )
-                for e in r.result
-                if isinstance(e, dict) and isinstance(e.get("name"), str)
-            ]
         return outcome_of(r, listed, keep_result=False)
 
     def list_resources(self, endpoint: str) -> Outcome:
-        r = self._client.getResources(endpoint)
+        r = self._client.getResources(self._address(endpoint))
         resources = None if r.error else listing_resources(r.raw_data, r.result)
         return outcome_of(r, resources, keep_result=False)
 
@@ -315,7 +340,12 @@ class SeedPort(ConnectorPort):
         return outcome_of(r, None if r.error else r.result, keep_result=False)
 
     def channel_stats(self) -> dict[str, Any]:
+        if self._client.websocketState() != "stopped":
+            return self._client.websocketStats()
         return self._client.longPollStats()
+
+    def duplicates(self) -> int:
+        return self._client.duplicatesDropped()
 
     def pending_count(self) -> int:
         return self._client.pendingCount()

@@ -13,6 +13,9 @@ health extension publishes it).
   :data:`DOWN_AFTER` seconds in a row (a single cut poll is not an outage).
 - ``refused``: 401 or 403, the access key is refused; at once, since waiting will not
   mend it (the long poll then tries only once per back-off cap, 30 s, not in a loop).
+- ``taken_over``, ``revoked``: today's service ended the WebSocket channel for good:
+  another consumer opened a socket on it (close code 1001), or the key was revoked
+  (1008). The channel does not fight back in a loop; a restart is needed.
 
 Who feeds it: the start-up calls (:class:`bridge.upstream.side.ConnectorSide`), and a
 monitor thread that reads the long poll's counters once a second (long-poll channel) or
@@ -30,7 +33,7 @@ from typing import Any
 
 from bridge.connector import response_codes
 from bridge.core.counters import Counters
-from bridge.core.events import ConnectorState, ConnectorStateChanged, EventBus
+from bridge.core.events import ChannelLost, ConnectorState, ConnectorStateChanged, EventBus
 from bridge.core.retry import Backoff
 
 log = logging.getLogger("bridge.reachability")
@@ -109,6 +112,15 @@ class Reachability:
                 event = None
         self._emit(event)
 
+    def lost(self, state: ChannelLost, detail: str) -> None:
+        """The service ended our channel for good: another consumer took it (1001,
+        ``taken_over``) or the key was revoked (1008, ``revoked``). Not retried."""
+        with self._lock:
+            self._failures += 1
+            self._failing_since = self._failing_since or self._clock()
+            event = self._change(state, detail)
+        self._emit(event)
+
     def _change(self, state: ConnectorState, detail: str | None) -> ConnectorStateChanged | None:
         """Switch to ``state`` (lock held); the event to emit, or None when unchanged."""
         if state == self._state:
@@ -124,6 +136,14 @@ class Reachability:
                 log.info("the Connector answers again (it was %s)", previous)
         elif state == "refused":
             log.error("the Connector refuses the access key: %s", detail)
+        elif state == "taken_over":
+            log.error(
+                "another consumer took the notification channel of this access key (%s): "
+                "this bridge gets no notifications until it is restarted",
+                detail,
+            )
+        elif state == "revoked":
+            log.error("the access key was revoked (%s): check the key, then restart", detail)
         else:
             log.warning(
                 "the Connector is unreachable (%s); retrying with back-off until it answers",
@@ -145,8 +165,11 @@ class Monitor:
         long_poll_stats: Callable[[], dict[str, Any]] | None,
         probe: Callable[[], response_codes | None] | None,
         backoff_max: float = 30.0,
+        *,
+        websocket_state: Callable[[], object] | None = None,
     ) -> None:
         self._reach = reach
+        self._websocket = websocket_state
         self._backoff_max = backoff_max
         self._stats = long_poll_stats
         self._probe = probe
@@ -168,7 +191,10 @@ class Monitor:
         backoff = Backoff(CHECK_INTERVAL, self._backoff_max)
         while not self._stop.is_set():
             try:
-                if self._stats is not None:
+                if self._websocket is not None:
+                    self._websocket()  # reports the channel's state itself
+                    delay = CHECK_INTERVAL
+                elif self._stats is not None:
                     self._read_long_poll()
                     delay = CHECK_INTERVAL
                 elif self._probe_once():

@@ -16,9 +16,10 @@ import secrets
 import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from bridge.connector import connector, decode_payload, response_codes
+from bridge.connector.dialects import Api
 from bridge.connector.messages import MessageKind
 from bridge.core.counters import Counters
 from bridge.core.events import (
@@ -33,8 +34,9 @@ from bridge.core.events import (
 )
 from bridge.core.registry import Registry
 from bridge.core.retry import Backoff
-from bridge.service.settings import Settings, env_name
+from bridge.service.settings import Channel, Settings, env_name
 from bridge.upstream.callback_receiver import CallbackReceiver, server_ssl_context
+from bridge.upstream.identities import Addressing, Identities
 from bridge.upstream.reachability import Monitor, Reachability, is_refusal, is_transient
 
 log = logging.getLogger("bridge.connector_side")
@@ -107,13 +109,18 @@ _a2b = binascii.a2b_base64
 _new_notification = tuple.__new__  # Notification(...) without its Python-level __new__
 
 
-def decode_notifications(entries: list[Any]) -> tuple[list[Notification], int]:
+def decode_notifications(
+    entries: list[Any], names: Identities | None = None
+) -> tuple[list[Notification], int]:
     """The values of a message's ``notifications`` entries, and how many entries were
     bad (no endpoint name or path, a payload that is not base64; each is logged).
+    ``names``: today's service, whose ``ep`` is a device ID: the endpoint becomes its
+    topic name (bound from the entry's ``original-ep`` on first sight).
 
     The hot path of the bridge: one pass, the C base64 decoder first (the client's
     lenient one only for what it refuses: missing padding, or a non-string).
     """
+    known = None if names is None else names.known
     values: list[Notification] = []
     append = values.append
     bad = 0
@@ -132,12 +139,27 @@ def decode_notifications(entries: list[Any]) -> tuple[list[Notification], int]:
             endpoint, path = entry["ep"], entry["path"]
             if type(endpoint) is not str or type(path) is not str:
                 raise TypeError("ep and path must be strings")
+            if known is not None:
+                endpoint = known(endpoint) or _bind(names, endpoint, entry)  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             bad += 1
             log.warning("notification ignored (%s): %.200r", exc, entry)
             continue
         append(_new_notification(Notification, (endpoint, path, payload)))
     return values, bad
+
+
+def _bind(names: Identities, device_id: str, entry: Mapping[str, Any]) -> str:
+    original = entry.get("original-ep")
+    return names.topic(device_id, original if isinstance(original, str) else None)
+
+
+def _departed(entry: Any) -> str | None:
+    """The device of a de-registration or expiry entry: a string, or an object with
+    ``ep`` (serialization option ``deregistrations_as_object``)."""
+    if isinstance(entry, Mapping):
+        entry = entry.get("ep")
+    return entry if isinstance(entry, str) else None
 
 
 def _entries(message: Mapping[str, Any], key: str) -> list[Any]:
@@ -161,7 +183,7 @@ def _registered_names(message: Mapping[str, Any]) -> frozenset[str]:
     )
 
 
-class ConnectorSide:
+class ConnectorSide(Addressing):
     def __init__(
         self, settings: Settings, bus: EventBus, registry: Registry, counters: Counters
     ) -> None:
@@ -169,9 +191,12 @@ class ConnectorSide:
         self.bus = bus
         self.registry = registry
         self.counters = counters
+        # With connector_api=auto the dialect is found at start-up (probe()); until then
+        # the client speaks the legacy one.
         self.client = connector(
             settings.connector_token.get_secret_value(),
             settings.connector_url,
+            api="legacy" if settings.connector_api == "auto" else settings.connector_api,
             timeout=settings.connector_timeout,
             # Every call's deadline is the port's (bridge.upstream.port): none in the client.
             asyncTimeout=None,
@@ -180,6 +205,9 @@ class ConnectorSide:
             fastHttp=settings.connector_http == "fast",
         )
         self._receiver: CallbackReceiver | None = None
+        # Device IDs <-> the names in topics (today's service; the legacy one has no IDs).
+        self.identities = Identities(settings.topic_endpoint)
+        self.channel: Channel | None = None  # known once start_channel ran
         # Whether the Connector answers: see bridge.upstream.reachability (events on the bus).
         self.reachability = Reachability(bus, counters)
         self._monitor: Monitor | None = None
@@ -198,6 +226,59 @@ class ConnectorSide:
             self.client.setHandler(name, fn)
 
     # ---- start-up checks ----------------------------------------------------------------
+
+    @property
+    def api(self) -> Api:
+        """The dialect the client speaks (found by :meth:`probe` with ``auto``)."""
+        return self.client.api
+
+    def probe(self) -> str:
+        """Check the service and find its dialect (``connector_api=auto``): one call. The
+        text describing the service; raises StartupError (401, a channel the dialect does
+        not offer) or ConnectionError (no answer: tried again with back-off)."""
+        s = self.settings
+        if s.connector_api == "auto":
+            r = self.client.probeApi()
+            if r.error:
+                self._startup_failure(r.error)
+            self.client.useApi(r.result)
+            log.info(
+                "the service at %s speaks the %s API (%s=auto: GET /v3/devices answered %d)",
+                s.connector_url,
+                "current Device Management" if r.result == "current" else "legacy Connector",
+                env_name("connector_api"),
+                r.status_code,
+            )
+        try:
+            self.channel = s.channel_for(self.api)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        if self.api == "legacy":
+            return self.version()
+        if s.connector_api != "auto":
+            r = self.client.probeApi()
+            if r.error:
+                self._startup_failure(r.error)
+            if r.result != "current":
+                raise StartupError(
+                    f"{env_name('connector_api')}=current, but the service at "
+                    f"{s.connector_url} has no /v3/devices (a legacy Connector?): set "
+                    f"{env_name('connector_api')}=legacy or auto"
+                )
+        self.reachability.success()
+        return "Device Management (current API)"
+
+    def _startup_failure(self, error: response_codes) -> NoReturn:
+        self.reachability.failure(str(error), error.status_code)
+        if error.status_code in (401, 403):
+            raise StartupError(
+                f"the service at {self.settings.connector_url} refused the access key "
+                f"(HTTP {error.status_code}): check {env_name('connector_token')}"
+            )
+        raise ConnectionError(
+            f"the service at {self.settings.connector_url} "
+            f"({env_name('connector_url')}) did not answer: {error.error}"
+        )
 
     def version(self) -> str:
         """The Connector's version text; raises StartupError (401) or ConnectionError."""
@@ -232,7 +313,19 @@ class ConnectorSide:
 
     def start_channel(self) -> None:
         s = self.settings
-        if s.notification_channel == "longpoll":
+        if self.channel is None:
+            self.channel = s.channel_for(self.api)
+        if self.api == "current":
+            self._take_channel_over()
+        if self.channel == "websocket":
+            self.client.startWebsocket(onState=self._websocket_state)
+            self._monitor = Monitor(
+                self.reachability, None, None, s.connector_retry_max,
+                websocket_state=self._websocket_now,
+            ).start()  # fmt: skip
+            log.info("notification channel: WebSocket (%s)", self.client.websocketState())
+            return
+        if self.channel == "longpoll":
             # One channel per access key: a callback left behind would refuse our pulls.
             r = self.client.deleteCallback()
             if not r.error:
@@ -290,12 +383,57 @@ class ConnectorSide:
                 f"({env_name('callback_listen')}): {exc.strerror or exc}"
             ) from None
 
+    def _take_channel_over(self) -> None:
+        """Today's service keeps one channel per access key, of one kind: one of another
+        kind is replaced or refused, as ``channel_takeover`` says, and logged either way."""
+        want = {"websocket": "WEB_SOCKET", "callback": "CALLBACK"}[str(self.channel)]
+        r = self.client.getNotificationChannel()
+        found = r.result.get("delivery_mechanism") if isinstance(r.result, dict) else None
+        if r.error or not isinstance(found, str) or found == want:
+            return
+        setting = env_name("channel_takeover")
+        if self.settings.channel_takeover == "fail":
+            raise StartupError(
+                f"a {found} notification channel is registered for this access key and "
+                f"{env_name('notification_channel')}={self.channel} needs {want}: delete it, "
+                f"or set {setting}=replace"
+            )
+        gone = (
+            self.client.deleteWebsocket() if found == "WEB_SOCKET" else self.client.deleteCallback()
+        )
+        if gone.error:
+            raise StartupError(
+                f"cannot delete the {found} notification channel registered for this access "
+                f"key ({setting}=replace): {gone.error}"
+            )
+        log.warning(
+            "found a %s notification channel registered for this access key: deleted it "
+            "(%s=replace) to open the %s channel",
+            found, setting, want,
+        )  # fmt: skip
+
+    def _websocket_now(self) -> None:
+        stats = self.client.websocketStats()
+        self._websocket_state(str(stats.get("state")), stats.get("detail"))
+
+    def _websocket_state(self, state: str, detail: str | None) -> None:
+        """The WebSocket channel's state, as the Connector's reachability (called on every
+        change, and once a second by the monitor so that a long outage counts as down)."""
+        if state == "connected":
+            self.reachability.success()
+        elif state in ("taken_over", "revoked"):
+            self.reachability.lost(state, detail or state)  # type: ignore[arg-type]
+        elif state == "refused":
+            self.reachability.failure(f"WebSocket: {detail}", 401)
+        elif state in ("reconnecting", "connecting"):
+            self.reachability.failure(f"WebSocket: {detail}")
+
     def _admit(self, message: Mapping[str, Any]) -> str | None:
         return None if self.admit_callback is None else self.admit_callback(message)
 
     def _probe(self) -> response_codes | None:
         """One cheap call to see whether the Connector answers (callback channel)."""
-        r = self.client.getConnectorVersion()
+        r = self.client.getConnectorVersion() if self.api == "legacy" else self.client.probeApi()
         return r.error or None
 
     def stop_channel(self) -> None:
@@ -303,8 +441,11 @@ class ConnectorSide:
         if self._monitor is not None:
             self._monitor.stop()
             self._monitor = None
-        if self.settings.notification_channel == "longpoll":
+        if self.channel == "longpoll":
             self.client.stopLongPolling(timeout=2.0)
+            return
+        if self.channel == "websocket":
+            self.client.stopWebsocket(timeout=2.0)
             return
         if self._receiver is not None:
             # From here on the Connector keeps what it has for the next start (503).
@@ -325,14 +466,27 @@ class ConnectorSide:
             self.reachability.failure(str(r.error), r.error.status_code)
         if r.error or not isinstance(r.result, list):
             raise ConnectionError(f"listing endpoints failed: {r.error or r.result!r}")
-        return [e for e in r.result if isinstance(e, dict) and isinstance(e.get("name"), str)]
+        listed = [e for e in r.result if isinstance(e, dict) and isinstance(e.get("name"), str)]
+        if self.api == "legacy":
+            return listed
+        # Today's listing names devices by ID: the bridge's names come from the endpoint
+        # names, bound in the listing's order (see bridge.upstream.identities).
+        out = []
+        for e in listed:
+            original = e.get("endpoint_name")
+            original = original if isinstance(original, str) and original else None
+            out.append(
+                {**e, "device_id": e["name"], "endpoint_name": original,
+                 "name": self.name_for(e["name"], original)}
+            )  # fmt: skip
+        return out
 
     def describe(self, name: str) -> tuple[Resource, ...] | None:
         """An endpoint's resources, or None when the Connector cannot say (a transient
         failure is tried again a few times, with back-off)."""
         backoff = Backoff(DESCRIBE_RETRY, DESCRIBE_RETRY_MAX)
         for attempt in range(1, DESCRIBE_TRIES + 1):
-            r = self.client.getResources(name)
+            r = self.client.getResources(self.address(name))
             if not r.error:
                 return listing_resources(r.raw_data, r.result)
             if not is_transient(r.error) or attempt == DESCRIBE_TRIES:
@@ -350,13 +504,16 @@ class ConnectorSide:
             if not isinstance(entry, Mapping) or not isinstance(entry.get("ep"), str):
                 log.warning("%s entry without an endpoint name ignored: %.200r", key, entry)
                 continue
-            name = entry["ep"]
+            device_id = entry["ep"]
+            original = entry.get("original-ep")
+            original = original if isinstance(original, str) and original else None
+            name = self.name_for(device_id, original)
             ept = entry.get("ept") if isinstance(entry.get("ept"), str) else None
             q = bool(entry.get("q", False))
             resources = parse_resources(entry.get("resources"))
             # A reg-update with no resource list leaves the resources as they were.
             known = resources if (resources or source == "registration") else None
-            self.registry.put(name, ept, q, known)
+            self.registry.put(name, ept, q, known, device_id, original)
             self.counters.add(source.replace("-", "_") + "s")
             self.bus.emit(EndpointRegistered(name, ept, q, source))
             if known is not None:
@@ -368,10 +525,21 @@ class ConnectorSide:
     def _on_reg_updates(self, message: Mapping[str, Any]) -> None:
         self._registered(message, "reg-updates")
 
+    def name_for(self, device_id: str, endpoint_name: str | None) -> str:
+        """The bridge's name (topics) for an endpoint the service reported."""
+        if self.api == "legacy":
+            return device_id  # the legacy Connector's "ep" is the name itself
+        return self.identities.topic(device_id, endpoint_name)
+
+    def address(self, name: str) -> str:
+        """What the service calls the endpoint the bridge calls ``name``."""
+        return name if self.api == "legacy" else self.identities.device(name)
+
     def _on_notifications(self, message: Mapping[str, Any]) -> None:
         entries = message.get("notifications")
         if isinstance(entries, list) and entries:
-            values, bad = decode_notifications(entries)
+            names = None if self.api == "legacy" else self.identities
+            values, bad = decode_notifications(entries, names)
             if bad:
                 self.counters.add("notifications_bad", bad)
             self.bus.emit(NotificationsReceived(values, len(entries)))
@@ -379,18 +547,26 @@ class ConnectorSide:
     def _removed(
         self, message: Mapping[str, Any], key: str, state: Literal["offline", "expired"]
     ) -> None:
-        names = _entries(message, key)
+        departed = _entries(message, key)
         # The client hands registrations over before de-registrations; a message holding
         # both for one endpoint has lost their order. Most likely it rebooted (left, came
         # back): keep it online rather than refuse its commands until it updates.
-        back = _registered_names(message) if names else frozenset()
-        for name in names:
-            if not isinstance(name, str):
-                log.warning("%s entry is not an endpoint name: %.200r", key, name)
+        back = _registered_names(message) if departed else frozenset()
+        for entry in departed:
+            device_id = _departed(entry)
+            if device_id is None:
+                log.warning("%s entry is not an endpoint: %.200r", key, entry)
                 continue
-            if name in back:
-                log.info("%s of %r ignored: the same message registers it", key, name)
+            if device_id in back:
+                log.info("%s of %r ignored: the same message registers it", key, device_id)
                 continue
+            name = device_id if self.api == "legacy" else self.identities.known(device_id)
+            if name is None:
+                if isinstance(entry, Mapping) and isinstance(entry.get("original-ep"), str):
+                    name = _bind(self.identities, device_id, entry)
+                else:
+                    log.info("%s of %s, a device the bridge never saw: ignored", key, device_id)
+                    continue
             self.registry.remove(name, state)
             self.counters.add(key.replace("-", "_"))
             self.bus.emit(EndpointRemoved(name, state))

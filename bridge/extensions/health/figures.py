@@ -277,7 +277,8 @@ def key_figures(ctx: BridgeContext, watch: Watch) -> dict[str, Any]:
     """The bridge's figures now, as a JSON-ready document (the health message)."""
     counters = ctx.counters.snapshot()
     mqtt = dict(ctx.mqtt.stats)
-    poll = ctx.port.channel_stats() if ctx.settings.notification_channel == "longpoll" else {}
+    channel = ctx.info.get("channel", ctx.settings.notification_channel)
+    poll = ctx.port.channel_stats() if channel in ("longpoll", "websocket") else {}
     reachable, why = connector_health(watch)
     reasons = readiness(ctx, watch)
     summary = watch.latency.overall()
@@ -310,7 +311,8 @@ def key_figures(ctx: BridgeContext, watch: Watch) -> dict[str, Any]:
         },
         "connector": {
             "url": _public_url(ctx.settings.connector_url),
-            "channel": ctx.settings.notification_channel,
+            "api": ctx.info.get("connector_api"),
+            "channel": channel,
             "state": state.state if state is not None else None,
             "since": _iso(state.since) if state is not None else None,
             "reachable": reachable,
@@ -319,7 +321,8 @@ def key_figures(ctx: BridgeContext, watch: Watch) -> dict[str, Any]:
             "outages": counters.get("connector_outages", 0),
             "recoveries": counters.get("connector_recoveries", 0),
             "pulls": poll.get("pulls", 0),
-            "channel_failures": poll.get("failures", 0),
+            "channel_failures": poll.get("failures", poll.get("reconnects", 0)),
+            "duplicates": ctx.port.duplicates(),
             "async_pending": ctx.port.pending_count(),
             "async_timeouts": counters.get("async_timeouts", 0),
             "requests": summary.count,

@@ -18,7 +18,9 @@ out. Each entity
 - belongs to one device per endpoint, reached ``via_device`` the bridge's own device;
 - is available only while both ``<prefix>/$bridge/state`` and ``<prefix>/<ep>/$state``
   say ``online`` (``offline``, ``expired`` or anything else means unavailable);
-- has a ``unique_id`` built from the topic prefix, the endpoint name and the resource
+- has a ``unique_id`` built from the topic prefix, the device ID (the endpoint name on the
+  legacy Connector, which has no IDs; so a device shown under another name keeps its
+  entities) and the resource
   path alone, so it is the same after every restart and differs between endpoints.
 
 Identifiers use only ``[A-Za-z0-9_-]`` (what Home Assistant allows in a discovery topic)
@@ -29,6 +31,7 @@ appears inside a token, so it separates the parts of an identifier unambiguously
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -90,6 +93,13 @@ class EndpointView:
         return self.endpoint.name
 
     @property
+    def id(self) -> str:
+        """What identifies the device for Home Assistant: the service's device ID (the
+        name on the legacy Connector), so a device keeps its entities when it is shown
+        under another name."""
+        return self.endpoint.id
+
+    @property
     def ept(self) -> str:
         """The endpoint type, ``""`` when unknown."""
         return self.endpoint.type or ""
@@ -129,12 +139,16 @@ def endpoint_from_resources_document(
     entries = document.get("resources") or []
     if not isinstance(entries, list):
         raise ValueError("$resources: 'resources' must be a list")
-    return endpoint_view(
+    view = endpoint_view(
         name,
         str(document.get("type") or ""),
         (Resource.from_dict(e) for e in entries if isinstance(e, Mapping)),
         values,
     )
+    device_id = document.get("device_id")
+    if isinstance(device_id, str) and device_id and device_id != name:
+        view = EndpointView(dataclasses.replace(view.endpoint, device_id=device_id), view.values)
+    return view
 
 
 @dataclass(frozen=True)
@@ -364,7 +378,7 @@ def discovery_messages(
     device = _device(endpoint, settings)
     origin = _origin(settings)
     availability = _availability(endpoint, topics)
-    node = node_id(endpoint.name, settings.topic_prefix)
+    node = node_id(endpoint.id, settings.topic_prefix)
     messages: list[DiscoveryMessage] = []
     for entity in entities:
         object_slug = slug(f"{endpoint.name} {entity.name}") or slug(
@@ -372,7 +386,7 @@ def discovery_messages(
         )
         config: Config = {
             "name": entity.name,
-            "unique_id": unique_id(endpoint.name, entity.path, settings.topic_prefix),
+            "unique_id": unique_id(endpoint.id, entity.path, settings.topic_prefix),
             "default_entity_id": f"{entity.component}.{object_slug}",
             # `object_id` is what Home Assistant before 2025.10 reads; newer releases
             # take `default_entity_id` and ignore the unknown key.
@@ -667,7 +681,7 @@ def _entity(component: str, path: str, name: str, **config: Any) -> _Entity:
 
 def _device(endpoint: EndpointView, settings: DiscoverySettings) -> Config:
     device: Config = {
-        "identifiers": [node_id(endpoint.name, settings.topic_prefix)],
+        "identifiers": [node_id(endpoint.id, settings.topic_prefix)],
         "name": endpoint.name,
         "via_device": bridge_node_id(settings.topic_prefix),
     }
