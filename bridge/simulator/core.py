@@ -647,6 +647,16 @@ class EmulatorCore:
         self.enc = ch.Encoder(True)
         self.outbox.clear()
 
+    def callback_info(self) -> Reply:
+        """``GET /v2/notification/callback``: url and headers (and, current dialect, the
+        serialization options it was registered with)."""
+        if self.callback is None:
+            return text(404, "no callback URL set")
+        out = dict(self.callback)
+        if self.current and self.enc.options.given:
+            out["serialization"] = self.enc.options.to_json()
+        return as_json(200, out)
+
     def channel_info(self) -> Reply:
         """``GET /v2/notification/channel``."""
         kind = self.channel_kind
