@@ -35,7 +35,8 @@ def rss_mib(pid: int) -> float:
 
 
 def start_emulator(devices: int, token: str) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "bridge", "simulate", "--port", "0", "--token", token]
+    cmd = [sys.executable, "-m", "bridge", "simulate", "--api", "legacy"]
+    cmd += ["--port", "0", "--token", token]
     cmd += ["--devices", str(devices), "--no-drift", "--pull-timeout", "5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
