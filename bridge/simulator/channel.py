@@ -158,7 +158,7 @@ def rfc3339_ms(wall: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:03d}Z"
 
 
-def _nothing() -> str:
+def no_meta() -> str:
     return ""
 
 
@@ -190,7 +190,7 @@ class Encoder:
         if opts.include_timestamp:
             parts.append(self._timestamp)
         if not parts:
-            self.meta: Callable[[], str] = _nothing
+            self.meta: Callable[[], str] = no_meta
         elif len(parts) == 1:
             self.meta = parts[0]
         else:

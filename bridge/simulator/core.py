@@ -470,14 +470,19 @@ class EmulatorCore:
         done = 0
         ntargets = len(targets)
         b64 = ch.b64
+        kind = ch.NOTIFICATION
         while done < n:
-            entries = []
-            make = self.enc.notification_from_prefix  # (a new channel may bring its own)
+            entries: list[ch.Entry] = []
+            meta = self.enc.meta  # (a new channel may bring its own)
+            plain = meta is ch.no_meta
             for k in range(done, min(n, done + chunk)):
                 dev, index, prefix = targets[k % ntargets]
                 value = f"{start + k:0{width}d}".encode()
                 dev.values[index] = value
-                entries.append(make(prefix, b64(value)))
+                if plain:
+                    entries.append((kind, f'{prefix}{b64(value)}","max-age":60}}'))
+                else:
+                    entries.append((kind, f'{prefix}{b64(value)}","max-age":60{meta()}}}'))
             if self._discarding():
                 self.counters["discarded"] += len(entries)
             else:
