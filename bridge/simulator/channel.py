@@ -3,7 +3,11 @@
 Entries are JSON fragments built once, when they are emitted, so that a pull only joins
 strings: a batch of 10,000 notifications is one ``str.join`` per kind. The queue keeps
 the global order; a batch that could not be delivered goes back to the head, so the
-next pull (or webhook attempt) delivers it first.
+next pull (or webhook attempt, or WebSocket frame) delivers it first.
+
+:class:`Encoder` builds the fragments of one dialect and one channel's serialization
+options (:class:`Serialization`), picked once; the module-level builders below are the
+legacy dialect's.
 """
 
 from __future__ import annotations

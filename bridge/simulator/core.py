@@ -1,5 +1,11 @@
 """The emulated Connector service: registry, device requests, subscriptions, channel.
 
+One core speaks one dialect (``api``): ``legacy`` names devices by endpoint name on the
+wire; ``current`` by device ID (:mod:`bridge.simulator.identity`), with the name in
+``original-ep``, and keeps nothing while no notification channel (callback or WebSocket)
+is registered, as the service does. Entry fragments come from the core's
+:class:`~bridge.simulator.channel.Encoder`, chosen per dialect and channel options.
+
 Everything here runs on the emulator's single event loop (the HTTP handlers, the timer
 task and, through ``run_coroutine_threadsafe``, the Python control calls), so the state
 needs no locks. The HTTP layer (:mod:`bridge.simulator.app`) turns requests into calls of
