@@ -342,7 +342,8 @@ class WebSocketChannel:
         self._ssl = ssl
         self._trust_env = trust_env
         self.name = name
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # state and counters
+        self._control = threading.Lock()  # one start or stop decision at a time
         self._run: _Run | None = None
         self._state: State = "stopped"
         self._detail = "not started"
@@ -403,18 +404,23 @@ class WebSocketChannel:
         open (``connected``), the first try failed (``reconnecting``: it goes on trying),
         or the service ended it (a terminal state).
         """
-        with self._lock:
-            old = self._run
-            if old is not None and not old.stop_called and self._state not in TERMINAL_STATES:
-                log.warning("the WebSocket channel is already active")
-                first: threading.Event | None = old.first
-            else:
-                first = None
-        if first is not None:
-            first.wait(wait)
-            return self.state
-        if old is not None:
-            self._end(old, 1.0)  # a run that ended by itself: its idle thread
+        run: _Run | None = None
+        with self._control:
+            with self._lock:
+                old = self._run
+                active = old is not None and not old.stop_called
+                if active and self._state not in TERMINAL_STATES:
+                    log.warning("the WebSocket channel is already active")
+                    run = old
+            if run is None:
+                if old is not None:
+                    self._end(old, 1.0)  # a run that ended by itself: its idle thread
+                run = self._begin()
+        if wait > 0:
+            run.first.wait(wait)
+        return self.state
+
+    def _begin(self) -> _Run:
         run = _Run(LoopThread(self.name))
         with self._lock:
             self._run = run
@@ -426,15 +432,13 @@ class WebSocketChannel:
 
         run.runtime.start(setup, lambda: self._teardown(run))
         log.info("WebSocket channel started (%s)", self.url)
-        if wait > 0:
-            run.first.wait(wait)
-        return self.state
+        return run
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Close the socket (1000) and end the channel's thread, waiting up to ``timeout``
         seconds; True if it ended. Idempotent. From a handler (the channel's own thread)
         it only asks, and returns False: the thread ends once the handler returns."""
-        with self._lock:
+        with self._control, self._lock:
             run = self._run
             if run is None or run.stop_called:
                 return run is None or run.ended.is_set()
