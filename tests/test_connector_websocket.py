@@ -444,6 +444,24 @@ def test_starting_a_running_channel_leaves_it_alone(emu: Emulator) -> None:
     assert counter(emu, "ws_handshakes") == 1
 
 
+def test_starts_from_several_threads_make_one_channel(emu: Emulator) -> None:
+    c = connector(emu.token, emu.url, api="current", timeout=5.0)
+    states: list[str] = []
+    try:
+        threads = [
+            threading.Thread(target=lambda: states.append(c.startWebsocket())) for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10.0)
+        assert states == ["connected"] * 4
+        assert c.websocketStats()["registrations"] == 1
+    finally:
+        c.close()
+    assert counter(emu, "ws_handshakes") == 1
+
+
 def test_a_slow_handler_holds_the_socket_back(emu: Emulator) -> None:
     release = threading.Event()
     seen: Collector[Message] = Collector()
