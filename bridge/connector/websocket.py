@@ -10,7 +10,9 @@ header. Each text frame is one notification message; it is parsed and handed to 
 client's dispatcher synchronously, on the channel's thread, before the next frame is
 read, so a slow handler holds the socket back (back-pressure: the service keeps what it
 has not sent in its queue) instead of piling messages up in memory. A frame that is not
-a JSON object is logged and counted, never dispatched.
+a JSON object is logged and counted, never dispatched. (A handler that takes longer than
+half the ``heartbeat`` holds the pong of a ping back too, and the connection may be taken
+for dead: 1006, then a reconnect; nothing is lost, the service keeps what it did not send.)
 
 The channel runs aiohttp's WebSocket client on a :class:`~bridge.core.loop_thread.LoopThread`
 of its own: no thread per message, no polling loop. Pings (``heartbeat``) notice a dead
