@@ -13,3 +13,9 @@ def test_bench_small_run_delivers_everything() -> None:
     assert figures["delivered"] >= 30_000
     assert figures["dropped"] == 0
     assert figures["rss_mib"] > 0 and figures["delivered_rate"] > 0
+
+
+def test_bench_listing_small_run_sees_every_device_once() -> None:
+    figures = bench.listing(devices=3000, page=1000)
+    print(f"\nemulator listing bench (small): {figures}")
+    assert figures["devices"] == 3000 and figures["pages"] == 3

@@ -42,7 +42,7 @@ class Running:
 
 @pytest.fixture
 def running() -> Iterator[Running]:
-    r = Running("--port", "0", "--token", "T0k3n", "--pull-timeout", "2")
+    r = Running("--api", "legacy", "--port", "0", "--token", "T0k3n", "--pull-timeout", "2")
     yield r
     if r.proc.poll() is None:
         r.proc.kill()
@@ -80,7 +80,7 @@ def test_stops_cleanly(running: Running, sig: int) -> None:
 
 
 def test_random_token_when_none_given() -> None:
-    r = Running("--port", "0", "--devices", "50")
+    r = Running("--api", "legacy", "--port", "0", "--devices", "50")
     try:
         assert len(r.key) >= 20
         assert "(50 endpoints)" in r.banner[0]

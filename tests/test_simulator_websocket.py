@@ -267,3 +267,17 @@ def test_a_frame_that_could_not_be_sent_goes_back_to_the_head() -> None:
     assert redelivered == 3
     assert left == 3
     assert [json.loads(f)["original-ep"] for f in fragments] == ["a-1", "a-2", "a-3"]
+
+
+def test_the_queue_while_disconnected_is_bounded_and_counts_what_it_drops() -> None:
+    with Emulator(token="t", api="current", drift=False, max_pending=5) as emu:
+        api = Api(emu)
+        api.put("/notification/websocket")
+        for k in range(8):
+            emu.register(f"b-{k}")
+        assert api.get("/notification/websocket").json()["queue_size"] == 5
+        assert emu.counters()["dropped"] == 3
+        with WsClient(emu.url, emu.token) as c:
+            c.connect()
+            c.wait_for(lambda c: len(registered_names(c)) == 5)
+            assert registered_names(c) == [f"b-{k}" for k in range(3, 8)]  # the oldest went

@@ -183,8 +183,8 @@ class EmulatorProcess:
         if trust is not None:
             env["SSL_CERT_FILE"] = str(trust)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "simulate", "--port", str(self.port),
-             "--token", token, "--pull-timeout", "1", "--no-drift"],
+            [sys.executable, "-m", "bridge", "simulate", "--api", "legacy",
+             "--port", str(self.port), "--token", token, "--pull-timeout", "1", "--no-drift"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:

@@ -486,7 +486,8 @@ class EmulatorProcess:
     def start(self, timeout: float = 180.0) -> EmulatorProcess:
         scenario = self._dir / "scenario.json"
         scenario.write_text(json.dumps(BENCH_SCENARIO))
-        cmd = [sys.executable, "-m", "bridge", "simulate", "--port", "0", "--token", self.token]
+        cmd = [sys.executable, "-m", "bridge", "simulate", "--api", "legacy"]
+        cmd += ["--port", "0", "--token", self.token]
         cmd += ["--scenario", str(scenario), "--devices", str(self.devices), "--no-drift"]
         cmd += ["--pull-timeout", str(self.pull_timeout)]
         t0 = time.monotonic()

@@ -810,6 +810,7 @@ class connector:
     # ---- the WebSocket channel (today's service; bridge/connector/websocket.py) -----------
 
     _ws: WebSocketChannel | None = None
+    _ws_lock = threading.Lock()  # one channel made at a time (start itself waits outside)
 
     def startWebsocket(
         self,
@@ -841,29 +842,39 @@ class connector:
         if self._poller.is_running():
             raise RuntimeError("long polling is running: stopLongPolling() first")
         wait = self.timeout if connectTimeout is None else float(connectTimeout)
-        if self._ws is not None and self._ws.is_running():
-            return self._ws.start(wait)
-        if self._ws is not None:
-            self._ws.stop(timeout=1.0)
-        self._ws = WebSocketChannel(
+        with self._ws_lock:
+            channel = self._ws
+            if channel is None or not channel.is_running():
+                if channel is not None:
+                    channel.stop(timeout=1.0)
+                channel = self._ws = self._new_websocket(
+                    Serialization(
+                        include_uid=include_uid,
+                        include_original_ep=include_original_ep,
+                        include_timestamp=include_timestamp,
+                        deregistrations_as_object=deregistrations_as_object,
+                        max_chunk_size=max_chunk_size,
+                    ),
+                    onState,
+                    float(heartbeat),
+                )
+        return channel.start(wait)
+
+    def _new_websocket(
+        self, serialization: Serialization, onState: StateListener | None, heartbeat: float
+    ) -> WebSocketChannel:
+        return WebSocketChannel(
             self.address,
             self._token.get,
             self._register_websocket,
             self._dispatch,
             self._expire_due,
-            serialization=Serialization(
-                include_uid=include_uid,
-                include_original_ep=include_original_ep,
-                include_timestamp=include_timestamp,
-                deregistrations_as_object=deregistrations_as_object,
-                max_chunk_size=max_chunk_size,
-            ),
+            serialization=serialization,
             on_state=onState,
             backoff_max=self._poller.backoff_max,
-            heartbeat=float(heartbeat),
+            heartbeat=heartbeat,
             connect_timeout=self.timeout,
         )
-        return self._ws.start(wait)
 
     def stopWebsocket(self, *, timeout: float = 5.0) -> None:
         """Close the socket (1000) and stop the channel; waits up to ``timeout`` s."""

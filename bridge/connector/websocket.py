@@ -10,7 +10,9 @@ header. Each text frame is one notification message; it is parsed and handed to 
 client's dispatcher synchronously, on the channel's thread, before the next frame is
 read, so a slow handler holds the socket back (back-pressure: the service keeps what it
 has not sent in its queue) instead of piling messages up in memory. A frame that is not
-a JSON object is logged and counted, never dispatched.
+a JSON object is logged and counted, never dispatched. (A handler that takes longer than
+half the ``heartbeat`` holds the pong of a ping back too, and the connection may be taken
+for dead: 1006, then a reconnect; nothing is lost, the service keeps what it did not send.)
 
 The channel runs aiohttp's WebSocket client on a :class:`~bridge.core.loop_thread.LoopThread`
 of its own: no thread per message, no polling loop. Pings (``heartbeat``) notice a dead
@@ -218,7 +220,7 @@ class Verdict:
 
 def after_close(code: int | None, reason: str = "") -> Verdict:
     """What a close by the service (or a lost connection: ``None``, 1006) leads to."""
-    why = f" ({reason})" if reason else ""
+    why = f' (reason "{reason}")' if reason else ""
     if code == 1000:
         return Verdict("stop", "deleted", f"the service closed the channel (1000){why}")
     if code == 1001:
@@ -342,7 +344,8 @@ class WebSocketChannel:
         self._ssl = ssl
         self._trust_env = trust_env
         self.name = name
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # state and counters
+        self._control = threading.Lock()  # one start or stop decision at a time
         self._run: _Run | None = None
         self._state: State = "stopped"
         self._detail = "not started"
@@ -403,18 +406,23 @@ class WebSocketChannel:
         open (``connected``), the first try failed (``reconnecting``: it goes on trying),
         or the service ended it (a terminal state).
         """
-        with self._lock:
-            old = self._run
-            if old is not None and not old.stop_called and self._state not in TERMINAL_STATES:
-                log.warning("the WebSocket channel is already active")
-                first: threading.Event | None = old.first
-            else:
-                first = None
-        if first is not None:
-            first.wait(wait)
-            return self.state
-        if old is not None:
-            self._end(old, 1.0)  # a run that ended by itself: its idle thread
+        run: _Run | None = None
+        with self._control:
+            with self._lock:
+                old = self._run
+                active = old is not None and not old.stop_called
+                if active and self._state not in TERMINAL_STATES:
+                    log.warning("the WebSocket channel is already active")
+                    run = old
+            if run is None:
+                if old is not None:
+                    self._end(old, 1.0)  # a run that ended by itself: its idle thread
+                run = self._begin()
+        if wait > 0:
+            run.first.wait(wait)
+        return self.state
+
+    def _begin(self) -> _Run:
         run = _Run(LoopThread(self.name))
         with self._lock:
             self._run = run
@@ -426,15 +434,13 @@ class WebSocketChannel:
 
         run.runtime.start(setup, lambda: self._teardown(run))
         log.info("WebSocket channel started (%s)", self.url)
-        if wait > 0:
-            run.first.wait(wait)
-        return self.state
+        return run
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Close the socket (1000) and end the channel's thread, waiting up to ``timeout``
         seconds; True if it ended. Idempotent. From a handler (the channel's own thread)
         it only asks, and returns False: the thread ends once the handler returns."""
-        with self._lock:
+        with self._control, self._lock:
             run = self._run
             if run is None or run.stop_called:
                 return run is None or run.ended.is_set()
@@ -575,7 +581,6 @@ class WebSocketChannel:
                     connected_before = connected_before or was_good is not None
                     if was_good:
                         backoff.succeeded()
-                run.first.set()
                 if run.stopping:
                     break
                 assert verdict is not None
@@ -588,6 +593,7 @@ class WebSocketChannel:
                     retries=1, consecutive_failures=backoff.failures, last_error=verdict.detail
                 )
                 self._set_state(run, "reconnecting", f"{verdict.detail}; next try in {delay:.2f} s")
+                run.first.set()  # after the state: start() returns it
                 await self._sleep(run, delay)
         except asyncio.CancelledError:
             pass  # stop(): a registration, handshake or unanswered close cut short

@@ -9,11 +9,14 @@ for tests and benchmarks that run the emulator in another process.
 | `GET /admin/value?ep=&path=` | | 200 `{"value","value_b64"}` |
 | `POST /admin/burst` | `{"n","ep","path","size"}` | 200 `{"emitted": n}` |
 | `GET /admin/endpoints` | | 200 list of registered names |
+| `GET /admin/device-id?ep=` | a name (or ID) | 200 `{"ep": name, "id": device ID}` |
 | `GET /admin/subscriptions` | | 200 `[[ep, path], ...]` |
 | `GET/PUT/DELETE /admin/faults` | PUT: `set_fault` keywords | 200 faults / 204 |
 | `GET/DELETE /admin/counters` | | 200 counters / 204 (reset) |
 
 Errors: 400 `{"error"}` for a bad body, 404 `{"error"}` for an unknown endpoint.
+The admin routes are the same in both dialects and take endpoint names (a device ID
+works too); they keep taking the key while the ``revoke_key`` fault is on.
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ async def _handle(core: EmulatorCore, request: web.Request, parts: list[str]) ->
         return web.json_response({"emitted": n})
     if name == "endpoints" and method == "GET":
         return web.json_response(core.registered_names())
+    if name == "device-id" and method == "GET":
+        dev = core.device(request.query["ep"])
+        return web.json_response({"ep": dev.name, "id": dev.id})
     if name == "subscriptions" and method == "GET":
         return web.json_response(sorted([ep, path] for ep, path in core.subscription_pairs()))
     if name == "faults":

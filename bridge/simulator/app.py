@@ -232,9 +232,7 @@ class RestApp:
         if route == "callback-put":
             return await core.set_callback(await request.read())
         if route == "callback-get":
-            if core.callback is None:
-                return text(404, "no callback URL set")
-            return as_json(200, core.callback)
+            return core.callback_info()
         if route == "callback-delete":
             return core.delete_callback()
         if route == "channel":

@@ -1,6 +1,8 @@
-"""Measure the emulator: memory with many endpoints, notification burst rate.
+"""Measure the emulator: memory with many endpoints, notification burst rate, and (with
+``--listing``) a full ``GET /v3/devices`` listing of the current dialect.
 
     python -m bridge.simulator.bench [--devices 100000] [--notifications 1000000]
+    python -m bridge.simulator.bench --listing [--devices 100000] [--page 1000]
 
 Starts ``connector-bridge simulate`` in a child process (so that the measuring client
 does not share its interpreter), reads the child's resident memory, pre-subscribes every
@@ -34,8 +36,11 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def start_emulator(devices: int, token: str) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "bridge", "simulate", "--port", "0", "--token", token]
+def start_emulator(
+    devices: int, token: str, api: str = "legacy"
+) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "bridge", "simulate", "--api", api]
+    cmd += ["--port", "0", "--token", token]
     cmd += ["--devices", str(devices), "--no-drift", "--pull-timeout", "5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -99,12 +104,52 @@ def run(devices: int, notifications: int) -> dict[str, float]:
         proc.wait(timeout=30)
 
 
+def listing(devices: int, page: int = 1000) -> dict[str, float]:
+    """A full ``GET /v3/devices`` listing (current dialect) in pages of ``page``, following
+    ``after``, by one plain ``requests`` client that decodes every page."""
+    token = "bench"
+    proc, url = start_emulator(devices, token, api="current")
+    try:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        session.get(f"{url}/v3/devices", params={"limit": 2}, timeout=60).raise_for_status()
+        seen: set[str] = set()
+        pages = 0
+        after: str | None = None
+        t0 = time.monotonic()
+        while True:
+            params: dict[str, str | int] = {"limit": page}
+            if after is not None:
+                params["after"] = after
+            body = session.get(f"{url}/v3/devices", params=params, timeout=60).json()
+            pages += 1
+            seen.update(d["id"] for d in body["data"])
+            if not body["has_more"]:
+                break
+            after = body["data"][-1]["id"]
+        took = time.monotonic() - t0
+        return {"devices": len(seen), "pages": pages, "seconds": took}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bridge.simulator.bench")
     p.add_argument("--devices", type=int, default=100_000)
     p.add_argument("--notifications", type=int, default=1_000_000)
+    p.add_argument("--listing", action="store_true", help="time a full /v3/devices listing")
+    p.add_argument("--page", type=int, default=1000, help="devices per page (--listing)")
     args = p.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if args.listing:
+        got = listing(args.devices, args.page)
+        print(
+            f"GET /v3/devices over {got['devices']:.0f} devices: {got['pages']:.0f} pages of "
+            f"{args.page} in {got['seconds']:.2f} s ({got['devices'] / got['seconds']:,.0f} "
+            "devices/s, decoded by the client)"
+        )
+        return 0
     f = run(args.devices, args.notifications)
     print(
         f"emulator with {f['endpoints']:.0f} endpoints: started in {f['startup_s']:.1f} s, "

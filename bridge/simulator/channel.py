@@ -3,7 +3,11 @@
 Entries are JSON fragments built once, when they are emitted, so that a pull only joins
 strings: a batch of 10,000 notifications is one ``str.join`` per kind. The queue keeps
 the global order; a batch that could not be delivered goes back to the head, so the
-next pull (or webhook attempt) delivers it first.
+next pull (or webhook attempt, or WebSocket frame) delivers it first.
+
+:class:`Encoder` builds the fragments of one dialect and one channel's serialization
+options (:class:`Serialization`), picked once; the module-level builders below are the
+legacy dialect's.
 """
 
 from __future__ import annotations
@@ -158,7 +162,7 @@ def rfc3339_ms(wall: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:03d}Z"
 
 
-def _nothing() -> str:
+def no_meta() -> str:
     return ""
 
 
@@ -190,7 +194,7 @@ class Encoder:
         if opts.include_timestamp:
             parts.append(self._timestamp)
         if not parts:
-            self.meta: Callable[[], str] = _nothing
+            self.meta: Callable[[], str] = no_meta
         elif len(parts) == 1:
             self.meta = parts[0]
         else:

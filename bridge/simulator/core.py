@@ -1,5 +1,11 @@
 """The emulated Connector service: registry, device requests, subscriptions, channel.
 
+One core speaks one dialect (``api``): ``legacy`` names devices by endpoint name on the
+wire; ``current`` by device ID (:mod:`bridge.simulator.identity`), with the name in
+``original-ep``, and keeps nothing while no notification channel (callback or WebSocket)
+is registered, as the service does. Entry fragments come from the core's
+:class:`~bridge.simulator.channel.Encoder`, chosen per dialect and channel options.
+
 Everything here runs on the emulator's single event loop (the HTTP handlers, the timer
 task and, through ``run_coroutine_threadsafe``, the Python control calls), so the state
 needs no locks. The HTTP layer (:mod:`bridge.simulator.app`) turns requests into calls of
@@ -470,14 +476,19 @@ class EmulatorCore:
         done = 0
         ntargets = len(targets)
         b64 = ch.b64
+        kind = ch.NOTIFICATION
         while done < n:
-            entries = []
-            make = self.enc.notification_from_prefix  # (a new channel may bring its own)
+            entries: list[ch.Entry] = []
+            meta = self.enc.meta  # (a new channel may bring its own)
+            plain = meta is ch.no_meta
             for k in range(done, min(n, done + chunk)):
                 dev, index, prefix = targets[k % ntargets]
                 value = f"{start + k:0{width}d}".encode()
                 dev.values[index] = value
-                entries.append(make(prefix, b64(value)))
+                if plain:
+                    entries.append((kind, f'{prefix}{b64(value)}","max-age":60}}'))
+                else:
+                    entries.append((kind, f'{prefix}{b64(value)}","max-age":60{meta()}}}'))
             if self._discarding():
                 self.counters["discarded"] += len(entries)
             else:
@@ -646,6 +657,16 @@ class EmulatorCore:
         self._channel_gen += 1
         self.enc = ch.Encoder(True)
         self.outbox.clear()
+
+    def callback_info(self) -> Reply:
+        """``GET /v2/notification/callback``: url and headers (and, current dialect, the
+        serialization options it was registered with)."""
+        if self.callback is None:
+            return text(404, "no callback URL set")
+        out = dict(self.callback)
+        if self.current and self.enc.options.given:
+            out["serialization"] = self.enc.options.to_json()
+        return as_json(200, out)
 
     def channel_info(self) -> Reply:
         """``GET /v2/notification/channel``."""

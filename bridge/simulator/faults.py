@@ -3,7 +3,21 @@
 ``Faults.apply(**kw)`` validates and switches faults on (a value of ``None`` switches
 one off); the request handlers ask the ``*_for`` methods whether a fault hits the
 request at hand. Counted faults (``force_status``, ``malformed``, ``hang``) hit the next
-``count`` matching requests and then switch themselves off.
+``count`` matching requests and then switch themselves off. Route faults name a route
+of :data:`ROUTES` (or ``"*"``); device faults name a device by endpoint name or ID.
+
+The WebSocket channel's faults (current dialect):
+
+- ``ws_close={"code": 1006 | 1012, "after": n}``: once ``n`` more messages (default 0)
+  went out, the socket is closed: 1006 aborts the connection (no close frame), 1012 is
+  a service restart. One shot; it hits the next connection if none is open.
+- ``revoke_key=True``: the open socket is closed with 1008 and every later request with
+  the key is 401 (handshakes too) until the fault is switched off; the admin routes
+  keep working.
+- ``refuse_handshake={"status": 503, "count": n}``: the next ``n`` handshakes are
+  answered with that status instead of the upgrade.
+- ``duplicate_messages=n``: the next ``n`` messages are sent twice (the same frame, so
+  the same uids), for a client's duplicate detection.
 """
 
 from __future__ import annotations

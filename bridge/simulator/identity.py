@@ -9,16 +9,9 @@ test can compute one without asking.
 from __future__ import annotations
 
 import hashlib
-import re
-
-ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 
 def device_id(endpoint_name: str) -> str:
     """The device ID of the device registered as ``endpoint_name``: 32 lower-case hex."""
     digest = hashlib.sha256(endpoint_name.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()[:32]
-
-
-def looks_like_id(text: str) -> bool:
-    return ID_PATTERN.fullmatch(text) is not None
