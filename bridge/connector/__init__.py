@@ -97,8 +97,8 @@ bodies of today's service (``{"object": "error", ...}``) are read into the error
 (``errorType``, ``errorCode``, ``requestId``, ``fields``); an async response's ``error``
 (``TIMEOUT``, ``REQUEST_EXPIRED``) is its ``errorCode``. Channel entries whose ``uid``
 was seen before are dropped (a window of the last ``duplicateWindow`` uids) and counted
-(:meth:`~connector.duplicatesDropped`); ``max-age`` is read as a number whether it came
-as one or as a string.
+(:meth:`~connector.duplicatesDropped`); an async response's ``max-age`` is read as a
+number whether it came as one or as a string.
 
 Exports: :class:`connector`, :class:`asyncResult`, :class:`response_codes` and
 :func:`decode_payload` (the bytes of a notification's base64 ``payload``).

@@ -63,7 +63,7 @@ class RecentIds:
     Today's service puts a ``uid`` on every entry (serialization option ``include_uid``)
     so that a consumer can tell a redelivery (after a reconnect, a retried callback) from
     a new entry. The window is bounded: memory stays flat however long the channel runs.
-    Thread-safe (a webhook server may dispatch on several threads).
+    Thread-safe (a webhook server may dispatch on several threads); one lock per message.
     """
 
     def __init__(self, size: int = 65_536) -> None:
@@ -77,40 +77,55 @@ class RecentIds:
 
     def first_time(self, uid: str) -> bool:
         """True for a uid not in the window (it is added), False for a duplicate."""
+        return self.new_ones([uid]) == [True]
+
+    def new_ones(self, uids: list[str]) -> list[bool]:
+        """For each uid, whether it is new (then added to the window); duplicates are
+        counted. A uid twice in ``uids`` is new only the first time."""
+        ids, order = self._ids, self._order
+        out = []
         with self._lock:
-            if uid in self._ids:
-                self.dropped += 1
-                return False
-            self._ids.add(uid)
-            self._order.append(uid)
-            if len(self._order) > self.size:
-                self._ids.discard(self._order.popleft())
-            return True
+            for uid in uids:
+                if uid in ids:
+                    out.append(False)
+                    continue
+                ids.add(uid)
+                order.append(uid)
+                out.append(True)
+            excess = len(order) - self.size
+            for _ in range(excess if excess > 0 else 0):
+                ids.discard(order.popleft())
+            self.dropped += out.count(False)
+        return out
 
 
 def drop_seen(message: dict[str, Any], seen: RecentIds) -> int:
     """Remove the entries whose ``uid`` was seen before from ``message`` (in place; a
-    kind left empty is removed) and read ``max-age`` as a number where it came as a
-    string (the API file declares a string, the service's examples send numbers).
-    Returns how many entries were dropped."""
+    kind left empty is removed) and read an async response's ``max-age`` as a number
+    where it came as a string (the API file declares a string, the service's examples
+    send numbers). Returns how many entries were dropped."""
     dropped = 0
     for kind in MESSAGE_KINDS:
         entries = message.get(kind)
-        if not isinstance(entries, list):
+        if not isinstance(entries, list) or not entries:
             continue
-        kept = []
-        for entry in entries:
-            if isinstance(entry, dict):
-                uid = entry.get("uid")
-                if isinstance(uid, str) and not seen.first_time(uid):
-                    dropped += 1
-                    continue
-                age = entry.get("max-age")
+        if kind == MessageKind.ASYNC_RESPONSES:
+            for entry in entries:
+                age = entry.get("max-age") if isinstance(entry, dict) else None
                 if isinstance(age, str):
                     with contextlib.suppress(ValueError):
                         entry["max-age"] = int(age)
-            kept.append(entry)
+        first = entries[0]
+        if not isinstance(first, dict) or "uid" not in first:
+            continue  # no uids in this list (the option is off, or plain strings)
+        uids = [e.get("uid") if isinstance(e, dict) else None for e in entries]
+        keyed = [u for u in uids if isinstance(u, str)]
+        fresh = iter(seen.new_ones(keyed))
+        kept = [
+            e for e, u in zip(entries, uids, strict=True) if not isinstance(u, str) or next(fresh)
+        ]
         if len(kept) != len(entries):
+            dropped += len(entries) - len(kept)
             if kept:
                 message[kind] = kept
             else:

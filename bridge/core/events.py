@@ -177,8 +177,8 @@ class MqttDisconnected:
     reason: str
 
 
-ChannelLost = Literal["taken_over", "revoked"]
-ConnectorState = Literal["up", "down", "refused", "taken_over", "revoked"]
+ChannelLost = Literal["taken_over", "revoked", "deleted", "rejected"]
+ConnectorState = Literal["up", "down", "refused", "taken_over", "revoked", "deleted", "rejected"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +188,10 @@ class ConnectorStateChanged:
     ``up``: it answers. ``down``: connection errors, 5xx, 429 or cut long polls for a while
     (retried with back-off; the bridge recovers by itself when it answers again).
     ``refused``: the access key is refused (401/403; tried again only now and then).
-    ``taken_over``, ``revoked``: the service ended the WebSocket channel for good (another
-    consumer took it, 1001; the key was revoked, 1008): not tried again.
+    ``taken_over``, ``revoked``, ``deleted``, ``rejected``: the service ended the WebSocket
+    channel for good (another consumer took it, 1001; the key was revoked, 1008; the
+    channel was deleted, 1000; a registration or handshake refused with a 4xx other than
+    401/403): not tried again.
     ``since`` is the Unix time this state began, ``detail`` the last problem (None when
     up), ``failures`` the consecutive failed attempts. Emitted on the Connector side's
     monitor thread or the start-up thread: handlers must be quick.

@@ -13,9 +13,11 @@ health extension publishes it).
   :data:`DOWN_AFTER` seconds in a row (a single cut poll is not an outage).
 - ``refused``: 401 or 403, the access key is refused; at once, since waiting will not
   mend it (the long poll then tries only once per back-off cap, 30 s, not in a loop).
-- ``taken_over``, ``revoked``: today's service ended the WebSocket channel for good:
-  another consumer opened a socket on it (close code 1001), or the key was revoked
-  (1008). The channel does not fight back in a loop; a restart is needed.
+- ``taken_over``, ``revoked``, ``deleted``, ``rejected``: today's service ended the
+  WebSocket channel for good: another consumer opened a socket on it (close code 1001),
+  the key was revoked (1008), the channel was deleted (1000), or a registration or
+  handshake was refused (4xx). The channel does not fight back in a loop; a restart is
+  needed.
 
 Who feeds it: the start-up calls (:class:`bridge.upstream.side.ConnectorSide`), and a
 monitor thread that reads the long poll's counters once a second (long-poll channel) or
@@ -144,6 +146,13 @@ class Reachability:
             )
         elif state == "revoked":
             log.error("the access key was revoked (%s): check the key, then restart", detail)
+        elif state in ("deleted", "rejected"):
+            log.error(
+                "the service ended the notification channel (%s: %s): restart the bridge "
+                "once the cause is dealt with",
+                state,
+                detail,
+            )
         else:
             log.warning(
                 "the Connector is unreachable (%s); retrying with back-off until it answers",

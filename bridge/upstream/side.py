@@ -421,7 +421,7 @@ class ConnectorSide(Addressing):
         change, and once a second by the monitor so that a long outage counts as down)."""
         if state == "connected":
             self.reachability.success()
-        elif state in ("taken_over", "revoked"):
+        elif state in ("taken_over", "revoked", "deleted", "rejected"):
             self.reachability.lost(state, detail or state)  # type: ignore[arg-type]
         elif state == "refused":
             self.reachability.failure(f"WebSocket: {detail}", 401)

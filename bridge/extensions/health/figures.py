@@ -215,7 +215,13 @@ def connector_health(watch: Watch) -> tuple[bool, str | None]:
         return False, "not reached yet"
     if event.state == "up":
         return True, None
-    what = "refuses the access key" if event.state == "refused" else "unreachable"
+    what = {
+        "refused": "refuses the access key",
+        "taken_over": "gave the notification channel to another consumer",
+        "revoked": "revoked the access key",
+        "deleted": "deleted the notification channel",
+        "rejected": "refused the notification channel",
+    }.get(event.state, "unreachable")
     return False, f"{what} since {_iso(event.since)}: {event.detail}"
 
 

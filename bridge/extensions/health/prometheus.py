@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from bridge.core.events import ConnectorState
 from bridge.extensions.health.figures import ConnectorLatency
 
 Figures = Callable[[], dict[str, Any]]
@@ -195,10 +196,11 @@ class BridgeCollector(Collector):
         )
         states = GaugeMetricFamily(
             "bridge_connector_state",
-            "The Connector's reachability: 1 for the current state (up, down, refused)",
+            "The Connector's reachability: 1 for the current state (up, down, refused, "
+            "taken_over, revoked, deleted, rejected)",
             labels=["state"],
         )
-        for state in ("up", "down", "refused"):
+        for state in get_args(ConnectorState):
             states.add_metric([state], 1.0 if connector["state"] == state else 0.0)
         yield states
         yield _counter(
