@@ -859,7 +859,9 @@ class EmulatorCore:
             raise dr.RequestError(400, f"DEVICE_NOT_CONNECTED: device {ep} is not registered")
         template = dev.template
         index = template.index.get(req.uri, -1)
-        if index < 0 and not template.object_indexes(req.uri):
+        # DELETE on "/" asks the device to de-register (the legacy DELETE /endpoints/{ep}).
+        whole = req.verb == "DELETE" and req.uri == "/"
+        if index < 0 and not whole and not template.object_indexes(req.uri):
             raise dr.RequestError(404, f"URI_PATH_DOES_NOT_EXISTS: {ep} has no {req.uri}")
         if not self.channel_ready():
             return api_error(412, "No notification channel")
@@ -957,7 +959,8 @@ class EmulatorCore:
         if req.attributes_only:  # PUT /5/0/1?pmax=120: notification attributes written
             self.emit(self.enc.async_response(req.aid, 200, b""))
         else:
-            job = Job(req.verb, dev, req.path, req.idx, req.body, req.aid)
+            verb = "DELETE-EP" if req.verb == "DELETE" and req.path == "/" else req.verb
+            job = Job(verb, dev, req.path, req.idx, req.body, req.aid)
             try:
                 self._execute(job)
             except DeviceError as exc:

@@ -139,7 +139,9 @@ def parse(query: Mapping[str, str], body: bytes) -> Parsed:
         verb, uri = req.get("method"), req.get("uri")
         if verb not in METHODS:
             raise ValueError("method must be GET, PUT, POST or DELETE")
-        if not isinstance(uri, str) or not uri.startswith("/") or len(uri) < 2:
+        if not isinstance(uri, str) or not uri.startswith("/"):
+            raise ValueError("uri must be a resource path")
+        if uri == "/" and verb != "DELETE":  # DELETE on "/": the device de-registers
             raise ValueError("uri must be a resource path")
         for key in ("accept", "content-type", "payload-b64"):
             if req.get(key) is not None and not isinstance(req[key], str):
