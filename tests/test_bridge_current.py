@@ -149,3 +149,41 @@ def test_devices_appear_by_device_id_when_told_to(
         reply = command(u, f"connector/{light_id}/3311/0/5850/set", b"1", transaction="id")
         assert reply["ok"] and current.get_value("light-001", "/3311/0/5850") == b"1"
         assert not [m for m in u.messages if m.topic.startswith("connector/light-001/")]
+
+
+def test_a_second_device_with_a_name_already_taken_gets_its_device_id(
+    broker: MosquittoBroker, current: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two registered devices never share a topic: the first keeps the name, the later
+    one (a device enrolled again, same certificate name) is published under its ID."""
+    caplog.set_level(logging.WARNING, logger="bridge.identities")
+    settings = bridge_settings(current, broker)
+    with user(broker, "5", "connector/#") as u, running_bridge(settings) as bridge:
+        u.wait_topic("connector/light-001/$state", payload=b"online")
+        current.register("light-001-again", ept="Light", endpoint_name="light-001")
+        twin = current.device_id("light-001-again")
+        doc = json.loads(u.wait_topic(f"connector/{twin}/$resources").payload)
+        assert doc["endpoint_name"] == "light-001" and doc["device_id"] == twin
+        first = json.loads(u.wait_topic("connector/light-001/$resources").payload)
+        assert first["device_id"] == current.device_id("light-001")
+        # Each is driven under its own topic, and reaches its own device.
+        assert command(u, f"connector/{twin}/3311/0/5850/set", b"1", transaction="twin")["ok"]
+        assert current.get_value("light-001-again", "/3311/0/5850") == b"1"
+        assert current.get_value("light-001", "/3311/0/5850") == b"0"
+        assert command(u, f"{LIGHT}/set", b"1", transaction="first")["ok"]
+        assert current.get_value("light-001", "/3311/0/5850") == b"1"
+        assert bridge.connector_side.identities.duplicates == 1
+    assert f"published under its device ID {twin}" in caplog.text
+
+
+def test_at_start_up_the_listing_order_decides_who_keeps_the_name(
+    broker: MosquittoBroker, current: Emulator
+) -> None:
+    current.register("light-001-again", ept="Light", endpoint_name="light-001")
+    ids = sorted([current.device_id("light-001"), current.device_id("light-001-again")])
+    settings = bridge_settings(current, broker)
+    with user(broker, "5", "connector/#") as u, running_bridge(settings):
+        named = json.loads(u.wait_topic("connector/light-001/$resources").payload)
+        other = json.loads(u.wait_topic(f"connector/{ids[1]}/$resources").payload)
+        assert named["device_id"] == ids[0]  # /v3/devices lists by device ID
+        assert other["endpoint_name"] == "light-001"

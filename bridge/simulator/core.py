@@ -278,7 +278,7 @@ class EmulatorCore:
             return
         spec = dev.template.resources[index]
         value = dev.values[index]
-        self.emit(self.enc.notification(dev.ep, dev.name, spec.path, value, spec.ct))
+        self.emit(self.enc.notification(dev.ep, dev.endpoint_name, spec.path, value, spec.ct))
         self._cache(dev, index, value)
 
     def _cache(self, dev: Device, index: int, value: bytes) -> None:
@@ -330,8 +330,11 @@ class EmulatorCore:
         resources: list[dict[str, Any]] | None = None,
         q: bool = False,
         lifetime: float | None = None,
+        endpoint_name: str | None = None,
     ) -> None:
-        """A device (re-)registers: a ``registrations`` entry, pre-subscriptions applied."""
+        """A device (re-)registers: a ``registrations`` entry, pre-subscriptions applied.
+        ``endpoint_name``: the name it registers with, when not ``ep`` (today's service
+        may hold two devices of one name: a device enrolled again gets a new ID)."""
         if not ep or not isinstance(ep, str):
             raise ValueError("endpoint name must be a non-empty string")
         if resources is not None:
@@ -346,6 +349,8 @@ class EmulatorCore:
         dev = self.devices.get(ep)
         if dev is None:
             dev = Device(ep, template, ept=ept, q=q, lifetime=lifetime)
+            if endpoint_name:
+                dev.endpoint_name = endpoint_name
             self._add(dev, time.time())
             bisect.insort(self.ids, dev.id)
             self._featured.append(dev)
@@ -363,7 +368,12 @@ class EmulatorCore:
         dev.updated_at = time.time()
         self.emit(
             self.enc.registration(
-                kind, dev.ep, dev.name, dev.ept, dev.q, dev.template.registration_resources_json
+                kind,
+                dev.ep,
+                dev.endpoint_name,
+                dev.ept,
+                dev.q,
+                dev.template.registration_resources_json,
             )
         )
 
@@ -402,7 +412,7 @@ class EmulatorCore:
         dev.expires_at = dev.wake_at = 0.0
         self._drop_queue(dev)
         dev.updated_at = time.time()
-        self.emit(self.enc.gone(kind, dev.ep, dev.name))
+        self.emit(self.enc.gone(kind, dev.ep, dev.endpoint_name))
         self._drop_requests(dev)
 
     def _drop_queue(self, dev: Device) -> None:
@@ -515,7 +525,7 @@ class EmulatorCore:
                         continue
                 elif not spec.obs or (any_subs and not dev.subs >> i & 1):
                     continue
-                prefix = self.enc.notification_prefix(dev.ep, dev.name, spec.path, spec.ct)
+                prefix = self.enc.notification_prefix(dev.ep, dev.endpoint_name, spec.path, spec.ct)
                 targets.append((dev, i, prefix))
         if path is not None and not targets:
             raise KeyError(f"no resource {path} on {ep or 'any endpoint'}")
@@ -1202,7 +1212,7 @@ class EmulatorCore:
             dev.subs = self._presub_mask(dev) if dev.registered and rules else 0
 
     def _presub_mask(self, dev: Device) -> int:
-        return mask_for(self.rules, dev.name, dev.ept, dev.template, self._rule_masks)
+        return mask_for(self.rules, dev.endpoint_name, dev.ept, dev.template, self._rule_masks)
 
     def get_presubscriptions(self) -> Reply:
         return as_json(200, self.rules_json)

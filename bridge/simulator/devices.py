@@ -280,6 +280,7 @@ class Device:
         "awake_until",
         "cache",
         "created_at",
+        "endpoint_name",
         "ep",
         "ept",
         "expires_at",
@@ -307,7 +308,8 @@ class Device:
         q: bool | None = None,
         lifetime: float | None = None,
     ) -> None:
-        self.name = name
+        self.name = name  # the emulator's own key (control calls, admin routes)
+        self.endpoint_name = name  # the name it registers with (a second device may share it)
         self.id = device_id(name)  # the current dialect's device ID
         self.ep = name  # what ``ep`` says on the wire: the name, or the ID (current)
         self.template = template

@@ -55,7 +55,7 @@ class Directory:
         self._fields: dict[str, Callable[[Device], str]] = {
             "id": lambda d: d.id,
             "state": lambda d: "registered" if d.registered else "deregistered",
-            "endpoint_name": lambda d: d.name,
+            "endpoint_name": lambda d: d.endpoint_name,
             "endpoint_type": lambda d: d.ept,
             "name": lambda d: "",
             "serial_number": self.serial,
@@ -89,7 +89,7 @@ class Directory:
         created = self.stamp(dev.created_at)
         updated = self.stamp(dev.updated_at)
         return (
-            f'{{"object":"device","id":"{dev.id}","endpoint_name":{json.dumps(dev.name)},'
+            f'{{"object":"device","id":"{dev.id}","endpoint_name":{json.dumps(dev.endpoint_name)},'
             f'"name":"","endpoint_type":{json.dumps(dev.ept)},'
             f'"state":"{"registered" if dev.registered else "deregistered"}",'
             f'"serial_number":{json.dumps(self.serial(dev))},"vendor_id":"{VENDOR_ID}",'

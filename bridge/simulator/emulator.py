@@ -168,9 +168,12 @@ class Emulator:
         resources: list[dict[str, Any]] | None = None,
         q: bool = False,
         lifetime: float | None = None,
+        endpoint_name: str | None = None,
     ) -> None:
-        """A device registers (or re-registers): a ``registrations`` message."""
-        self._call(self.core.register, ep, ept, resources, q, lifetime)
+        """A device registers (or re-registers): a ``registrations`` message.
+        ``endpoint_name``: the name it registers with when not ``ep`` (``ep`` stays the
+        emulator's key for it; its device ID comes from ``ep``)."""
+        self._call(self.core.register, ep, ept, resources, q, lifetime, endpoint_name)
 
     def update(self, ep: str) -> None:
         """A registration update: a ``reg-updates`` message; the lifetime restarts."""
