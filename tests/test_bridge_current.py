@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -187,3 +188,27 @@ def test_at_start_up_the_listing_order_decides_who_keeps_the_name(
         other = json.loads(u.wait_topic(f"connector/{ids[1]}/$resources").payload)
         assert named["device_id"] == ids[0]  # /v3/devices lists by device ID
         assert other["endpoint_name"] == "light-001"
+
+
+def test_status_shows_names_with_device_ids(
+    broker: MosquittoBroker,
+    current: Emulator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bridge.service.status_cli import main as status_main
+
+    for name in [n for n in os.environ if n.startswith("BRIDGE_")]:
+        monkeypatch.delenv(name)
+    settings = bridge_settings(current, broker, health_interval=0.5, homeassistant=False)
+    with user(broker, "5", "connector/#") as u, running_bridge(settings):
+        u.wait_for(lambda m: m.topic == "connector/$bridge/health" and m.json()["ready"], 15)
+        args = ["--env-file", "", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port)]
+        assert status_main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("ENDPOINT"))
+    assert lines[header].split()[:3] == ["ENDPOINT", "DEVICE", "ID"]
+    rows = {line.split()[0]: line.split() for line in lines[header + 1 :] if line.strip()}
+    assert rows["light-001"][1] == current.device_id("light-001")
+    connector_line = next(line for line in lines if line.startswith("connector "))
+    assert "current API, channel websocket" in connector_line
