@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from bridge.simulator import Emulator
 from tests.reliability_support import (
@@ -178,3 +179,55 @@ def test_a_revoked_key_shows_as_revoked(broker: MosquittoBroker, emu: Emulator) 
         finally:
             emu.clear_faults()
             sub.close()
+
+
+def _delete_channel(emu: Emulator) -> int:
+    r = requests.delete(
+        emu.url + "/v2/notification/websocket",
+        headers={"Authorization": f"Bearer {emu.token}"},
+        timeout=5,
+    )
+    return r.status_code
+
+
+def test_a_channel_deleted_under_the_bridge_shows_as_deleted(
+    broker: MosquittoBroker, emu: Emulator
+) -> None:
+    settings = bridge_settings(emu, broker, health_interval=30.0)
+    with running_bridge(settings) as bridge:
+        client = bridge.connector_side.client
+        sub = _health_sub(broker)
+        try:
+            assert _delete_channel(emu) == 204  # the service closes the socket with 1000
+            sub.wait(lambda: "deleted" in health_states(sub), 15, "deleted on health")
+            assert client.websocketState() == "deleted"
+            assert wait_until(lambda: not client.websocketStats()["running"], 5)
+        finally:
+            sub.close()
+
+
+def test_a_channel_gone_at_reconnect_is_registered_again(
+    broker: MosquittoBroker, emu: Emulator
+) -> None:
+    """1011 (no such channel) at a reconnect: the bridge registers the channel again and
+    notifications flow once more."""
+    with running_bridge(bridge_settings(emu, broker)) as bridge:
+        client = bridge.connector_side.client
+        sub = Subscriber(broker.port, (STREAM_TOPIC,))
+        try:
+            emu.reset_counters()
+            emu.set_fault(refuse_handshake={"status": 503, "count": 1000})
+            emu.set_fault(ws_close={"code": 1006})
+            assert wait_until(lambda: emu.counters()["ws_handshakes_refused"] >= 1, 15)
+            assert _delete_channel(emu) == 204  # no socket now: the channel just goes
+            emu.clear_faults()
+            assert wait_until(lambda: client.websocketStats()["registrations"] >= 2, 20)
+            assert wait_until(lambda: client.websocketState() == "connected", 10)
+            marker = value(emitted_range(emu))
+            emu.burst(1, ep=STREAM_EP, path=STREAM_PATH, size=VALUE_WIDTH)
+            sub.wait_values(STREAM_TOPIC, {marker}, timeout=10)
+        finally:
+            sub.close()
+        closes = client.websocketStats()["closes"]
+    assert emu.counters()["ws_closes_1011"] >= 1
+    assert closes.get(1011, 0) + closes.get("1011", 0) >= 1
