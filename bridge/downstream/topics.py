@@ -441,9 +441,12 @@ def encode_reply(
     payload: bytes | None = None,
     error: str | None = None,
     transaction: Any = None,
+    code: str | None = None,
 ) -> bytes:
     """The JSON reply to one command. Every key is always present (null when unknown),
-    so flows and templates can rely on the shape."""
+    so flows and templates can rely on the shape. ``code`` is the service's name for a
+    failure (``DEVICE_NOT_CONNECTED``, ``REQUEST_EXPIRED``...), which ``error`` then
+    starts with; null for a success and for failures the bridge decided itself."""
     text, encoding = payload_fields(payload)
     return json.dumps(
         {
@@ -456,6 +459,7 @@ def encode_reply(
             "payload": text,
             "encoding": encoding,
             "error": error,
+            "code": code,
             "transaction": transaction,
         },
         separators=(",", ":"),

@@ -267,6 +267,10 @@ class Commands(Extension):
             )  # fmt: skip
 
     def _reply(self, cmd: Command, msg: Inbound, outcome: Outcome, transaction: object) -> None:
+        code = None if outcome.ok else outcome.code
+        error = outcome.error
+        if code is not None and not (error or "").startswith(code):
+            error = f"{code}: {error}" if error else code  # ``error`` starts with the name
         body = encode_reply(
             endpoint=cmd.endpoint,
             path=cmd.path,
@@ -274,8 +278,9 @@ class Commands(Extension):
             status=outcome.status,
             ok=outcome.ok,
             payload=outcome.payload if outcome.ok else None,
-            error=outcome.error,
+            error=error,
             transaction=transaction,
+            code=code,
         )
         if msg.dup:
             body = mark_redelivered(body)

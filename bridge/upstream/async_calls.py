@@ -57,6 +57,9 @@ class Outcome:
     # A read of an object instance: the values it gave by resource path, decoded on the
     # Connector side ({} when the answer is in a format it does not decode); else None.
     values: Mapping[str, bytes] | None = None
+    # A failure the service named (today's ``DEVICE_NOT_CONNECTED``, ``QUEUE_IS_FULL``, an
+    # async response's ``TIMEOUT``, ``REQUEST_EXPIRED``...): replies carry it as ``code``.
+    code: str | None = None
 
 
 Done = Callable[[Outcome], None]

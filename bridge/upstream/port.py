@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bridge.connector import asyncResult, connector, response_codes
-from bridge.connector.errors import ASYNC_TIMEOUT, INVALID_RESPONSE
+from bridge.connector.errors import ASYNC_TIMEOUT, INVALID_RESPONSE, UNSUPPORTED
 from bridge.core.counters import Counters
 from bridge.core.retry import ErrorKind, RetryPolicy
 from bridge.core.workers import Deadlines
@@ -223,7 +223,19 @@ _CLIENT_STATUS = {
     "request_timeout": 504,
     ASYNC_TIMEOUT: 504,
     INVALID_RESPONSE: 502,
+    # An option or call the service's dialect does not have: nothing was sent.
+    UNSUPPORTED: 501,
 }
+
+# What an error name of the service looks like (``DEVICE_NOT_CONNECTED``, ``TIMEOUT``).
+_ERROR_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
+
+
+def error_name(error: response_codes) -> str | None:
+    """The service's name for an error (today's error bodies and async responses), or
+    None: a name only, never free text, so replies can match on it."""
+    code = error.errorCode
+    return code if isinstance(code, str) and _ERROR_NAME.fullmatch(code) else None
 
 
 def error_kind(error: response_codes) -> ErrorKind:
@@ -248,8 +260,9 @@ def outcome_of(r: asyncResult, result: Any = None, *, keep_result: bool = True) 
     if r.error:
         status = r.error.status_code or _CLIENT_STATUS.get(r.error.errType, 502)
         return Outcome(
-            False, status, r.payload, r.error.error, value, None, error_kind(r.error), deferred
-        )
+            False, status, r.payload, r.error.error, value, None, error_kind(r.error), deferred,
+            code=error_name(r.error),
+        )  # fmt: skip
     ct = r.raw_data.get("ct") if isinstance(r.raw_data, dict) else None
     return Outcome(
         True, r.status_code, r.payload, None, value, ct if isinstance(ct, str) else None,
