@@ -18,7 +18,13 @@ persistent session's queued commands are not refused as "unknown endpoint".
 
 At least once: a QoS 1 command is acknowledged to the broker only when the Connector
 has taken it (an async id, or its answer) or its error reply has been published, so a
-bridge that dies before that gets it again from its persistent session. Such a resent
+bridge that dies before that gets it again from its persistent session. The exception:
+a command that must wait in the bridge for an earlier one to be answered (its device's
+20 places at the service are taken, :mod:`bridge.upstream.device_queue`) is
+acknowledged when it starts to wait, since it may wait as long as the device sleeps and
+an unacknowledged one would hold one of the broker's in-flight places for the bridge
+(Mosquitto's ``max_inflight_messages``, 20) all that time, stopping every other command;
+a stop answers it (503), a crash loses it. Such a resent
 command may have been carried out already: its reply then carries ``"redelivered":
 true`` (the MQTT DUP flag). A REST call that fails in a way a retry can mend is tried
 again with back-off within the command's time-out (:data:`RETRY` says which).
@@ -341,4 +347,5 @@ class Commands(Extension):
             "under_way": len(self._calls),
             "waiting": self.ctx.commands.pending(),
             "left_at_stop": self._left,
+            "device_lines": self.ctx.port.queues.counts(),
         }
