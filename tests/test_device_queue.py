@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from bridge.core.workers import Deadlines, WorkerPool
+from bridge.downstream import topics
+from bridge.upstream import device_queue
 from bridge.upstream.async_calls import AsyncCalls, Done, Outcome
 from bridge.upstream.device_queue import EXPIRY_GRACE, DeviceQueues, Ticket
 from tests.support.clients import wait_until
@@ -187,3 +189,8 @@ def test_finish_all_sends_nothing_that_waited(parts: tuple[Deadlines, WorkerPool
     assert [n for n, _ in ended] == ["c", "b", "a"]
     pool.stop()  # whatever was handed to a worker has run
     assert service.received == ["a"] and queues.counts()["devices"] == 0
+
+
+def test_the_envelope_checks_the_ranges_the_line_sends() -> None:
+    assert topics.EXPIRY_RANGE == device_queue.EXPIRY_RANGE == (60, 2_592_000)
+    assert topics.RETRY_RANGE == device_queue.RETRY_RANGE == (0, 10)

@@ -57,7 +57,8 @@ from bridge.downstream.topics import (
 )
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.service.settings import env_name
-from bridge.upstream.port import Outcome
+from bridge.upstream.device_queue import EXPIRY_GRACE, EXPIRY_RANGE
+from bridge.upstream.port import Outcome, RequestOptions
 
 log = logging.getLogger("bridge.commands")
 
@@ -180,6 +181,10 @@ class Commands(Extension):
             self._leave(job)
             return
         cmd = job.command
+        asks_options = job.body.expiry is not None or job.body.retry is not None
+        if asks_options and not self.ctx.port.request_options:
+            self._finish(job, Outcome(False, 501, None, self._no_options_text()))
+            return
         ep = self.ctx.registry.get(cmd.endpoint)
         if ep is None:
             self._finish(job, Outcome(False, 404, None, f"unknown endpoint {cmd.endpoint!r}"))
@@ -205,6 +210,27 @@ class Commands(Extension):
                 ),
             )
 
+    def _no_options_text(self) -> str:
+        s = self.ctx.settings
+        found = " (found by auto)" if s.connector_api == "auto" else ""
+        return (
+            "expiry and retry are options of today's Device Management (device requests); "
+            f"the legacy Connector this bridge talks to{found} has neither "
+            f"({env_name('connector_api')}={s.connector_api}): not sent"
+        )
+
+    def _options(self, job: _Job) -> RequestOptions | None:
+        """The device-request options of a command: the envelope's, and for ``expiry``
+        else the MQTT 5 Message Expiry Interval (today's service only, at least its
+        minimum): the command is worth nothing after it, at the service either."""
+        body, expiry, mqtt_expiry = job.body, job.body.expiry, job.request.message_expiry
+        if expiry is None and mqtt_expiry is not None and self.ctx.port.request_options:
+            lo, hi = EXPIRY_RANGE
+            expiry = min(hi, max(lo, mqtt_expiry))
+        if expiry is None and body.retry is None:
+            return None
+        return RequestOptions(expiry, body.retry)
+
     # ---- the REST call (a command worker) ---------------------------------------------
 
     def _leave(self, job: _Job) -> None:
@@ -223,7 +249,16 @@ class Commands(Extension):
             self._leave(job)
             return
         s = self.ctx.settings
-        if queue_mode:
+        options = self._options(job)
+        expiry = options.expiry if options is not None else None
+        if queue_mode and expiry is not None:
+            # The reply comes when the device answers or the service gives up on it.
+            timeout = expiry + EXPIRY_GRACE
+            text = (
+                f"no answer within {timeout:g} s: the request's expiry ({expiry} s) passed "
+                "and the service said nothing"
+            )
+        elif queue_mode:
             timeout = s.queue_mode_timeout
             text = (
                 f"no answer within {timeout:g} s ({env_name('queue_mode_timeout')}); "
@@ -244,16 +279,19 @@ class Commands(Extension):
             port.write(
                 cmd.endpoint, cmd.path, body.value, done, calls=self._calls,
                 timeout=timeout, timeout_text=text, retry=retry, accepted=ack,
+                options=options,
             )  # fmt: skip
         elif cmd.verb == "post":
             port.execute(
                 cmd.endpoint, cmd.path, body.value, done, calls=self._calls,
                 timeout=timeout, timeout_text=text, retry=retry, accepted=ack,
+                options=options,
             )  # fmt: skip
         else:
             port.read(
                 cmd.endpoint, cmd.path, done, calls=self._calls, timeout=timeout,
                 timeout_text=text, cache_only=body.cache_only, retry=retry, accepted=ack,
+                options=options,
             )  # fmt: skip
 
     # ---- the one reply -----------------------------------------------------------------
