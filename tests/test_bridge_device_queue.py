@@ -17,7 +17,7 @@ import pytest
 
 from bridge.service.controller import Bridge
 from bridge.simulator import Emulator, Scenario
-from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
+from tests.support.bridge_harness import bridge_settings, command, request, running_bridge, user
 from tests.support.broker import MosquittoBroker
 from tests.support.clients import wait_until
 from tests.support.mqtt_user import MqttUser, Received
@@ -195,3 +195,47 @@ def test_a_command_that_never_gets_its_turn_times_out_saying_so(
         assert queues.counts()["waiting"] == 0  # it left the line
     assert (reply["ok"], reply["status"], reply["code"]) == (False, 504, None)
     assert reply["error"].startswith(f"not sent: it waited 1.0 s in the bridge behind {ahead}")
+
+
+def test_the_pending_request_lists_what_waits_per_device(api: str, broker: MosquittoBroker) -> None:
+    # The sleeper not observed: today's service would answer a read from its cache.
+    with stack_for(api, broker, presubscriptions=[{"endpoint-name": "light-001"}]) as s:
+        options = {"expiry": 3600, "retry": 1} if api == "current" else {}
+        for k in range(24):
+            doc = {"transaction": k, **options}
+            if k % 2:
+                s.u.publish(f"{SLEEPER}/get", json.dumps(doc))
+            else:
+                s.u.publish(f"{SLEEPER}/set", json.dumps({**doc, "value": str(k)}))
+        assert wait_until(lambda: in_line(s) == 24, 10)
+        everything = request(s.u, "pending")
+        light_only = request(s.u, "pending", {"endpoint": "light-001"})
+        bad = request(s.u, "pending", {"endpoint": 7})
+        wake_until_replied(s, 12)  # the sets; the gets answer on their own topic
+        s.u.wait_for(lambda m: m.topic == f"{SLEEPER}/get/reply", count=12)
+        after = request(s.u, "pending")
+    assert everything["ok"] and everything["status"] == 200
+    data = everything["data"]
+    assert (data["limit"], data["window"], data["truncated"]) == (1000, 20, False)
+    (line,) = data["devices"]
+    held = int(api == "legacy")
+    assert line["endpoint"] == "sleeper-001"
+    assert (line["at_service"], line["sending"]) == (s.at_service(), held)
+    assert line["waiting"] == 24 - s.at_service() - held
+    states = [r["state"] for r in line["requests"]]
+    assert states == (["at_service"] * s.at_service() + ["sending"] * held
+                      + ["waiting"] * line["waiting"])  # fmt: skip
+    requests = line["requests"]
+    assert [(r["verb"], r["method"]) for r in requests[:2]] == [("write", "PUT"), ("read", "GET")]
+    assert {r["path"] for r in requests} == {"/3311/0/5851"}
+    ages = [r["age"] for r in requests]
+    assert ages == sorted(ages, reverse=True) and ages[-1] >= 0  # oldest first
+    assert all(r["timeout_in"] > 0 for r in requests)
+    if api == "current":
+        assert {(r["expiry"], r["retry"]) for r in requests} == {(3600, 1)}
+        sent = [r["sent_expiry"] for r in requests if r["state"] == "at_service"]
+        assert all(3590 <= e <= 3600 for e in sent)
+        assert all(r["sent_expiry"] is None for r in requests if r["state"] == "waiting")
+    assert light_only["ok"] and light_only["data"]["devices"] == []
+    assert (bad["ok"], bad["status"]) == (False, 400) and "'endpoint'" in bad["error"]
+    assert after["data"]["devices"] == []  # all answered: nothing waits

@@ -57,6 +57,8 @@ EXPIRY_GRACE = 10.0
 LISTED_MAX = 1000
 """Requests :meth:`DeviceQueues.pending` lists at most (the counts are always whole)."""
 
+_METHODS = {"read": "GET", "write": "PUT", "execute": "POST"}
+
 State = Literal["new", "waiting", "sending", "at_service", "done"]
 Go = Callable[[bool], None]
 """Make the call's first try: ``go(True)`` on this thread (a worker), ``go(False)`` on a
@@ -174,6 +176,7 @@ class Ticket:
         return {
             "state": self.state,
             "verb": self.verb,
+            "method": _METHODS.get(self.verb),
             "path": self.path,
             "age": round(now - self.arrived, 3),
             "expiry": self.expiry,
