@@ -156,6 +156,9 @@ def test_the_bound_refuses_at_once_and_the_expiry_left_is_sent(
     line = queues.pending("dev")["devices"][0]["requests"]
     assert [r["state"] for r in line] == ["at_service", "waiting", "waiting"]
     assert line[0]["sent_expiry"] == 61 and line[1]["sent_expiry"] is None
+    overall = DeviceQueues(10, window=1, total=1)
+    ended2 = run(overall, calls, service, ["x", "y", "z"])  # x at the service, y waits
+    assert [n for n, _ in ended2] == ["z"] and "in all" in (ended2[0][1].error or "")
     ticket = queues.ticket("x", "read", "/1", timeout=1.0, expiry=100)
     ticket.arrived -= 90  # it waited 90 s: 10 left, the service's minimum of 60 goes
     assert ticket.expiry_to_send() == 60

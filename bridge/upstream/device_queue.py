@@ -54,6 +54,9 @@ RETRY_RANGE = (0, 10)
 EXPIRY_GRACE = 10.0
 """Seconds the bridge waits past a request's expiry for the service's verdict
 (``REQUEST_EXPIRED``) to arrive on the channel."""
+TOTAL_WAITING = 100_000
+"""Requests waiting in the bridge over all devices, at most (each device's own bound
+times a large fleet would be no bound at all)."""
 LISTED_MAX = 1000
 """Requests :meth:`DeviceQueues.pending` lists at most (the counts are always whole)."""
 
@@ -191,15 +194,22 @@ class DeviceQueues:
     few dictionary and deque operations; the calls it starts run after it is released."""
 
     def __init__(
-        self, limit: int, *, window: int = SERVICE_QUEUE, setting: str = "BRIDGE_DEVICE_QUEUE"
+        self,
+        limit: int,
+        *,
+        window: int = SERVICE_QUEUE,
+        total: int = TOTAL_WAITING,
+        setting: str = "BRIDGE_DEVICE_QUEUE",
     ) -> None:
-        if limit < 1 or window < 1:
-            raise ValueError("limit and window must be at least 1")
+        if limit < 1 or window < 1 or total < 1:
+            raise ValueError("limit, window and total must be at least 1")
         self.limit = limit
         self.window = window
+        self.total = total
         self._setting = setting
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
+        self._waiting = 0  # over all devices
         self.held_count = 0  # tries held because the service's queue was full
         self.refused = 0  # requests refused: the bridge's bound was reached
 
@@ -236,8 +246,12 @@ class DeviceQueues:
                     f"answers, and {len(dev.waiting) + (dev.sending is not None)} wait in the "
                     f"bridge ({self._setting}={self.limit})"
                 )
+            elif self._waiting >= self.total:
+                self.refused += 1
+                return f"bridge busy: {self._waiting} requests wait in the bridge in all (at most)"
             else:
                 dev.waiting.append(t)
+                self._waiting += 1
                 t.state = "waiting"
                 now = False
                 if self._ahead(dev, len(dev.waiting) - 1) >= dev.window:
@@ -309,6 +323,7 @@ class DeviceQueues:
             if state == "waiting":
                 with contextlib.suppress(ValueError):
                     dev.waiting.remove(t)
+                    self._waiting -= 1
             elif state == "sending" and dev.sending is t:
                 dev.sending = None
                 dev.held = None
@@ -332,6 +347,7 @@ class DeviceQueues:
         if not dev.waiting:
             return []
         t = dev.waiting.popleft()
+        self._waiting -= 1
         dev.sending, t.state = t, "sending"
         go = t._go
         assert go is not None
