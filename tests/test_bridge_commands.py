@@ -71,6 +71,7 @@ def test_set_switches_the_light_replies_ok_and_the_value_follows(stack: Stack, u
             "payload": "",  # what the device sent back: nothing (the Connector's empty payload)
             "encoding": "utf-8",
             "error": None,
+            "code": None,
             "transaction": None,
         }
         assert stack.emu.get_value("light-001", "/3311/0/5850") == value

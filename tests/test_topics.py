@@ -339,6 +339,7 @@ def test_reply_shape_text_and_binary() -> None:
         "payload": "21.5",
         "encoding": "utf-8",
         "error": None,
+        "code": None,
         "transaction": None,
     }
     reply = json.loads(

@@ -79,6 +79,8 @@ class Inbound:
     correlation_data: bytes | None = None
     mid: int = 0
     dup: bool = False  # the broker resent it (DUP flag): it may have been handled before
+    # MQTT 5 Message Expiry Interval: the seconds it had left when the broker sent it
+    message_expiry: int | None = None
     _ack: Callable[[], object] | None = field(default=None, repr=False)
 
     def ack(self) -> None:
@@ -316,6 +318,7 @@ class MqttLink:
         props = msg.properties
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
         payload = bytes(msg.payload)
         ack: Callable[[], object] | None = None
         held: Held | None = None
@@ -334,6 +337,7 @@ class MqttLink:
             correlation_data=bytes(correlation) if correlation is not None else None,
             mid=msg.mid,
             dup=bool(msg.dup),
+            message_expiry=expiry if isinstance(expiry, int) else None,
             _ack=ack,
         )
         if ack is not None or held is None:

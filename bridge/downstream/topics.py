@@ -337,7 +337,11 @@ class Topics:
 
 # ---------------------------------------------------------------------------- payloads
 
-ENVELOPE_KEYS = frozenset(("transaction", "value", "encoding", "cacheOnly"))
+ENVELOPE_KEYS = frozenset(("transaction", "value", "encoding", "cacheOnly", "expiry", "retry"))
+EXPIRY_RANGE = (60, 2_592_000)
+"""``expiry``: seconds, the range of today's ``expiry-seconds`` (a minute to 30 days)."""
+RETRY_RANGE = (0, 10)
+"""``retry``: delivery attempts after the first, the range of today's ``retry``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +352,8 @@ class CommandPayload:
     transaction: Any = None
     has_transaction: bool = False
     cache_only: bool = False
+    expiry: int | None = None  # seconds the service keeps trying to deliver it
+    retry: int | None = None  # delivery attempts after the first
 
 
 def check_size(payload: bytes, limit: int) -> None:
@@ -364,8 +370,10 @@ def parse_command_payload(verb: str, payload: bytes) -> CommandPayload:
     A payload is an *envelope* when it is a JSON object with a ``transaction`` member.
     Envelope members: ``transaction`` (any JSON value, echoed in the reply), ``value``
     (a string or a number: the value to send; set and post), ``encoding`` (``utf-8``, the
-    default, or ``base64``: how ``value`` is written), ``cacheOnly`` (get only: a boolean).
-    Any other payload is the raw value, byte for byte (for get it is ignored).
+    default, or ``base64``: how ``value`` is written), ``cacheOnly`` (get only: a boolean),
+    and today's device-request options ``expiry`` (whole seconds, 60-2,592,000: how long
+    the service keeps trying to deliver it) and ``retry`` (0-10: delivery attempts after
+    the first). Any other payload is the raw value, byte for byte (for get it is ignored).
     """
     doc = _as_envelope(payload)
     if doc is None:
@@ -391,7 +399,24 @@ def parse_command_payload(verb: str, payload: bytes) -> CommandPayload:
         if verb == "get":
             raise PayloadError("get takes no value", transaction)
         value = _envelope_value(doc["value"], encoding, transaction)
-    return CommandPayload(value, transaction, True, cache_only)
+    expiry = _bounded(doc, "expiry", EXPIRY_RANGE, "whole seconds", transaction)
+    retry = _bounded(doc, "retry", RETRY_RANGE, "an integer", transaction)
+    return CommandPayload(value, transaction, True, cache_only, expiry, retry)
+
+
+def _bounded(
+    doc: dict[str, Any], key: str, bounds: tuple[int, int], what: str, transaction: Any
+) -> int | None:
+    """An optional integer member within ``bounds`` (the service's range), or None."""
+    if key not in doc:
+        return None
+    value, (lo, hi) = doc[key], bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise PayloadError(
+            f"{key} must be {what}, {lo}-{hi} (the service's range), not {json.dumps(value)[:40]}",
+            transaction,
+        )
+    return value
 
 
 def _as_envelope(payload: bytes) -> dict[str, Any] | None:
@@ -441,9 +466,12 @@ def encode_reply(
     payload: bytes | None = None,
     error: str | None = None,
     transaction: Any = None,
+    code: str | None = None,
 ) -> bytes:
     """The JSON reply to one command. Every key is always present (null when unknown),
-    so flows and templates can rely on the shape."""
+    so flows and templates can rely on the shape. ``code`` is the service's name for a
+    failure (``DEVICE_NOT_CONNECTED``, ``REQUEST_EXPIRED``...), which ``error`` then
+    starts with; null for a success and for failures the bridge decided itself."""
     text, encoding = payload_fields(payload)
     return json.dumps(
         {
@@ -456,6 +484,7 @@ def encode_reply(
             "payload": text,
             "encoding": encoding,
             "error": error,
+            "code": code,
             "transaction": transaction,
         },
         separators=(",", ":"),

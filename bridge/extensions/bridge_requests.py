@@ -17,9 +17,20 @@ unsubscribe            ``endpoint``, ``path``             {endpoint, path, statu
 get-presubscriptions                                      the rules (list)
 set-presubscriptions   ``rules`` (list, Connector form)   the rules now in force
 remove                 ``endpoint``                       {endpoint, state, resources}
+pending                ``endpoint`` (optional filter)     {devices: [{endpoint,
+                                                          at_service, sending, waiting,
+                                                          window, requests}], limit,
+                                                          window, truncated}
 info                                                      version, uptime, Connector,
                                                           counters, ...
 ====================== ================================== ===============================
+
+``pending`` lists the requests that wait per device (:mod:`bridge.upstream.device_queue`),
+oldest first: those at the service (sent, not answered), the one being sent (or held:
+the service's queue was full) and those waiting in the bridge (not sent yet), each with
+``state``, ``verb``/``method``, ``path``, ``age`` (seconds since it came), ``expiry``
+and ``retry`` (as asked), ``sent_expiry`` (the ``expiry-seconds`` it went with) and
+``timeout_in`` (seconds until the bridge gives up on it).
 
 ``remove`` forgets an endpoint that is gone for good (de-registered or expired): its
 retained ``$state``, ``$resources``, values and Home Assistant configs are cleared. A
@@ -75,6 +86,7 @@ class BridgeRequests(Extension):
             "get-presubscriptions": self._get_presubscriptions,
             "set-presubscriptions": self._set_presubscriptions,
             "remove": self._remove,
+            "pending": self._pending,
             "info": self._info,
         }
 
@@ -230,6 +242,12 @@ class BridgeRequests(Extension):
                 True, 200, None, None, {"endpoint": name, "state": ep.state, "resources": resources}
             )
         )
+
+    def _pending(self, body: dict[str, Any], respond: Respond) -> None:
+        name = body.get("endpoint")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise _BadRequest("'endpoint' must be a non-empty string (or left out: every device)")
+        respond(Outcome(True, 200, None, None, self.ctx.port.pending_requests(name)))
 
     def _info(self, body: dict[str, Any], respond: Respond) -> None:
         ctx = self.ctx

@@ -18,7 +18,13 @@ persistent session's queued commands are not refused as "unknown endpoint".
 
 At least once: a QoS 1 command is acknowledged to the broker only when the Connector
 has taken it (an async id, or its answer) or its error reply has been published, so a
-bridge that dies before that gets it again from its persistent session. Such a resent
+bridge that dies before that gets it again from its persistent session. The exception:
+a command that must wait in the bridge for an earlier one to be answered (its device's
+20 places at the service are taken, :mod:`bridge.upstream.device_queue`) is
+acknowledged when it starts to wait, since it may wait as long as the device sleeps and
+an unacknowledged one would hold one of the broker's in-flight places for the bridge
+(Mosquitto's ``max_inflight_messages``, 20) all that time, stopping every other command;
+a stop answers it (503), a crash loses it. Such a resent
 command may have been carried out already: its reply then carries ``"redelivered":
 true`` (the MQTT DUP flag). A REST call that fails in a way a retry can mend is tried
 again with back-off within the command's time-out (:data:`RETRY` says which).
@@ -51,7 +57,8 @@ from bridge.downstream.topics import (
 )
 from bridge.extensions.base import BridgeContext, Extension
 from bridge.service.settings import env_name
-from bridge.upstream.port import Outcome
+from bridge.upstream.device_queue import EXPIRY_GRACE, EXPIRY_RANGE
+from bridge.upstream.port import Outcome, RequestOptions
 
 log = logging.getLogger("bridge.commands")
 
@@ -174,6 +181,10 @@ class Commands(Extension):
             self._leave(job)
             return
         cmd = job.command
+        asks_options = job.body.expiry is not None or job.body.retry is not None
+        if asks_options and not self.ctx.port.request_options:
+            self._finish(job, Outcome(False, 501, None, self._no_options_text()))
+            return
         ep = self.ctx.registry.get(cmd.endpoint)
         if ep is None:
             self._finish(job, Outcome(False, 404, None, f"unknown endpoint {cmd.endpoint!r}"))
@@ -199,6 +210,27 @@ class Commands(Extension):
                 ),
             )
 
+    def _no_options_text(self) -> str:
+        s = self.ctx.settings
+        found = " (found by auto)" if s.connector_api == "auto" else ""
+        return (
+            "expiry and retry are options of today's Device Management (device requests); "
+            f"the legacy Connector this bridge talks to{found} has neither "
+            f"({env_name('connector_api')}={s.connector_api}): not sent"
+        )
+
+    def _options(self, job: _Job) -> RequestOptions | None:
+        """The device-request options of a command: the envelope's, and for ``expiry``
+        else the MQTT 5 Message Expiry Interval (today's service only, at least its
+        minimum): the command is worth nothing after it, at the service either."""
+        body, expiry, mqtt_expiry = job.body, job.body.expiry, job.request.message_expiry
+        if expiry is None and mqtt_expiry is not None and self.ctx.port.request_options:
+            lo, hi = EXPIRY_RANGE
+            expiry = min(hi, max(lo, mqtt_expiry))
+        if expiry is None and body.retry is None:
+            return None
+        return RequestOptions(expiry, body.retry)
+
     # ---- the REST call (a command worker) ---------------------------------------------
 
     def _leave(self, job: _Job) -> None:
@@ -217,7 +249,16 @@ class Commands(Extension):
             self._leave(job)
             return
         s = self.ctx.settings
-        if queue_mode:
+        options = self._options(job)
+        expiry = options.expiry if options is not None else None
+        if queue_mode and expiry is not None:
+            # The reply comes when the device answers or the service gives up on it.
+            timeout = expiry + EXPIRY_GRACE
+            text = (
+                f"no answer within {timeout:g} s: the request's expiry ({expiry} s) passed "
+                "and the service said nothing"
+            )
+        elif queue_mode:
             timeout = s.queue_mode_timeout
             text = (
                 f"no answer within {timeout:g} s ({env_name('queue_mode_timeout')}); "
@@ -238,16 +279,19 @@ class Commands(Extension):
             port.write(
                 cmd.endpoint, cmd.path, body.value, done, calls=self._calls,
                 timeout=timeout, timeout_text=text, retry=retry, accepted=ack,
+                options=options,
             )  # fmt: skip
         elif cmd.verb == "post":
             port.execute(
                 cmd.endpoint, cmd.path, body.value, done, calls=self._calls,
                 timeout=timeout, timeout_text=text, retry=retry, accepted=ack,
+                options=options,
             )  # fmt: skip
         else:
             port.read(
                 cmd.endpoint, cmd.path, done, calls=self._calls, timeout=timeout,
                 timeout_text=text, cache_only=body.cache_only, retry=retry, accepted=ack,
+                options=options,
             )  # fmt: skip
 
     # ---- the one reply -----------------------------------------------------------------
@@ -267,6 +311,10 @@ class Commands(Extension):
             )  # fmt: skip
 
     def _reply(self, cmd: Command, msg: Inbound, outcome: Outcome, transaction: object) -> None:
+        code = None if outcome.ok else outcome.code
+        error = outcome.error
+        if code is not None and not (error or "").startswith(code):
+            error = f"{code}: {error}" if error else code  # ``error`` starts with the name
         body = encode_reply(
             endpoint=cmd.endpoint,
             path=cmd.path,
@@ -274,8 +322,9 @@ class Commands(Extension):
             status=outcome.status,
             ok=outcome.ok,
             payload=outcome.payload if outcome.ok else None,
-            error=outcome.error,
+            error=error,
             transaction=transaction,
+            code=code,
         )
         if msg.dup:
             body = mark_redelivered(body)
@@ -336,4 +385,5 @@ class Commands(Extension):
             "under_way": len(self._calls),
             "waiting": self.ctx.commands.pending(),
             "left_at_stop": self._left,
+            "device_lines": self.ctx.port.queues.counts(),
         }

@@ -89,7 +89,12 @@ class Bridge:
             topics=self.topics,
             bus=self.bus,
             mqtt=self.mqtt,
-            port=SeedPort(self.connector_side.client, self.deadlines, self.connector_side),
+            port=SeedPort(
+                self.connector_side.client,
+                self.deadlines,
+                self.connector_side,
+                device_queue=settings.device_queue,
+            ),
             registry=self.registry,
             counters=self.counters,
             commands=WorkerPool("bridge-command", settings.command_workers, settings.command_queue),

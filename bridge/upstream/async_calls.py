@@ -15,6 +15,13 @@ thread, and only while the call's own time-out leaves room for an answer. If the
 comes first, the call ends with the last failure (say 503 or a connection error), not a
 misleading "no answer from the device".
 
+A call may also take a *turn* (:class:`Turn`; a request to a device takes its place in
+the device's line, :mod:`bridge.upstream.device_queue`): its first try is made when the
+turn says so, possibly later and on a worker (``resubmit``); its deadline runs from the
+start all the same, and a call that times out while still waiting says so. A try the
+turn holds (the service's queue for the device is full) is made again when the turn
+says; the turn learns when the service took the call, and when it ended.
+
 This module knows nothing of a Connector API: a try is a :data:`Starter` that some port
 implementation (:mod:`bridge.upstream.port`) supplies.
 """
@@ -26,7 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.core.counters import Counters
 from bridge.core.retry import ErrorKind, RetryPolicy
@@ -57,6 +64,9 @@ class Outcome:
     # A read of an object instance: the values it gave by resource path, decoded on the
     # Connector side ({} when the answer is in a format it does not decode); else None.
     values: Mapping[str, bytes] | None = None
+    # A failure the service named (today's ``DEVICE_NOT_CONNECTED``, ``QUEUE_IS_FULL``, an
+    # async response's ``TIMEOUT``, ``REQUEST_EXPIRED``...): replies carry it as ``code``.
+    code: str | None = None
 
 
 Done = Callable[[Outcome], None]
@@ -69,12 +79,36 @@ Resubmit = Callable[[Callable[[], object]], bool]
 """Runs a task on a worker; False when it cannot (the call then ends with its failure)."""
 
 
+class Turn(Protocol):
+    """A call's place in a line (:class:`bridge.upstream.device_queue.Ticket`)."""
+
+    def enter(
+        self, go: Callable[[bool], None], accepted: Callable[[], object] | None
+    ) -> str | None:
+        """Join; ``go(inline)`` makes the first try; a refusal text instead."""
+
+    def taken(self) -> float | None:
+        """The service took the call; a later deadline (monotonic) it needs, or None."""
+
+    def hold(self, status: int | None, code: str | None, again: Callable[[], None]) -> bool:
+        """Whether the turn holds a refused try, to call ``again`` later."""
+
+    def left(self) -> None:
+        """The call ended."""
+
+    def waiting_text(self) -> str | None:
+        """Why the call never reached the service, if it did not."""
+
+
 @dataclass(slots=True)
 class _Call:
     call: Starter
-    end: float  # monotonic time of the call's time-out
+    end: float  # monotonic time of the call's time-out (a turn may move it later)
     retry: RetryPolicy | None
     accepted: Callable[[], object] | None
+    text: str  # the time-out's text
+    turn: Turn | None = None
+    deadline: Deadline | None = None
     last: Outcome | None = None  # the last failure of a try that is being retried
     forget: Forget | None = None  # of the try under way, once it gave an async id
 
@@ -92,8 +126,9 @@ class AsyncCalls:
         self._deadlines = deadlines
         self._counters = counters  # counts "async_timeouts" when given
         self._resubmit = resubmit  # where retries run (no retries without it)
-        self._pending: dict[int, tuple[Done, Deadline, _Call]] = {}
+        self._pending: dict[int, tuple[Done, _Call]] = {}
         self._seq = itertools.count()
+        self._closing = False  # finish_all under way: a turn that comes is not taken
 
     def start(
         self,
@@ -104,20 +139,39 @@ class AsyncCalls:
         *,
         retry: RetryPolicy | None = None,
         accepted: Callable[[], object] | None = None,
+        turn: Turn | None = None,
     ) -> int:
         """Run ``call(answer)`` and call ``done`` once: with the outcome, or with a 504
         ``timeout_text`` after ``timeout``.
 
         ``retry``: try again (see the module doc). ``accepted`` is called once the
-        Connector has taken the call (an async id, or an answer that is not retried):
-        from then on the bridge alone owes the answer.
+        Connector has taken the call (an async id, or an answer that is not retried), or
+        its turn says it waits for long: from then on the bridge alone owes the answer.
+        ``turn``: the first try waits for it (see the module doc).
         """
         key = next(self._seq)
-        c = _Call(call, time.monotonic() + timeout, retry, accepted)
-        deadline = self._deadlines.schedule(timeout, lambda: self._time_out(key, c, timeout_text))
-        self._pending[key] = (done, deadline, c)
-        self._attempt(key, c, 1)
+        c = _Call(call, time.monotonic() + timeout, retry, accepted, timeout_text, turn)
+        self._pending[key] = (done, c)
+        c.deadline = self._deadlines.schedule(timeout, lambda: self._time_out(key, c))
+        if turn is None:
+            self._attempt(key, c, 1)
+            return key
+        refused = turn.enter(lambda inline: self._go(key, c, inline), accepted)
+        if refused is not None:
+            self._finish(key, Outcome(False, 503, None, refused))
         return key
+
+    def _go(self, key: int, c: _Call, inline: bool) -> None:
+        """The turn says the first try may be made: here, or on a worker."""
+        if inline or self._resubmit is None:
+            self._attempt(key, c, 1)
+            return
+        if self._closing or key not in self._pending:
+            return  # finish_all ends it (and the turn lets the next go)
+        if not self._resubmit(lambda: self._attempt(key, c, 1)):
+            # Not here (this may be the channel thread, in a chain of such calls).
+            busy = Outcome(False, 503, None, "bridge busy: no worker free to send it")
+            self._deadlines.schedule(0.0, lambda: self._finish(key, busy))
 
     def _attempt(self, key: int, c: _Call, attempt: int) -> None:
         if key not in self._pending:
@@ -126,6 +180,17 @@ class AsyncCalls:
 
         def answer(outcome: Outcome) -> None:
             nonlocal retried
+            if (
+                c.turn is not None
+                and not outcome.ok
+                and not outcome.deferred
+                and c.turn.hold(
+                    outcome.status, outcome.code, lambda: self._again(key, c, attempt + 1)
+                )
+            ):
+                retried = True  # made again when the turn says
+                c.last = outcome
+                return
             if (
                 c.retry is not None
                 and self._resubmit is not None
@@ -156,14 +221,28 @@ class AsyncCalls:
             c.forget = forget
             if key not in self._pending:
                 forget()  # ended meanwhile (time-out, stop): the client waits no longer
+            elif c.turn is not None:
+                later = c.turn.taken()
+                if later is not None and later > c.end:
+                    c.end = later  # the time-out (below) waits for the service's verdict
         c.last = None  # taken: from now on a time-out means no answer from the device
         if c.accepted is not None:
             c.accepted()
 
-    def _time_out(self, key: int, c: _Call, text: str) -> None:
-        if key in self._pending and self._counters is not None:
+    def _time_out(self, key: int, c: _Call) -> None:
+        if key not in self._pending:
+            return
+        left = c.end - time.monotonic()
+        if left > 0.001:  # moved later meanwhile
+            c.deadline = self._deadlines.schedule(left, lambda: self._time_out(key, c))
+            return
+        if self._counters is not None:
             self._counters.add("async_timeouts")
-        self._finish(key, c.last or Outcome(False, 504, None, text, kind="timeout"))
+        waiting = c.turn.waiting_text() if c.turn is not None else None
+        if waiting is not None:
+            self._finish(key, Outcome(False, 504, None, waiting, kind="timeout"))
+            return
+        self._finish(key, c.last or Outcome(False, 504, None, c.text, kind="timeout"))
 
     def _again(self, key: int, c: _Call, attempt: int) -> None:
         """On the deadline thread: hand the next try to a worker."""
@@ -177,22 +256,32 @@ class AsyncCalls:
         entry = self._pending.pop(key, None)
         if entry is None:
             return  # already finished (answer after time-out, or the other way round)
-        done, deadline, c = entry
-        deadline.cancel()
+        done, c = entry
+        if c.deadline is not None:
+            c.deadline.cancel()
         if c.forget is not None:
             c.forget()  # answered: a no-op; timed out or stopped: the client lets go
         try:
             done(outcome)
         except Exception:
             log.exception("completion of a call failed")
+        if c.turn is not None:
+            # After the reply: the next request of the device is sent after this one's
+            # reply was handed over, so replies keep the device's order.
+            c.turn.left()
 
     def finish_all(self, outcome: Outcome) -> int:
-        """Finish every call under way with ``outcome`` (shutdown); returns how many."""
+        """Finish every call under way with ``outcome`` (shutdown); returns how many.
+        The latest first, so that a call ending does not let one waiting behind it go."""
+        self._closing = True
         n = 0
-        for key in list(self._pending):
-            if key in self._pending:
-                self._finish(key, outcome)
-                n += 1
+        try:
+            for key in reversed(list(self._pending)):
+                if key in self._pending:
+                    self._finish(key, outcome)
+                    n += 1
+        finally:
+            self._closing = False
         return n
 
     def __len__(self) -> int:

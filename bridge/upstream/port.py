@@ -12,6 +12,13 @@ failure, its kind by type (:data:`~bridge.core.retry.ErrorKind`), never by text.
 each call, :mod:`bridge.upstream.async_calls`); an API dialect supplies one try of each
 verb and the immediate calls. :class:`SeedPort` is the seed API's (:mod:`bridge.connector`);
 nothing of its types shows in the interface, so a second dialect can stand beside it.
+
+Every read, write and execute of a device (a command's, an initial read, a Home Assistant
+read) takes its turn in the device's line (:mod:`bridge.upstream.device_queue`): in
+arrival order, at most 20 at the service at once, the rest waiting in the bridge (at most
+``device_queue`` per device). Only a read from the Connector's cache skips the line (it
+never reaches the device). Today's device-request options (:class:`RequestOptions`:
+``expiry``, ``retry``) go with the call to the service.
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bridge.connector import asyncResult, connector, response_codes
-from bridge.connector.errors import ASYNC_TIMEOUT, INVALID_RESPONSE
+from bridge.connector.errors import ASYNC_TIMEOUT, INVALID_RESPONSE, UNSUPPORTED
 from bridge.core.counters import Counters
 from bridge.core.retry import ErrorKind, RetryPolicy
 from bridge.core.workers import Deadlines
 from bridge.upstream.async_calls import AsyncCalls, Done, Outcome, Resubmit, Starter
+from bridge.upstream.device_queue import DeviceQueues, Ticket
 from bridge.upstream.identities import Addressing
 from bridge.upstream.lwm2m_json import UNREACHABLE, answered_values, read_groups
 from bridge.upstream.side import listing_resources
@@ -41,6 +49,7 @@ __all__ = [
     "ConnectorPort",
     "ListedEndpoint",
     "Outcome",
+    "RequestOptions",
     "SeedPort",
     "Verb",
     "outcome_of",
@@ -62,6 +71,21 @@ def _with_instance_values(base: str, done: Done, outcome: Outcome) -> None:
     done(dataclasses.replace(outcome, values=found))
 
 
+DEFAULT_DEVICE_QUEUE = 1000
+"""Requests that may wait in the bridge for one device (the setting ``device_queue``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """Today's device-request options of one call (the legacy Connector has none):
+    ``expiry``, seconds the service keeps trying to deliver it (60-2,592,000; counted
+    from the call's start: what is left goes when it is sent), and ``retry``, delivery
+    attempts after the first (0-10)."""
+
+    expiry: int | None = None
+    retry: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ListedEndpoint:
     """One endpoint of a listing: ``name`` as the bridge calls it (its topics), with the
@@ -79,15 +103,17 @@ class ListedEndpoint:
 class ConnectorPort(ABC):
     """The Connector, as the extensions see it (see the module doc)."""
 
-    def __init__(self, deadlines: Deadlines) -> None:
+    def __init__(self, deadlines: Deadlines, device_queue: int = DEFAULT_DEVICE_QUEUE) -> None:
         self._deadlines = deadlines
+        self.queues = DeviceQueues(device_queue)
 
     def calls(
         self, resubmit: Resubmit | None = None, counters: Counters | None = None
     ) -> AsyncCalls:
         """A group of calls under way (an extension's: it counts them and can finish them
-        all at a stop). Retries run through ``resubmit`` (a worker pool's ``submit``);
-        ``counters`` count the calls that timed out (``async_timeouts``)."""
+        all at a stop). Retries, and first tries that waited their turn, run through
+        ``resubmit`` (a worker pool's ``submit``); ``counters`` count the calls that timed
+        out (``async_timeouts``)."""
         return AsyncCalls(self._deadlines, counters, resubmit)
 
     # ---- answered later: ``done`` gets one Outcome ------------------------------------
@@ -104,14 +130,15 @@ class ConnectorPort(ABC):
         cache_only: bool = False,
         retry: RetryPolicy | None = READ_RETRY,
         accepted: Callable[[], object] | None = None,
+        options: RequestOptions | None = None,
     ) -> None:
         """Read a resource, the value is the outcome's payload; or an object instance
         (``/3311/0``), whose values the outcome also gives decoded, by resource path
         (``Outcome.values``: LwM2M JSON answers; {} for another format or a failure)."""
         if _INSTANCE.fullmatch(path):
             done = functools.partial(_with_instance_values, path, done)
-        starter = self._try("read", endpoint, path, None, cache_only)
-        calls.start(starter, timeout, done, timeout_text, retry=retry, accepted=accepted)
+        self._start("read", endpoint, path, None, cache_only, options, done, calls,
+                    timeout, timeout_text, retry, accepted)  # fmt: skip
 
     def write(
         self,
@@ -125,10 +152,11 @@ class ConnectorPort(ABC):
         timeout_text: str,
         retry: RetryPolicy | None = None,
         accepted: Callable[[], object] | None = None,
+        options: RequestOptions | None = None,
     ) -> None:
         """Write ``value`` (raw bytes; a str as UTF-8 text) to a resource."""
-        starter = self._try("write", endpoint, path, value, False)
-        calls.start(starter, timeout, done, timeout_text, retry=retry, accepted=accepted)
+        self._start("write", endpoint, path, value, False, options, done, calls,
+                    timeout, timeout_text, retry, accepted)  # fmt: skip
 
     def execute(
         self,
@@ -142,10 +170,39 @@ class ConnectorPort(ABC):
         timeout_text: str,
         retry: RetryPolicy | None = None,
         accepted: Callable[[], object] | None = None,
+        options: RequestOptions | None = None,
     ) -> None:
         """Execute a resource with ``argument`` (may be empty)."""
-        starter = self._try("execute", endpoint, path, argument, False)
-        calls.start(starter, timeout, done, timeout_text, retry=retry, accepted=accepted)
+        self._start("execute", endpoint, path, argument, False, options, done, calls,
+                    timeout, timeout_text, retry, accepted)  # fmt: skip
+
+    def _start(
+        self,
+        verb: Verb,
+        endpoint: str,
+        path: str,
+        value: bytes | str | None,
+        cache_only: bool,
+        options: RequestOptions | None,
+        done: Done,
+        calls: AsyncCalls,
+        timeout: float,
+        timeout_text: str,
+        retry: RetryPolicy | None,
+        accepted: Callable[[], object] | None,
+    ) -> None:
+        """A device call, in the device's line (a cache read skips it)."""
+        ticket = None
+        if not cache_only:
+            ticket = self.queues.ticket(
+                endpoint, verb, path, timeout=timeout,
+                expiry=options.expiry if options else None,
+                retry=options.retry if options else None,
+            )  # fmt: skip
+        starter = self._try(verb, endpoint, path, value, cache_only, ticket)
+        calls.start(
+            starter, timeout, done, timeout_text, retry=retry, accepted=accepted, turn=ticket
+        )
 
     def subscribe(
         self,
@@ -158,14 +215,31 @@ class ConnectorPort(ABC):
         timeout_text: str,
     ) -> None:
         """Subscribe to a resource's changes (they come as notifications)."""
-        starter = self._try("subscribe", endpoint, path, None, False)
+        starter = self._try("subscribe", endpoint, path, None, False, None)
         calls.start(starter, timeout, done, timeout_text)
+
+    def pending_requests(self, endpoint: str | None = None) -> dict[str, Any]:
+        """What waits per device, at the service and in the bridge
+        (:meth:`~bridge.upstream.device_queue.DeviceQueues.pending`)."""
+        return self.queues.pending(endpoint)
+
+    @property
+    @abstractmethod
+    def request_options(self) -> bool:
+        """Whether the service takes :class:`RequestOptions` (today's device requests)."""
 
     @abstractmethod
     def _try(
-        self, verb: Verb, endpoint: str, path: str, value: bytes | str | None, cache_only: bool
+        self,
+        verb: Verb,
+        endpoint: str,
+        path: str,
+        value: bytes | str | None,
+        cache_only: bool,
+        ticket: Ticket | None,
     ) -> Starter:
-        """One try of ``verb`` (see :data:`~bridge.upstream.async_calls.Starter`)."""
+        """One try of ``verb`` (see :data:`~bridge.upstream.async_calls.Starter`); the
+        ``ticket`` gives the request options for the try being made."""
 
     # ---- answered at once ---------------------------------------------------------------
 
@@ -223,7 +297,19 @@ _CLIENT_STATUS = {
     "request_timeout": 504,
     ASYNC_TIMEOUT: 504,
     INVALID_RESPONSE: 502,
+    # An option or call the service's dialect does not have: nothing was sent.
+    UNSUPPORTED: 501,
 }
+
+# What an error name of the service looks like (``DEVICE_NOT_CONNECTED``, ``TIMEOUT``).
+_ERROR_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
+
+
+def error_name(error: response_codes) -> str | None:
+    """The service's name for an error (today's error bodies and async responses), or
+    None: a name only, never free text, so replies can match on it."""
+    code = error.errorCode
+    return code if isinstance(code, str) and _ERROR_NAME.fullmatch(code) else None
 
 
 def error_kind(error: response_codes) -> ErrorKind:
@@ -248,8 +334,9 @@ def outcome_of(r: asyncResult, result: Any = None, *, keep_result: bool = True) 
     if r.error:
         status = r.error.status_code or _CLIENT_STATUS.get(r.error.errType, 502)
         return Outcome(
-            False, status, r.payload, r.error.error, value, None, error_kind(r.error), deferred
-        )
+            False, status, r.payload, r.error.error, value, None, error_kind(r.error), deferred,
+            code=error_name(r.error),
+        )  # fmt: skip
     ct = r.raw_data.get("ct") if isinstance(r.raw_data, dict) else None
     return Outcome(
         True, r.status_code, r.payload, None, value, ct if isinstance(ct, str) else None,
@@ -266,16 +353,29 @@ class SeedPort(ConnectorPort):
         client: connector,
         deadlines: Deadlines,
         addressing: Addressing | None = None,
+        *,
+        device_queue: int = DEFAULT_DEVICE_QUEUE,
     ) -> None:
         """``addressing`` translates the bridge's endpoint names and the service's
-        addresses (today's device IDs); the same by default."""
-        super().__init__(deadlines)
+        addresses (today's device IDs); the same by default. ``device_queue``: requests
+        that may wait in the bridge for one device."""
+        super().__init__(deadlines, device_queue)
         self._client = client
         self._names = addressing or Addressing()
         self._address = self._names.address
 
+    @property
+    def request_options(self) -> bool:
+        return self._client.api == "current"
+
     def _try(
-        self, verb: Verb, endpoint: str, path: str, value: bytes | str | None, cache_only: bool
+        self,
+        verb: Verb,
+        endpoint: str,
+        path: str,
+        value: bytes | str | None,
+        cache_only: bool,
+        ticket: Ticket | None,
     ) -> Starter:
         c = self._client
         endpoint = self._address(endpoint)
@@ -284,12 +384,19 @@ class SeedPort(ConnectorPort):
             def cb(r: asyncResult) -> None:
                 answer(outcome_of(r))
 
+            # Options only when asked for: a legacy client refuses them (unsupported).
+            extra: dict[str, Any] = {}
+            if ticket is not None and ticket.retry is not None:
+                extra["retry"] = ticket.retry
+            if ticket is not None and ticket.expiry is not None:
+                extra["expiry"] = ticket.expiry_to_send()  # what is left of it, now
+            data = value if value is not None else ""
             if verb == "read":
-                r = c.getResourceValue(endpoint, path, cbfn=cb, cacheOnly=cache_only)
+                r = c.getResourceValue(endpoint, path, cbfn=cb, cacheOnly=cache_only, **extra)
             elif verb == "write":
-                r = c.putResourceValue(endpoint, path, value if value is not None else "", cbfn=cb)
+                r = c.putResourceValue(endpoint, path, data, cbfn=cb, **extra)
             elif verb == "execute":
-                r = c.postResource(endpoint, path, value if value is not None else "", cbfn=cb)
+                r = c.postResource(endpoint, path, data, cbfn=cb, **extra)
             else:
                 r = c.putResourceSubscription(endpoint, path, cbfn=cb)
             return None if r.async_id is None else functools.partial(c.forgetAsync, r.async_id)

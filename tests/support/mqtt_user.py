@@ -105,15 +105,19 @@ class MqttUser:
         retain: bool = False,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
+        message_expiry: int | None = None,
     ) -> mqtt.MQTTMessageInfo:
-        """Publish and wait (bounded) until it is sent (QoS 0) or acknowledged."""
+        """Publish and wait (bounded) until it is sent (QoS 0) or acknowledged.
+        ``message_expiry``: the MQTT 5 Message Expiry Interval, seconds."""
         props = None
-        if response_topic or correlation_data:
+        if response_topic or correlation_data or message_expiry is not None:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if response_topic:
                 props.ResponseTopic = response_topic
             if correlation_data:
                 props.CorrelationData = correlation_data
+            if message_expiry is not None:
+                props.MessageExpiryInterval = message_expiry
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         info.wait_for_publish(WAIT)
         return info
