@@ -216,7 +216,7 @@ def test_the_pending_request_lists_what_waits_per_device(api: str, broker: Mosqu
         after = request(s.u, "pending")
     assert everything["ok"] and everything["status"] == 200
     data = everything["data"]
-    assert (data["limit"], data["window"], data["truncated"]) == (1000, 20, False)
+    assert (data["limit"], data["window"], data["truncated"]) == (10_000, 20, False)
     (line,) = data["devices"]
     held = int(api == "legacy")
     assert line["endpoint"] == "sleeper-001"

@@ -243,9 +243,9 @@ class Settings(BaseSettings):
     command_workers: int = Field(8, ge=1, le=256, description="threads making command REST calls")
     command_queue: int = Field(1000, ge=1, description="commands waiting for a worker, at most")
     device_queue: int = Field(
-        1000,
+        10_000,
         ge=1,
-        le=1_000_000,
+        le=100_000,
         description="requests (commands, the bridge's own reads) that wait in the bridge for "
         "one device, at most, while 20 of its requests are at the service (it takes no "
         "more); past it a command is refused at once",

@@ -11,9 +11,11 @@ values. It knows nothing about MQTT.
 from __future__ import annotations
 
 import binascii
+import functools
 import logging
 import secrets
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NoReturn
@@ -105,7 +107,12 @@ def listing_resources(body: Any, items: Any) -> tuple[Resource, ...]:
     return found
 
 
-_a2b = binascii.a2b_base64
+if sys.version_info >= (3, 11):
+    # Strict: a character outside the alphabet is an error, not skipped (":" would
+    # decode to b""); the client's decoder then has the last word (missing padding).
+    _a2b = functools.partial(binascii.a2b_base64, strict_mode=True)
+else:  # pragma: no cover - Python 3.10 has no strict mode: the lenient C decoder
+    _a2b = binascii.a2b_base64
 _new_notification = tuple.__new__  # Notification(...) without its Python-level __new__
 
 
