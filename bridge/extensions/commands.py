@@ -36,6 +36,7 @@ under way get ``stop_timeout`` seconds to be answered, then a 503 reply.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -114,6 +115,8 @@ class Commands(Extension):
         self._lock = threading.Lock()
         self._listed = False
         self._early: deque[_Job] = deque()
+        # Per endpoint, commands waiting for the worker that drains it (see _dispatch).
+        self._lines: dict[str, deque[tuple[_Job, bool]]] = {}
         self._stopping = False
         self._queued = 0  # jobs handed to the command workers and not started yet
         self._left = 0  # commands left with the broker at a stop
@@ -192,23 +195,48 @@ class Commands(Extension):
         if ep.state != "online":
             self._finish(job, Outcome(False, 410, None, f"endpoint is {ep.state}"))
             return
-        queue_mode = ep.queue_mode
+        # Commands of one device go to the port in the order they came (its line keeps
+        # that order to the service): one worker at a time takes them, oldest first.
+        name, limit = cmd.endpoint, self.ctx.settings.command_queue
         with self._lock:
-            self._queued += 1
-        if not self.ctx.commands.submit(lambda: self._call(job, queue_mode)):
+            busy = self._queued >= limit
+            line = self._lines.get(name)
+            if not busy:
+                self._queued += 1
+                if line is not None:
+                    line.append((job, ep.queue_mode))  # the worker draining it takes it
+                    return
+                self._lines[name] = deque([(job, ep.queue_mode)])
+        if not busy and self.ctx.commands.submit(functools.partial(self._drain, name)):
+            return
+        if not busy:
             with self._lock:
-                self._queued -= 1
-            self.ctx.counters.add("commands_busy")
+                jobs = list(self._lines.pop(name, ()))
+                self._queued -= len(jobs)
+        else:
+            jobs = [(job, ep.queue_mode)]
+        self.ctx.counters.add("commands_busy", len(jobs))
+        for refused, _ in jobs:
             self._finish(
-                job,
+                refused,
                 Outcome(
                     False,
                     503,
                     None,
-                    f"bridge busy: {self.ctx.settings.command_queue} commands already wait "
-                    f"({env_name('command_queue')})",
+                    f"bridge busy: {limit} commands already wait ({env_name('command_queue')})",
                 ),
             )
+
+    def _drain(self, name: str) -> None:
+        """A command worker: the commands of one device, oldest first, until none is left."""
+        while True:
+            with self._lock:
+                line = self._lines.get(name)
+                if not line:
+                    self._lines.pop(name, None)
+                    return
+                job, queue_mode = line.popleft()
+            self._call(job, queue_mode)
 
     def _no_options_text(self) -> str:
         s = self.ctx.settings

@@ -102,6 +102,9 @@ class Bridge:
             deadlines=self.deadlines,
             rules=[dict(r) for r in settings.presubscriptions],
         )
+        # A command waiting for a sleeping device's answers is acknowledged to the broker
+        # (it may wait for hours); one for an awake device only once the service took it.
+        self.ctx.port.queues.ack_early = self._queue_mode
         classes = DEFAULT_EXTENSIONS if extensions is None else extensions
         self.extensions = [cls(self.ctx) for cls in classes if cls.enabled(settings)]
         self.ctx.info["extensions"] = {e.name: e.info for e in self.extensions}
@@ -176,6 +179,10 @@ class Bridge:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _queue_mode(self, name: str) -> bool:
+        ep = self.registry.get(name)
+        return ep is not None and ep.queue_mode
 
     def _admit_callback(self, message: Mapping[str, Any]) -> str | None:
         """Whether the MQTT side can take a webhook message now (None) or why not.

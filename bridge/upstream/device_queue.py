@@ -138,9 +138,12 @@ class Ticket:
     def enter(self, go: Go, accepted: Callable[[], object] | None) -> str | None:
         """Join the device's line: ``go`` is called when it is this request's turn (now, or
         later); a refusal text (the bridge's bound is reached) instead. ``accepted`` is
-        called if it must wait for an answer of the device first (see the README's
-        delivery guarantees: an unacknowledged command would hold one of the broker's
-        in-flight places for as long as the device sleeps)."""
+        called if it must wait for an answer of the device first and
+        :attr:`DeviceQueues.ack_early` allows it for the device (a sleeping one: an
+        unacknowledged command would hold one of the broker's in-flight places for as long
+        as the device sleeps; see the README's delivery guarantees). For an awake device
+        the command stays unacknowledged until the service takes it, so a bridge that dies
+        meanwhile gets it again; the broker's in-flight window is then the back-pressure."""
         return self._queues._enter(self, go, accepted)
 
     def taken(self) -> float | None:
@@ -210,6 +213,9 @@ class DeviceQueues:
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
         self._waiting = 0  # over all devices
+        # Whether a request that must wait for its device's answers may be acknowledged to
+        # the broker now (see _enter); the bridge says yes for queue-mode devices only.
+        self.ack_early: Callable[[str], bool] = lambda device: False
         self.held_count = 0  # tries held because the service's queue was full
         self.refused = 0  # requests refused: the bridge's bound was reached
 
@@ -254,7 +260,9 @@ class DeviceQueues:
                 self._waiting += 1
                 t.state = "waiting"
                 now = False
-                if self._ahead(dev, len(dev.waiting) - 1) >= dev.window:
+                if self._ahead(dev, len(dev.waiting) - 1) >= dev.window and self.ack_early(
+                    t.device
+                ):
                     self._ack(t, acks)
         for ack in acks:
             ack()
@@ -304,12 +312,13 @@ class DeviceQueues:
             dev.window = len(dev.at_service)
             dev.held = again
             self.held_count += 1
-            self._ack(t, acks)
-            # Those now beyond the window wait for an answer too. Only the first
-            # ``self.window`` can be unacknowledged: the rest were beyond it on arrival.
-            for i, w in enumerate(itertools.islice(dev.waiting, self.window)):
-                if self._ahead(dev, i) >= dev.window:
-                    self._ack(w, acks)
+            if self.ack_early(t.device):
+                self._ack(t, acks)
+                # Those now beyond the window wait for an answer too. Only the first
+                # ``self.window`` can be unacknowledged: the rest were beyond it on arrival.
+                for i, w in enumerate(itertools.islice(dev.waiting, self.window)):
+                    if self._ahead(dev, i) >= dev.window:
+                        self._ack(w, acks)
         for ack in acks:
             ack()
         return True
