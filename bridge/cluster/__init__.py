@@ -1,0 +1,1 @@
+"""Several bridges for one account: a group of replicas coordinated on etcd."""
