@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -366,3 +366,16 @@ def etcd_fixtures(**cluster_args: Any) -> tuple[Any, Any]:
 def fresh_group() -> str:
     """A group name no other test uses (tests share a cluster, never a group)."""
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float) -> Any:
+    """The first true value of ``predicate`` within ``timeout`` seconds, else AssertionError
+    naming ``what`` (checked every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.02)
