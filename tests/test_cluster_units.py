@@ -1,4 +1,4 @@
-"""The cluster layer's parts that need no etcd: margins, slot sharing, names, the view."""
+"""The cluster layer's parts that need no etcd: margins, slot sharing, names, settings."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import json
 
 import pytest
 
+from bridge.cluster.config import ClusterConfig, check_ttl, parse_endpoints
 from bridge.cluster.etcd import KeyValue, Snapshot, normalize_endpoint, prefix_end
 from bridge.cluster.keys import GroupKeys
 from bridge.cluster.lease import HeldLease, LeaseTiming
 from bridge.cluster.members import MemberInfo, view_from
 from bridge.cluster.slots import fair_share, plan, slot_names
+from bridge.service.settings import SettingsError, load_settings
+
+BASE = {"connector_url": "http://127.0.0.1:1", "connector_token": "t"}
 
 
 def test_default_timing_numbers() -> None:
@@ -103,6 +107,9 @@ def test_prefix_end_and_endpoints() -> None:
     for bad in ("", "ftp://e", "http://e:2379/v3", "http://e:99999"):
         with pytest.raises(ValueError):
             normalize_endpoint(bad)
+    assert parse_endpoints("a,b:1") == ("http://a:2379", "http://b:1")
+    with pytest.raises(ValueError, match="twice"):
+        parse_endpoints("a,http://a:2379")
 
 
 def test_member_entries_and_the_view() -> None:
@@ -127,3 +134,48 @@ def test_member_entries_and_the_view() -> None:
     text = "\n".join(view.lines())
     assert "leader h-1" in text and "unowned slots: cmd-1,cmd-2" in text
     json.dumps(view.slots)  # plain data
+
+
+def test_settings_unset_is_a_single_bridge() -> None:
+    settings = load_settings([], env_file=None, overrides=BASE)
+    assert settings.cluster_etcd is None
+    assert (settings.cluster_group, settings.cluster_ttl) == ("connector-bridge", 5)
+    assert ClusterConfig.from_settings(settings) is None
+
+
+def test_settings_make_a_cluster_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_CLUSTER_ETCD", "etcd-0, http://etcd-1:2379,https://etcd-2:4001")
+    monkeypatch.setenv("BRIDGE_CLUSTER_GROUP", "plant-7")
+    monkeypatch.setenv("BRIDGE_CLUSTER_TTL", "8")
+    config = ClusterConfig.from_settings(load_settings([], env_file=None, overrides=BASE))
+    assert config == ClusterConfig(
+        ("http://etcd-0:2379", "http://etcd-1:2379", "https://etcd-2:4001"), "plant-7", 8
+    )
+    assert config.timing.margin == pytest.approx(1.6)
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("BRIDGE_CLUSTER_TTL", "1", "BRIDGE_CLUSTER_TTL (--cluster-ttl): must be from 2"),
+        ("BRIDGE_CLUSTER_TTL", "2.5", "BRIDGE_CLUSTER_TTL (--cluster-ttl): must be a whole"),
+        ("BRIDGE_CLUSTER_TTL", "soon", "BRIDGE_CLUSTER_TTL (--cluster-ttl): must be a whole"),
+        ("BRIDGE_CLUSTER_ETCD", "ftp://e", "BRIDGE_CLUSTER_ETCD (--cluster-etcd): 'ftp://e'"),
+        ("BRIDGE_CLUSTER_ETCD", "a,,b", "BRIDGE_CLUSTER_ETCD (--cluster-etcd): an endpoint"),
+        ("BRIDGE_CLUSTER_GROUP", "a/b", "BRIDGE_CLUSTER_GROUP (--cluster-group): the group"),
+    ],
+)
+def test_bad_cluster_settings_are_named(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings([], env_file=None, overrides=BASE)
+    assert expected in str(err.value)
+
+
+def test_check_ttl_takes_whole_seconds_only() -> None:
+    assert check_ttl(" 5 ") == 5 and check_ttl(2) == 2
+    for bad in (True, 5.0, "5s", None):
+        with pytest.raises(ValueError):
+            check_ttl(bad)
