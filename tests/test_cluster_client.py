@@ -79,8 +79,10 @@ def test_fails_over_from_a_dead_endpoint_at_once(etcd: EtcdCluster) -> None:
 
 
 def test_fails_over_from_a_paused_member_within_one_timeout(etcd: EtcdCluster) -> None:
-    paused = etcd.members[0]
-    with EtcdClient(etcd.endpoints, timeout=0.3) as client:
+    # A follower: pausing the raft leader would stall every member until an election.
+    paused = next(m for m in etcd.members if m is not etcd.leader())
+    endpoints = [paused.client_url] + [e for e in etcd.endpoints if e != paused.client_url]
+    with EtcdClient(endpoints, timeout=0.3) as client:
         lease = client.grant(5)
         assert client.endpoint == paused.client_url
         paused.pause()  # connected, silent: only a time-out tells
@@ -89,6 +91,21 @@ def test_fails_over_from_a_paused_member_within_one_timeout(etcd: EtcdCluster) -
         took = time.monotonic() - started
         assert 0.25 < took < 0.3 + 0.5, took
         assert client.endpoint != paused.client_url and client.failovers == 1
+
+
+def test_a_renewal_survives_a_paused_raft_leader(etcd: EtcdCluster) -> None:
+    leader = etcd.leader()
+    endpoints = [leader.client_url] + [e for e in etcd.endpoints if e != leader.client_url]
+    with EtcdClient(endpoints, timeout=0.3) as client:
+        lease = client.grant(5)
+        leader.pause()  # silent; the others elect a new leader after 1 to 2 s
+        started = time.monotonic()
+        # 0.3 s for the paused one; then a follower holds the renewal until the election.
+        assert client.keepalive(lease.id, until=started + 4.0) == 5
+        took = time.monotonic() - started
+        assert client.endpoint != leader.client_url
+    assert 0.3 < took < 4.0
+    print(f"renewal through a follower {took:.2f}s after the raft leader was paused")
 
 
 def test_all_endpoints_down_fails_in_bounded_time(etcd: EtcdCluster) -> None:

@@ -17,7 +17,11 @@ answer: :func:`bridge.core.retry.is_transient`) moves it to the next endpoint at
 each endpoint tried at most once per call. A definite answer (4xx) ends the call. When
 every endpoint failed the call raises :class:`EtcdError`; the caller waits with its
 :class:`bridge.core.retry.Backoff` before trying again (this client never sleeps). Every
-call may be given ``until`` (a :func:`time.monotonic` deadline): no try outlasts it.
+call may be given ``until`` (a :func:`time.monotonic` deadline): no try outlasts it. The
+first try waits ``timeout`` for its answer, each later one a fair share of the time left
+(never less than ``timeout``): an endpoint that is down or paused costs one ``timeout``,
+while a member whose raft leader just vanished is given long enough to carry the request
+out once a new leader is elected, which it does by itself.
 
 Each call is safe to repeat on another endpoint after no answer came: create-if-absent
 answers with the key's holder when it already exists (so a create that did succeed
@@ -325,16 +329,21 @@ class EtcdClient:
         with self._lock:
             last: EtcdError | None = None
             count = len(self.endpoints)
+            if until is None:
+                until = time.monotonic() + self.timeout * count
             for step in range(count):
                 index = (self._current + step) % count
                 endpoint = self.endpoints[index]
-                timeout = self.timeout
-                if until is not None:
-                    timeout = min(timeout, until - time.monotonic())
-                    if timeout <= 0:
-                        raise last or EtcdError(
-                            f"{path}: no time left", kind="timeout", endpoint=endpoint
-                        )
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    raise last or EtcdError(
+                        f"{path}: no time left", kind="timeout", endpoint=endpoint
+                    )
+                # The first try gets `timeout`; a later one a fair part of what is left, as
+                # a member without a raft leader holds a request until a new one is elected
+                # (one to two seconds), then carries it out.
+                share = self.timeout if step == 0 else max(self.timeout, remaining / (count - step))
+                timeout = min(remaining, share)
                 try:
                     answer = self._try(endpoint, path, body, timeout)
                 except EtcdError as exc:
