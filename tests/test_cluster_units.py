@@ -19,7 +19,7 @@ BASE = {"connector_url": "http://127.0.0.1:1", "connector_token": "t"}
 
 def test_default_timing_numbers() -> None:
     t = LeaseTiming.for_ttl(5)
-    assert (t.margin, t.renew_every, t.request_timeout, t.poll_every) == (1.0, 1.0, 0.8, 1.0)
+    assert (t.margin, t.renew_every, t.request_timeout, t.poll_every) == (1.0, 1.0, 0.8, 0.5)
     short = LeaseTiming.for_ttl(2)
     assert (short.margin, short.renew_every, short.poll_every) == (0.5, 0.375, 0.4)
     assert short.request_timeout == pytest.approx(0.3)
@@ -28,7 +28,7 @@ def test_default_timing_numbers() -> None:
         12.0,
         12.0,
         1.0,
-        1.0,
+        0.5,
     )
 
 
@@ -42,7 +42,7 @@ def test_margins_hold_for_every_ttl(ttl: int) -> None:
     # A try of one endpoint never eats most of the time between renewals.
     assert t.request_timeout <= t.renew_every
     # A dead holder is replaced within TTL + etcd's 0.5 s expiry check + one poll.
-    assert t.poll_every <= 1.0
+    assert t.poll_every <= 0.5
 
 
 def test_a_ttl_etcd_raised_is_counted_as_the_longer_one() -> None:
@@ -69,21 +69,24 @@ def test_fair_share_and_plans() -> None:
     assert [fair_share(8, n) for n in (0, 1, 2, 3, 8, 9)] == [8, 8, 4, 3, 1, 1]
     # Alone: claim everything free, in a stable order of preference.
     first = plan("a", names, owned=(), taken=(), members=1)
-    assert sorted(first.claim) == sorted(names) and first.release == ()
-    assert plan("a", names, owned=(), taken=(), members=1) == first
+    assert first.wanted == 8 and sorted(first.candidates) == sorted(names)
+    assert first.release == () and plan("a", names, owned=(), taken=(), members=1) == first
     # A newcomer: the holder of all eight lets five go, the newcomer claims from the free.
     held = plan("a", names, owned=names, taken=(), members=3)
-    assert len(held.release) == 5 and held.claim == ()
+    assert len(held.release) == 5 and held.wanted == 0 and held.candidates == ()
     kept = [s for s in names if s not in held.release]
     newcomer = plan("b", names, owned=(), taken=kept, members=3)
-    assert len(newcomer.claim) == 3 and not set(newcomer.claim) & set(kept)
+    assert newcomer.wanted == 3 and sorted(newcomer.candidates) == sorted(held.release)
+    # Every free slot is a candidate (if another member is quicker for one, try the next).
+    late = plan("c", names, owned=(), taken=names[:6], members=2)
+    assert late.wanted == 2 and sorted(late.candidates) == sorted(names[6:])
     # Nothing free: nothing to claim, even below the share.
-    assert plan("c", names, owned=(), taken=names, members=3).claim == ()
+    assert plan("c", names, owned=(), taken=names, members=3).wanted == 0
 
 
 def test_members_prefer_different_slots() -> None:
     names = slot_names(8)
-    firsts = {plan(m, names, (), (), 1).claim[0] for m in ("r0", "r1", "r2", "r3")}
+    firsts = {plan(m, names, (), (), 1).candidates[0] for m in ("r0", "r1", "r2", "r3")}
     assert len(firsts) > 1  # rendezvous hashing: not every member races for one slot
 
 

@@ -24,13 +24,15 @@ The numbers, for ``ttl`` T (seconds; the default 5 in brackets):
 margin                       max(0.5, T/5)                  (1.0 s)
 renewal every                (T - margin) / 4               (1.0 s)
 one request, one endpoint    clamp((T - margin) / 5, 0.2, 1) (0.8 s)
-poll of the group            min(1, T/5)                    (1.0 s)
+poll of the group            min(0.5, T/5)                  (0.5 s)
 ============================ ============================== ==========
 
 So a lease survives about three missed renewals in a row (an etcd leader election
 takes one to two seconds with etcd's default timings), a silent endpoint costs at most
 one request time before the next is tried, and a replica that dies is replaced within
-T + 0.5 s (etcd checks for expired leases every 500 ms) + one poll: 6.5 s at the default.
+T + 0.5 s (etcd checks for expired leases every 500 ms) + one poll: 6 s at the default.
+A poll is one linearizable range over the group's few keys: two a second from each
+replica is nothing to etcd.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class LeaseTiming:
             margin=margin,
             renew_every=window / 4,
             request_timeout=min(1.0, max(0.2, window / 5)),
-            poll_every=min(1.0, ttl / 5),
+            poll_every=min(0.5, ttl / 5),
         )
 
     def valid_until(self, sent: float, granted_ttl: int) -> float:

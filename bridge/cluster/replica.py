@@ -64,7 +64,9 @@ class ReplicaCounters:
     slot_gains: int = 0
     slot_losses: int = 0
     callback_errors: int = 0
-    longest_unrenewed: float = 0.0  # seconds, the longest span between confirmed renewals
+    # Seconds of validity that were left, at the least, when a renewal was confirmed: how
+    # close the replica came to giving its lease up (None: no renewal yet).
+    tightest_renewal: float | None = None
 
 
 class Replica:
@@ -265,8 +267,9 @@ class Replica:
         with self._lock:
             late = not lease.valid()  # ran out while the answer was on its way
             if not late:
-                span = sent - lease.renewed_sent
-                self.counters.longest_unrenewed = max(self.counters.longest_unrenewed, span)
+                left = lease.remaining()
+                tightest = self.counters.tightest_renewal
+                self.counters.tightest_renewal = left if tightest is None else min(tightest, left)
                 renewed = self.timing.valid_until(sent, max(ttl, lease.ttl))
                 lease.valid_until = max(lease.valid_until, renewed)
                 lease.renewed_sent = sent
@@ -390,12 +393,16 @@ class Replica:
         for slot in todo.release:
             self._lose_slot(slot, "handed over to even out the load")
             self.client.delete_own(self.keys.slot(slot), lease=lease.id, until=until)
-        for slot in todo.claim:
+        gained = 0
+        for slot in todo.candidates:  # best first; another member may be quicker for some
+            if gained >= todo.wanted:
+                break
             _, holder = self.client.create(
                 self.keys.slot(slot), self.member_id, lease=lease.id, until=until
             )
             if self._mine(holder, lease):
                 self._gain_slot(slot, lease)
+                gained += 1
 
     def _gain_slot(self, slot: str, lease: HeldLease) -> None:
         with self._lock:

@@ -2,9 +2,10 @@
 
 Each member aims at its fair share, ``ceil(slots / members)``: one that holds more lets
 the surplus go (it stops using a slot *before* it deletes the key), one that holds less
-claims free slots. Which slots a member prefers is rendezvous hashing (the highest
-``crc32(member/slot)`` first): members rarely race for the same free slot, and a slot
-tends to return to the member that held it.
+claims free slots, the next in its order of preference whenever another member was
+quicker. The order is rendezvous hashing (the highest ``crc32(member/slot)`` first):
+members rarely race for the same free slot, and a slot tends to return to the member
+that held it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def by_preference(member_id: str, slots: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class SlotPlan:
-    claim: tuple[str, ...]  # free slots to try to create, best first
+    wanted: int  # slots to claim, at most
+    candidates: tuple[str, ...]  # free slots, best first: try the next when one is lost
     release: tuple[str, ...]  # own slots to let go (the least preferred)
 
 
@@ -54,7 +56,7 @@ def plan(
     mine = [s for s in owned if s in slots]
     if len(mine) > target:
         surplus = by_preference(member_id, mine)[target:]
-        return SlotPlan(claim=(), release=tuple(surplus))
+        return SlotPlan(wanted=0, candidates=(), release=tuple(surplus))
     free = [s for s in slots if s not in owned and s not in taken]
-    wanted = by_preference(member_id, free)[: target - len(mine)]
-    return SlotPlan(claim=tuple(wanted), release=())
+    wanted = min(target - len(mine), len(free))
+    return SlotPlan(wanted, tuple(by_preference(member_id, free)) if wanted else (), ())

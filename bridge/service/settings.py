@@ -305,7 +305,7 @@ class Settings(BaseSettings):
     cluster_ttl: int = Field(
         DEFAULT_TTL,
         description="seconds of each replica's etcd lease, 2 to 3600: a replica that dies is "
-        "replaced within about this plus 1.5 s; one cut off from etcd stops using what it "
+        "replaced within about this plus 1 s; one cut off from etcd stops using what it "
         "holds after about 4/5 of it",
     )
 
