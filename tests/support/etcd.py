@@ -43,7 +43,7 @@ def _kill_leftovers() -> None:
             proc.kill()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGKILL when the test process dies (Linux prctl)."""
     try:
         import ctypes
@@ -88,7 +88,8 @@ def process_state(pid: int) -> str:
     return ""
 
 
-def _wait_state(pid: int, *, stopped: bool, timeout: float = 5.0) -> None:
+def wait_state(pid: int, *, stopped: bool, timeout: float = 5.0) -> None:
+    """Until the kernel shows ``pid`` stopped (or running again): signals arrive later."""
     deadline = time.monotonic() + timeout
     while process_state(pid).startswith(("T", "t")) != stopped:
         if time.monotonic() > deadline:
@@ -140,7 +141,7 @@ class EtcdMember:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self.paused = False
         _LIVE.add(self.proc)
@@ -174,12 +175,12 @@ class EtcdMember:
         once the kernel shows the process stopped (signals arrive asynchronously)."""
         os.kill(self.pid, signal.SIGSTOP)
         self.paused = True
-        _wait_state(self.pid, stopped=True)
+        wait_state(self.pid, stopped=True)
 
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
         self.paused = False
-        _wait_state(self.pid, stopped=False)
+        wait_state(self.pid, stopped=False)
 
     def healthy(self, timeout: float = 1.0) -> bool:
         """The member answers /health with true (it has a leader and a quorum)."""
