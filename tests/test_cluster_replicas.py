@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bridge.cluster.etcd import EtcdClient
+from bridge.cluster.etcd import EtcdClient, EtcdError
 from bridge.cluster.lease import LeaseTiming
 from bridge.cluster.members import read_view
 from bridge.cluster.replica import Replica
@@ -199,6 +199,42 @@ def test_cut_off_from_etcd_it_gives_up_before_etcd_lets_another_take_over(
         f"cut off: a gave up {gave_up:.3f}s after the cut, b led "
         f"{won[0][0] - cut:.3f}s after it ({won[0][0] - lost[0][0]:.3f}s after a gave up)"
     )
+
+
+class FailingDeletes(EtcdClient):
+    """A client whose first ``failures`` own-deletes fail as if etcd did not answer."""
+
+    def __init__(self, endpoints: Sequence[str], failures: int) -> None:
+        super().__init__(endpoints, timeout=0.3)
+        self.failures = failures
+
+    def delete_own(self, key: str, *, lease: int, until: float | None = None) -> bool:
+        if self.failures > 0:
+            self.failures -= 1
+            raise EtcdError(f"{key}: no answer (injected)", kind="no_answer")
+        return super().delete_own(key, lease=lease, until=until)
+
+
+def test_a_hand_over_whose_delete_failed_is_finished_not_taken_back(
+    etcd: EtcdCluster, replicas: list[Replica]
+) -> None:
+    group, rec = fresh_group(), Recorder()
+    first = make(etcd.endpoints, group, rec, "r0")
+    client = FailingDeletes(etcd.endpoints, failures=1)
+    first.client = client
+    replicas.append(first)
+    first.start()
+    wait_for("r0 owns all 8", lambda: len(first.owned_slots()) == 8, 5)
+    second = make(etcd.endpoints, group, rec, "r1")
+    replicas.append(second)
+    with Sampler(replicas) as sampler:
+        second.start()
+        wait_for("8 slots as 4+4", lambda: settled(replicas, [4, 4]), 10)
+    assert client.failures == 0 and first.counters.etcd_failures >= 1
+    r0_slots = [e for e in rec.events if e[1] == "r0" and e[2] != "leader"]
+    assert [on for _, _, _, on in r0_slots].count(False) == 4  # four let go, once each
+    assert [on for _, _, _, on in r0_slots].count(True) == 8  # none taken back
+    assert sampler.slot_twice == []
 
 
 @pytest.mark.parametrize("fault", ["kill", "pause"])

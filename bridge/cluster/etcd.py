@@ -210,7 +210,12 @@ class EtcdClient:
 
     def keepalive(self, lease: int, *, until: float | None = None) -> int:
         """Renew ``lease``: its TTL again, seconds; 0 when etcd no longer has it."""
-        answer = self._call("/v3/lease/keepalive", {"ID": str(lease)}, until)
+        try:
+            answer = self._call("/v3/lease/keepalive", {"ID": str(lease)}, until)
+        except EtcdError as exc:
+            if exc.status == 404:  # some versions say "lease not found" as an error
+                return 0
+            raise
         result = answer.get("result", answer)
         return max(0, int(result.get("TTL", 0)))
 

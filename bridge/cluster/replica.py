@@ -113,6 +113,7 @@ class Replica:
         # The replica's thread only.
         self._abandoned: list[HeldLease] = []  # leases given up, to revoke when etcd answers
         self._registered = False
+        self._releasing: set[str] = set()  # slots let go whose key is not deleted yet
         self._published: MemberInfo | None = None
         self._next_renewal = 0.0
         self._next_poll = 0.0
@@ -245,6 +246,7 @@ class Replica:
             self._lease = lease
         self.counters.leases += 1
         self._registered = False
+        self._releasing.clear()
         self._published = None
         self._next_renewal = sent + self.timing.renew_every
         self._next_poll = 0.0
@@ -383,16 +385,25 @@ class Replica:
         names = set(self.slots)
         held = {kv.key[len(self.keys.slots) :]: kv for kv in snapshot.under(self.keys.slots)}
         mine = {s for s, kv in held.items() if kv.lease == lease.id and s in names}
+        self._releasing &= mine
+        deleted = set()
+        for slot in sorted(self._releasing):  # let go before, its delete not yet confirmed
+            self.client.delete_own(self.keys.slot(slot), lease=lease.id, until=until)
+            self._releasing.discard(slot)
+            deleted.add(slot)
+        mine -= deleted
         for slot in sorted(self._owned - mine):  # deleted or overwritten by someone else
             self._lose_slot(slot, "its key is no longer ours")
         for slot in sorted(mine - self._owned):  # a claim whose answer was lost
             self._gain_slot(slot, lease)
-        taken = {s for s, kv in held.items() if kv.lease != lease.id}
+        taken = {s for s, kv in held.items() if kv.lease != lease.id} | deleted  # not ours
         members = sum(1 for _ in snapshot.under(self.keys.members))
         todo = plan(self.member_id, self.slots, self._owned, taken, members)
         for slot in todo.release:
             self._lose_slot(slot, "handed over to even out the load")
+            self._releasing.add(slot)  # not ours any more, even if the delete fails
             self.client.delete_own(self.keys.slot(slot), lease=lease.id, until=until)
+            self._releasing.discard(slot)
         gained = 0
         for slot in todo.candidates:  # best first; another member may be quicker for some
             if gained >= todo.wanted:
