@@ -23,13 +23,14 @@ The numbers, for ``ttl`` T (seconds; the default 5 in brackets):
 ============================ ============================== ==========
 margin                       max(0.5, T/5)                  (1.0 s)
 renewal every                (T - margin) / 4               (1.0 s)
-one request, one endpoint    clamp((T - margin) / 5, 0.2, 1) (0.8 s)
+first try of a request       clamp((T - margin) / 5, 0.2, 1) (0.8 s)
 poll of the group            min(0.5, T/5)                  (0.5 s)
 ============================ ============================== ==========
 
 So a lease survives about three missed renewals in a row (an etcd leader election
-takes one to two seconds with etcd's default timings), a silent endpoint costs at most
-one request time before the next is tried, and a replica that dies is replaced within
+takes one to two seconds with etcd's default timings), a silent endpoint costs one first
+try before the next endpoint is given a fair share of the time left (see
+:mod:`bridge.cluster.etcd`), and a replica that dies is replaced within
 T + 0.5 s (etcd checks for expired leases every 500 ms) + one poll: 6 s at the default.
 A poll is one linearizable range over the group's few keys: two a second from each
 replica is nothing to etcd.
@@ -69,9 +70,10 @@ class LeaseTiming:
         )
 
     def valid_until(self, sent: float, granted_ttl: int) -> float:
-        """Until when a lease that etcd granted or renewed for ``granted_ttl`` seconds, by a
+        """Until when a lease that etcd granted or renewed for ``granted_ttl`` seconds (what
+        etcd said, which may be more than asked for: never count on more than that), by a
         request sent at ``sent``, may be counted on."""
-        return sent + max(granted_ttl, self.ttl) - self.margin
+        return sent + granted_ttl - self.margin
 
 
 @dataclass(slots=True)

@@ -272,7 +272,7 @@ class Replica:
                 left = lease.remaining()
                 tightest = self.counters.tightest_renewal
                 self.counters.tightest_renewal = left if tightest is None else min(tightest, left)
-                renewed = self.timing.valid_until(sent, max(ttl, lease.ttl))
+                renewed = self.timing.valid_until(sent, ttl)
                 lease.valid_until = max(lease.valid_until, renewed)
                 lease.renewed_sent = sent
         if late:
