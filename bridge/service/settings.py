@@ -26,6 +26,8 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from bridge.cluster.config import DEFAULT_GROUP, DEFAULT_TTL, check_ttl, parse_endpoints
+from bridge.cluster.keys import check_name
 from bridge.downstream.topics import validate_prefix
 from bridge.upstream.rules import check_rules
 
@@ -296,6 +298,25 @@ class Settings(BaseSettings):
         "text", description="log lines as plain text or as JSON objects, one a line"
     )
 
+    # ---- several bridges for one account
+    cluster_etcd: str | None = Field(
+        None,
+        description="etcd endpoints, comma-separated (e.g. http://etcd-0:2379,http://etcd-1:2379): "
+        "this bridge is one replica of a group coordinated there; unset: a single bridge, "
+        "no etcd",
+    )
+    cluster_group: str = Field(
+        DEFAULT_GROUP,
+        description="name of the group of replicas (its keys in etcd are under `/<group>/`); "
+        "replicas with the same etcd and group share the work of one account",
+    )
+    cluster_ttl: int = Field(
+        DEFAULT_TTL,
+        description="seconds of each replica's etcd lease, 2 to 3600: a replica that dies is "
+        "replaced within about this plus 1 s; one cut off from etcd stops using what it "
+        "holds after about 4/5 of it",
+    )
+
     # ---- validation --------------------------------------------------------------------
 
     @model_validator(mode="before")
@@ -442,6 +463,23 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             value = [value]
         return check_rules(value)
+
+    @field_validator("cluster_etcd")
+    @classmethod
+    def _cluster_endpoints(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return ",".join(parse_endpoints(value))
+
+    @field_validator("cluster_group")
+    @classmethod
+    def _cluster_group(cls, value: str) -> str:
+        return check_name(value.strip(), "the group name")
+
+    @field_validator("cluster_ttl", mode="before")
+    @classmethod
+    def _cluster_ttl(cls, value: Any) -> int:
+        return check_ttl(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
