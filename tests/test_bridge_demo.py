@@ -13,7 +13,7 @@ import pytest
 
 from bridge.service.demo import PROJECT_CONF, broker_answers, instructions
 from bridge.simulator import Emulator
-from tests.support.bridge_harness import command, user
+from tests.support.bridge_harness import command, request, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath, mosquitto_binary
 from tests.support.ports import free_port
 
@@ -101,8 +101,17 @@ def test_demo_as_a_new_user_runs_it(tmp_path: Path, with_broker: bool) -> None:
         assert f"-p {port} -t 'connector/light-001/3311/0/5850/set' -m 1" in out
         expected = "already running" if with_broker else "Mosquitto started from"
         assert expected in out
+        # today's dialect, found by the bridge itself, on the WebSocket channel
+        assert "today's Device Management API" in out, out
+        assert "found that API (current), listens on its websocket channel" in out, out
         with user(port, "5", "connector/#") as u:
             u.wait_topic("connector/node-001/$state", payload=b"online")
+            info = request(u, "info")["data"]["connector"]
+            assert (info["api"], info["channel"]) == ("current", "websocket"), info
+            # devices by name in topics, their device IDs beside the name in $resources
+            resources = u.wait_topic("connector/light-001/$resources").json()
+            assert resources.get("endpoint_name") == "light-001", resources
+            assert len(resources.get("device_id", "")) == 32, resources
             u.wait_for(lambda m: m.topic == "connector/node-001/3303/0/5700", count=2)
             reply = command(u, "connector/light-001/3311/0/5850/set", b"1")
             assert reply["ok"]

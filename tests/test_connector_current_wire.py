@@ -181,6 +181,22 @@ def test_get_endpoints_reads_every_page_of_v3_devices(fast_http: bool) -> None:
             c.close()
 
 
+def test_get_endpoints_without_device_objects(fast_http: bool) -> None:
+    """``deviceObjects=False`` (the bridge's start-up listing): the same entries, pages and
+    requests, without the device object beside each."""
+    with _pages(1500, 1000) as srv:
+        c = client(srv, fast_http)
+        try:
+            r = c.getEndpoints(deviceObjects=False)
+            assert not r.error and len(r.result) == 1500 and r.extra["pages"] == 2
+            assert r.result[0] == {"name": f"{1:032x}", "endpoint_name": "node-0001",
+                                   "type": "Sensor", "status": "ACTIVE"}  # fmt: skip
+            assert not any("device" in e for e in r.result)
+            assert [rec.path for rec in srv.requests] == ["/v3/devices"] * 2
+        finally:
+            c.close()
+
+
 def test_a_page_that_is_not_a_list_page_is_an_invalid_response(fast_http: bool) -> None:
     with RecordingServer(lambda req: Reply(200, b'{"object":"device"}')) as srv:
         c = client(srv, fast_http)

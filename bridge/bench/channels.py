@@ -12,21 +12,27 @@ dispatch). :func:`compare` does it for the long poll (the legacy emulator and
 
 The emulator and the client share this process (and its GIL), so the figures are lower
 than with the service elsewhere; the ratio between the channels, taken in the same run,
-is the figure to read.
+is the figure to read. ``connector-bridge bench --only channels`` runs :func:`compare` in
+a child process of its own (:func:`measure`), with ``--channel-burst`` and ``--runs``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.bench.stats import median
 from bridge.connector import connector
 from bridge.simulator import Emulator
+
+if TYPE_CHECKING:
+    from bridge.bench.context import Env
 
 CHANNELS = ("long_poll", "websocket", "websocket_no_uid")
 
@@ -140,6 +146,37 @@ def compare(n: int = 20_000, runs: int = 3, chunk: int | None = None) -> dict[st
         summary[f"{name}_rate"] = median(rates) if rates else None
     for name in CHANNELS[1:]:
         summary[f"{name}_ratio"] = median(ratios[name]) if ratios[name] else None
+    return summary
+
+
+def measure(env: Env) -> dict[str, Any]:
+    """The bench part ``channels``: :func:`compare` in a child process (an interpreter of
+    its own, nothing else of the bench in it), ``channel_burst`` notifications a burst."""
+    from bridge.bench.harness import BenchError, python_env
+
+    cfg = env.config
+    env.say(
+        f"channels: bursts of {cfg.channel_burst:,} through the long poll and the WebSocket "
+        f"channel, {cfg.runs} run(s)"
+    )
+    cmd = [sys.executable, "-m", "bridge.bench.channels", str(cfg.channel_burst)]
+    cmd += ["--runs", str(cfg.runs), "--json"]
+    try:
+        done = subprocess.run(
+            cmd, env=python_env(), capture_output=True, text=True, timeout=300 + 60 * cfg.runs
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError("the channel comparison did not finish") from exc
+    if done.returncode != 0:
+        raise BenchError(f"the channel comparison failed: {done.stderr[-1500:]}")
+    summary: dict[str, Any] = json.loads(done.stdout)
+    for name in CHANNELS:
+        if summary.get(f"{name}_rate") is None:
+            raise BenchError(f"the channel comparison got no rate for {name}")
+    env.say(
+        "  long poll {long_poll_rate:,.0f}/s, WebSocket {websocket_rate:,.0f}/s "
+        "(x{websocket_ratio:.2f}), without uid {websocket_no_uid_rate:,.0f}/s".format(**summary)
+    )
     return summary
 
 

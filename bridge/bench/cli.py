@@ -10,24 +10,30 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bridge.bench import commands, latency, scale, throughput
+from bridge.bench import channels, commands, latency, listing, scale, throughput
 from bridge.bench.context import Config, Env
 from bridge.bench.harness import (
+    APIS,
     BenchError,
     Broker,
     Control,
-    EmulatorProcess,
     machine_info,
     python_speed_s,
 )
-from bridge.bench.report import render, targets
+from bridge.bench.report import markdown, render, targets
 
+# Every part, in the order they run. throughput, commands, latency and scale run the
+# bridge on each dialect of --api; channels (the client's two channels) and listing
+# (today's /v3/devices) have no bridge in them and run once.
 MEASUREMENTS: dict[str, Callable[[Env], dict[str, Any]]] = {
     "throughput": throughput.measure,
     "commands": commands.measure,
     "latency": latency.measure,
+    "channels": channels.measure,
+    "listing": listing.measure,
     "scale": scale.measure,
 }
+PER_DIALECT = ("throughput", "commands", "latency", "scale")
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -65,7 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
         "Connector client). Every figure is the median of --runs runs.",
     )
     p.add_argument("--quick", action="store_true", help="small sizes, one run: under a minute")
+    p.add_argument(
+        "--api",
+        choices=[*APIS, "both"],
+        default="both",
+        help="the dialect the bridge runs on: legacy (the 2016 Connector, long poll), current "
+        "(today's Device Management, WebSocket) or both (the default: every run measures both, "
+        "each against its own floor)",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable figures")
+    p.add_argument(
+        "--markdown", action="store_true", help="print the README's table of the figures"
+    )
     p.add_argument("--runs", type=_positive(int), help="runs per figure (default 3; --quick 1)")
     p.add_argument(
         "--only",
@@ -90,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-seconds", type=_positive(float), help="measured seconds (10)")
     p.add_argument("--scale", type=_sizes, help="endpoint counts (default 1000,10000,100000)")
     p.add_argument("--scale-runs", type=_positive(int), help="runs per scale size (--runs)")
+    p.add_argument(
+        "--channel-burst", type=_positive(int), help="notifications a burst, channels (100,000)"
+    )
+    p.add_argument(
+        "--listing-devices", type=_positive(int), help="devices of the listing (100,000)"
+    )
+    p.add_argument("--listing-page", type=_positive(int), help="devices a page (1,000)")
     p.add_argument(
         "--mqtt-protocol", choices=["5", "3.1.1"], help="of the bridge and the paho client (5)"
     )
@@ -118,6 +142,9 @@ def config_from(args: argparse.Namespace) -> Config:
         "latency_rate",
         "latency_seconds",
         "scale_runs",
+        "channel_burst",
+        "listing_devices",
+        "listing_page",
         "mqtt_protocol",
     ):
         value = getattr(args, name)
@@ -125,6 +152,7 @@ def config_from(args: argparse.Namespace) -> Config:
             setattr(cfg, name, value)
     if args.scale is not None:
         cfg.scale_sizes = args.scale
+    cfg.apis = APIS if args.api == "both" else (args.api,)
     cfg.bridge_settings = dict(args.settings)
     cfg.verbose = not args.quiet
     return cfg
@@ -136,18 +164,20 @@ def run(cfg: Config, only: Sequence[str], mqtt_host: str | None, mqtt_port: int)
     broker = Broker(mqtt_host, mqtt_port if mqtt_host else None).start()
     figures["broker"] = broker.describe()
     control: Control | None = None
-    emulator: EmulatorProcess | None = None
+    env: Env | None = None
     try:
         control = Control(broker)
-        emulator = EmulatorProcess(cfg.endpoints).start()
-        env = Env(cfg, broker, control, emulator)
-        for name in only:
+        env = Env(cfg, broker, control)
+        for name in MEASUREMENTS:  # in their order, whatever the order of --only
+            if name not in only:
+                continue
             t0 = time.monotonic()
             figures[name] = MEASUREMENTS[name](env)
             figures[name]["seconds"] = round(time.monotonic() - t0, 1)
     finally:
-        if emulator is not None:
-            emulator.stop()
+        if env is not None:
+            env.stop()
+            control = env.control  # scale restarts the broker with a new control client
         if control is not None:
             control.close()
         broker.stop()
@@ -160,6 +190,7 @@ def run(cfg: Config, only: Sequence[str], mqtt_host: str | None, mqtt_port: int)
 def _config_summary(cfg: Config) -> dict[str, Any]:
     out = dict(vars(cfg))
     out["scale_sizes"] = list(cfg.scale_sizes)
+    out["apis"] = list(cfg.apis)
     out.pop("verbose", None)
     return out
 
@@ -182,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures["targets"] = [t._asdict() for t in targets(figures)]
     if args.json:
         print(json.dumps(figures, indent=2, default=str))
+    elif args.markdown:
+        print(markdown(figures))
     else:
         print(render(figures))
     return 0

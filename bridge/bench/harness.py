@@ -469,11 +469,27 @@ OBSERVED_PATHS = ("/3311/0/5850", "/3311/0/5851", "/3311/0/5706")
 COMMAND_PATH = "/3311/0/5851"  # the dimmer: an int 0..100
 
 
-class EmulatorProcess:
-    """``connector-bridge simulate`` with ``devices`` lamps, in its own process."""
+APIS = ("legacy", "current")  # the dialects the bench runs on (``--api``)
+# The notification channel of each dialect, set explicitly for every bridge the bench
+# starts: the long poll on the 2016 Connector, the WebSocket on today's service.
+CHANNEL_OF = {"legacy": "longpoll", "current": "websocket"}
+CHANNEL_NAME = {"legacy": "long poll", "current": "WebSocket"}
 
-    def __init__(self, devices: int, token: str | None = None, pull_timeout: float = 5.0) -> None:
+
+class EmulatorProcess:
+    """``connector-bridge simulate --api <api>`` with ``devices`` lamps, in its own process."""
+
+    def __init__(
+        self,
+        devices: int,
+        token: str | None = None,
+        pull_timeout: float = 5.0,
+        api: str = "legacy",
+    ) -> None:
+        if api not in APIS:
+            raise ValueError(f"api must be one of {APIS}, not {api!r}")
         self.devices = devices
+        self.api = api
         self.token = token or f"bench-{uuid.uuid4().hex[:12]}"
         self.pull_timeout = pull_timeout
         self.url = ""
@@ -482,11 +498,13 @@ class EmulatorProcess:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {self.token}"
         self.started_in = 0.0
+        self.rss_at_start_mib = 0.0
+        self._addresses: list[str] | None = None
 
     def start(self, timeout: float = 180.0) -> EmulatorProcess:
         scenario = self._dir / "scenario.json"
         scenario.write_text(json.dumps(BENCH_SCENARIO))
-        cmd = [sys.executable, "-m", "bridge", "simulate", "--api", "legacy"]
+        cmd = [sys.executable, "-m", "bridge", "simulate", "--api", self.api]
         cmd += ["--port", "0", "--token", self.token]
         cmd += ["--scenario", str(scenario), "--devices", str(self.devices), "--no-drift"]
         cmd += ["--pull-timeout", str(self.pull_timeout)]
@@ -504,6 +522,7 @@ class EmulatorProcess:
         assert tail.match is not None
         self.url = tail.match.group(1)
         self.started_in = time.monotonic() - t0
+        self.rss_at_start_mib = status_mib(self.proc.pid, "VmRSS")
         return self
 
     @property
@@ -529,6 +548,27 @@ class EmulatorProcess:
 
     def endpoints(self) -> list[str]:
         return [str(x) for x in self.admin("GET", "endpoints")]
+
+    def addresses(self) -> list[str]:
+        """What the service calls each endpoint of :meth:`endpoints`, in that order."""
+        if self.api == "legacy":
+            return self.endpoints()
+        if self._addresses is None:
+            self._addresses = [self.device_id(name) for name in self.endpoints()]
+        return list(self._addresses)
+
+    def device_id(self, name: str) -> str:
+        """What the service calls endpoint ``name``: its device ID on today's dialect, the
+        name itself on the legacy one."""
+        if self.api == "legacy":
+            return name
+        return str(self.admin("GET", f"device-id?ep={name}")["id"])
+
+    def channel_messages(self) -> int:
+        """Channel messages delivered so far: long polls answered (legacy), WebSocket
+        frames sent (current)."""
+        counters = self.counters()
+        return int(counters.get("pulls" if self.api == "legacy" else "ws_frames", 0))
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -577,6 +617,9 @@ class BridgeProcess:
         values = {
             "connector_url": emulator.url,
             "connector_token": emulator.token,
+            # the dialect and its channel said explicitly (no probe decides)
+            "connector_api": emulator.api,
+            "notification_channel": CHANNEL_OF[emulator.api],
             "mqtt_host": broker.host,
             "mqtt_port": str(broker.port),
             "mqtt_client_id": f"bench-bridge-{uuid.uuid4().hex[:10]}",

@@ -3,8 +3,9 @@
 A driver process changes values through the emulator's admin route at a steady
 ``latency_rate`` per second (round-robin over the observed resources), each new value
 being the time it was sent; ``mosquitto_sub`` prints each value topic's message with the
-time it arrived, so latency = arrival - value: emulator, long poll, bridge, broker and
-subscriber included. The first second is warm-up and not counted. The bridge's CPU use
+time it arrived, so latency = arrival - value: emulator, the dialect's channel (long
+poll or WebSocket), bridge, broker and subscriber included. Each run measures every
+dialect of ``--api`` in turn. The first second is warm-up and not counted. The bridge's CPU use
 is the growth of utime+stime in /proc/<pid>/stat over the measured window, as a share of
 one core.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from bridge.bench.context import Env
 from bridge.bench.harness import (
+    CHANNEL_NAME,
     BenchError,
     BridgeProcess,
     CountingSubscriber,
@@ -66,15 +68,16 @@ class CpuSampler:
         return (c1 - c0) / (t1 - t0)
 
 
-def once(env: Env) -> dict[str, Any]:
+def once(env: Env, api: str = "legacy") -> dict[str, Any]:
     cfg = env.config
     prefix = new_prefix("lat")
     settings = {"initial_read": "false", "mqtt_protocol": cfg.mqtt_protocol}
     settings.update(cfg.bridge_settings)
     total = int(cfg.latency_rate * (cfg.latency_seconds + WARMUP))
-    with BridgeProcess(env.emulator, env.broker, prefix, settings) as bridge:
+    emulator = env.emulator(api)
+    with BridgeProcess(emulator, env.broker, prefix, settings) as bridge:
         bridge.wait_ready()
-        targets = [[ep, path] for ep, path in env.emulator.subscriptions()]
+        targets = [[ep, path] for ep, path in emulator.subscriptions()]
         if not targets:
             raise BenchError("the emulator has no observed resource")
         qos = int(settings.get("value_qos", "1"))
@@ -84,13 +87,13 @@ def once(env: Env) -> dict[str, Any]:
         )  # fmt: skip
         with sub:
             sampler = CpuSampler(bridge.cpu_seconds)
-            pulls0 = env.emulator.counters().get("pulls", 0)
+            messages0 = emulator.channel_messages()
             try:
                 driver = start_child(
                     "latency-driver",
                     {
-                        "url": env.emulator.url,
-                        "token": env.emulator.token,
+                        "url": emulator.url,
+                        "token": emulator.token,
                         "targets": targets,
                         "rate": cfg.latency_rate,
                         "seconds": cfg.latency_seconds + WARMUP,
@@ -100,7 +103,7 @@ def once(env: Env) -> dict[str, Any]:
                 complete = sub.wait(stall=5.0)
             finally:
                 sampler.stop()
-            pulls = env.emulator.counters().get("pulls", 0) - pulls0
+            messages = emulator.channel_messages() - messages0
             lines = sub.lines()
     window_start = sent["t_start"] + WARMUP
     latencies = []
@@ -127,30 +130,37 @@ def once(env: Env) -> dict[str, Any]:
         "p99_ms": percentile(latencies, 99) * 1000,
         "max_ms": (latencies[-1] * 1000) if latencies else math.nan,
         "cpu_share": sampler.share(window_start, sent["t_end"]),
-        "notifications_per_pull": sent["sent"] / max(pulls, 1),
+        # long polls answered (legacy) or WebSocket frames (current)
+        "notifications_per_message": sent["sent"] / max(messages, 1),
     }
 
 
 def measure(env: Env) -> dict[str, Any]:
+    """``{"rate", "window_seconds", <api>: {...}, ...}``: each dialect's medians."""
     cfg = env.config
-    runs = []
+    runs: dict[str, list[dict[str, Any]]] = {api: [] for api in cfg.apis}
     for r in range(cfg.runs):
-        what = f"{cfg.latency_rate:,.0f}/s for {cfg.latency_seconds:g} s"
-        env.say(f"latency run {r + 1}/{cfg.runs}: {what}")
-        result = once(env)
-        env.say(
-            f"  p50 {result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms, "
-            f"bridge CPU {result['cpu_share'] * 100:.1f}% of a core"
-        )
-        runs.append(result)
-    return {
-        "rate": cfg.latency_rate,
-        "window_seconds": cfg.latency_seconds,
-        "p50_ms": median(r["p50_ms"] for r in runs),
-        "p99_ms": median(r["p99_ms"] for r in runs),
-        "cpu_share": median(r["cpu_share"] for r in runs),
-        "driver_rate": median(r["driver_rate"] for r in runs),
-        "lost": max(r["lost"] for r in runs),
-        "notifications_per_pull": median(r["notifications_per_pull"] for r in runs),
-        "runs": runs,
-    }
+        for api in cfg.apis:
+            what = f"{cfg.latency_rate:,.0f}/s for {cfg.latency_seconds:g} s"
+            env.say(f"latency run {r + 1}/{cfg.runs}, {api} dialect ({CHANNEL_NAME[api]}): {what}")
+            result = once(env, api)
+            env.say(
+                f"  p50 {result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms, "
+                f"bridge CPU {result['cpu_share'] * 100:.1f}% of a core"
+            )
+            runs[api].append(result)
+    out: dict[str, Any] = {"rate": cfg.latency_rate, "window_seconds": cfg.latency_seconds}
+    for api, done in runs.items():
+        out[api] = {
+            "rate": cfg.latency_rate,
+            "window_seconds": cfg.latency_seconds,
+            "channel": CHANNEL_NAME[api],
+            "p50_ms": median(r["p50_ms"] for r in done),
+            "p99_ms": median(r["p99_ms"] for r in done),
+            "cpu_share": median(r["cpu_share"] for r in done),
+            "driver_rate": median(r["driver_rate"] for r in done),
+            "lost": max(r["lost"] for r in done),
+            "notifications_per_message": median(r["notifications_per_message"] for r in done),
+            "runs": done,
+        }
+    return out

@@ -16,10 +16,16 @@ It prints one JSON line with its result. Kinds:
 ``connector-commands``
     The floor: the same PUTs straight to the Connector with the project's client
     (``bridge.connector``), ``inflight`` outstanding, each waited for until its async
-    response arrives on the long poll; throughput and latency.
+    response arrives on the channel (``api``: ``legacy``, the long poll; ``current``,
+    device requests answered on the WebSocket channel); throughput and latency.
 ``latency-driver``
     A steady rate of value changes through the emulator's admin route, each value the
     time it was sent (``time.time()``), so that a subscriber can compute the latency.
+``listing``
+    Today's dialect: a full ``GET /v3/devices`` listing in pages of ``page`` (following
+    ``after``), ``runs`` times, by a plain ``requests`` client that decodes every page,
+    then as many times by the project's client (``getEndpoints()``, what the bridge does
+    at start-up), alternating.
 """
 
 from __future__ import annotations
@@ -208,15 +214,26 @@ def mqtt_commands(args: dict[str, Any]) -> dict[str, Any]:
 
 def connector_commands(args: dict[str, Any]) -> dict[str, Any]:
     from bridge.connector import asyncResult, connector
+    from bridge.connector.dialects import Api
 
-    endpoints: list[str] = args["endpoints"]
+    # What the service calls each endpoint: the names on the legacy Connector, the device
+    # IDs on today's service (``addresses``, in the order of ``endpoints``).
+    endpoints: list[str] = args.get("addresses") or args["endpoints"]
     path = args["path"]
     m, inflight, threads = int(args["m"]), int(args["inflight"]), int(args["threads"])
     first = int(args.get("first", 0))
     nep = len(endpoints)
+    api: Api = "current" if args.get("api") == "current" else "legacy"
     # The HTTP stack of the bridge (BRIDGE_CONNECTOR_HTTP=fast): the ratio compares like with like.
-    c = connector(args["token"], args["url"], timeout=30.0, asyncTimeout=60.0, fastHttp=True)
-    c.startLongPolling()
+    c = connector(
+        args["token"], args["url"], api=api, timeout=30.0, asyncTimeout=60.0, fastHttp=True
+    )
+    if api == "current":
+        state = c.startWebsocket()
+        if state != "connected":
+            raise SystemExit(f"the WebSocket channel did not connect: {state}")
+    else:
+        c.startLongPolling()
     latencies: list[float] = []
     counts = {"ok": 0, "failed": 0}
     room = threading.Semaphore(inflight)
@@ -260,7 +277,10 @@ def connector_commands(args: dict[str, Any]) -> dict[str, Any]:
     for _ in workers:
         issued.put(None)
     cpu = _cpu() - cpu0
-    c.stopLongPolling()
+    if api == "current":
+        c.stopWebsocket()
+    else:
+        c.stopLongPolling()
     c.close()
     result = _summary(latencies, started, ended, counts["ok"], counts["failed"])
     result["cpu_us_per_command"] = cpu / max(len(latencies), 1) * 1e6
@@ -325,11 +345,66 @@ def latency_driver(args: dict[str, Any]) -> dict[str, Any]:
     return asyncio.run(run())
 
 
+def listing(args: dict[str, Any]) -> dict[str, Any]:
+    import requests
+
+    from bridge.connector import connector
+
+    url, token, page = args["url"], args["token"], int(args["page"])
+    runs = int(args.get("runs", 1))
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    client = connector(token, url, api="current", timeout=60.0, fastHttp=True)
+
+    def plain() -> tuple[float, int, int]:
+        seen: set[str] = set()
+        pages = 0
+        after: str | None = None
+        t0 = time.perf_counter()
+        while True:
+            params: dict[str, str | int] = {"limit": page}
+            if after is not None:
+                params["after"] = after
+            answer = session.get(f"{url}/v3/devices", params=params, timeout=60)
+            answer.raise_for_status()
+            body = answer.json()
+            pages += 1
+            seen.update(d["id"] for d in body["data"])
+            if not body["has_more"]:
+                break
+            after = body["data"][-1]["id"]
+        return time.perf_counter() - t0, len(seen), pages
+
+    def through_client() -> tuple[float, int]:
+        t0 = time.perf_counter()
+        r = client.getEndpoints()
+        took = time.perf_counter() - t0
+        if r.error or not isinstance(r.result, list):
+            raise SystemExit(f"getEndpoints failed: {r.error}")
+        return took, len(r.result)
+
+    session.get(f"{url}/v3/devices", params={"limit": 2}, timeout=60).raise_for_status()
+    out: dict[str, Any] = {"page": page, "plain_s": [], "client_s": []}
+    try:
+        for _ in range(runs):
+            took, devices, pages = plain()
+            out["plain_s"].append(took)
+            out.update(devices=devices, pages=pages)
+            took, listed = through_client()
+            out["client_s"].append(took)
+            out["client_devices"] = listed
+    finally:
+        session.close()
+        client.close()
+    return out
+
+
 KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "paho-publish": paho_publish,
     "mqtt-commands": mqtt_commands,
     "connector-commands": connector_commands,
     "latency-driver": latency_driver,
+    "listing": listing,
 }
 
 

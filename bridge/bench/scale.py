@@ -1,7 +1,10 @@
 """Scale: the bridge's start-up with 1,000 / 10,000 / 100,000 endpoints, 3 observed
 resources each.
 
-For each size an emulator with that many lamps runs in its own process; for each run a
+For each size an emulator with that many lamps runs in its own process, one per dialect
+(``--api``; the runs alternate between them, the bridge on each dialect's channel: on
+today's service its start-up lists every page of ``/v3/devices``, opens the WebSocket and
+reads the values as device requests); for each run a
 fresh broker (a bench-started one is restarted, so that its retained store is empty) and
 three ``mosquitto_sub -C`` counters: every ``$state``, every ``$resources`` and every
 initial value (3 per endpoint). The figures are the time from the bridge's start (the
@@ -24,7 +27,6 @@ from bridge.bench.harness import (
     EmulatorProcess,
     cpu_seconds,
     new_prefix,
-    status_mib,
 )
 from bridge.bench.stats import median
 from bridge.core.events import Resource
@@ -48,7 +50,8 @@ def _fresh_broker(env: Env) -> None:
 def discovery_count(emulator: EmulatorProcess, size: int, prefix: str) -> int:
     """How many Home Assistant discovery configs the bridge publishes for ``size`` lamps
     (the pure function's count for one lamp's listing, and the bridge's own)."""
-    answer = emulator.session.get(f"{emulator.url}/v2/endpoints/{LAMP_NAME.format(n=1)}")
+    lamp_id = emulator.device_id(LAMP_NAME.format(n=1))
+    answer = emulator.session.get(f"{emulator.url}/v2/endpoints/{lamp_id}")
     answer.raise_for_status()
     settings = DiscoverySettings(discovery_prefix=f"{prefix}-ha", topic_prefix=prefix)
     lamp = endpoint_view(LAMP_NAME.format(n=1), "Lamp", map(Resource.from_dict, answer.json()))
@@ -124,38 +127,46 @@ def once(env: Env, emulator: EmulatorProcess, size: int) -> dict[str, Any]:
 
 
 def measure(env: Env) -> dict[str, Any]:
+    """``{<api>: {"sizes": [...]}}``."""
     cfg = env.config
     runs_per_size = cfg.scale_runs or cfg.runs
-    sizes: list[dict[str, Any]] = []
+    out: dict[str, Any] = {api: {"sizes": []} for api in cfg.apis}
     for size in cfg.scale_sizes:
-        env.say(f"scale {size:,} endpoints: starting the emulator")
-        emulator = EmulatorProcess(size).start(timeout=600)
+        emulators: dict[str, EmulatorProcess] = {}
+        runs: dict[str, list[dict[str, Any]]] = {api: [] for api in cfg.apis}
         try:
-            emu_rss = status_mib(emulator.pid, "VmRSS")
-            runs = []
+            for api in cfg.apis:
+                env.say(f"scale {size:,} endpoints: starting the {api} emulator")
+                emulators[api] = EmulatorProcess(size, api=api).start(timeout=600)
             for r in range(runs_per_size):
-                env.say(f"scale {size:,}, run {r + 1}/{runs_per_size}")
-                result = once(env, emulator, size)
-                env.say(
-                    f"  $state {result['states_s']:.1f} s, values {result['values_s']:.1f} s, "
-                    f"peak RSS {result['peak_rss_mib']:.0f} MiB"
-                )
-                runs.append(result)
+                for api, emulator in emulators.items():
+                    env.say(f"scale {size:,}, run {r + 1}/{runs_per_size}, {api} dialect")
+                    result = once(env, emulator, size)
+                    env.say(
+                        f"  $state {result['states_s']:.1f} s, values {result['values_s']:.1f} s, "
+                        f"peak RSS {result['peak_rss_mib']:.0f} MiB"
+                    )
+                    runs[api].append(result)
+            for api, emulator in emulators.items():
+                out[api]["sizes"].append(summarise(size, emulator, runs[api]))
         finally:
-            emulator.stop()
-        sizes.append(
-            {
-                "endpoints": size,
-                "emulator_start_s": emulator.started_in,
-                "emulator_rss_mib": emu_rss,
-                "states_s": median(r["states_s"] for r in runs),
-                "resources_s": median(r["resources_s"] for r in runs),
-                "values_s": median(r["values_s"] for r in runs),
-                "configs_s": median(r["configs_s"] for r in runs),
-                "all_s": median(r["all_s"] for r in runs),
-                "peak_rss_mib": median(r["peak_rss_mib"] for r in runs),
-                "complete": all(r["complete"] for r in runs),
-                "runs": runs,
-            }
-        )
-    return {"sizes": sizes}
+            for emulator in emulators.values():
+                emulator.stop()
+    return out
+
+
+def summarise(size: int, emulator: EmulatorProcess, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "endpoints": size,
+        "emulator_start_s": emulator.started_in,
+        "emulator_rss_mib": emulator.rss_at_start_mib,
+        "states_s": median(r["states_s"] for r in runs),
+        "resources_s": median(r["resources_s"] for r in runs),
+        "values_s": median(r["values_s"] for r in runs),
+        "configs_s": median(r["configs_s"] for r in runs),
+        "all_s": median(r["all_s"] for r in runs),
+        "peak_rss_mib": median(r["peak_rss_mib"] for r in runs),
+        "bridge_cpu_s": median(r["bridge_cpu_s"] for r in runs),
+        "complete": all(r["complete"] for r in runs),
+        "runs": runs,
+    }

@@ -58,8 +58,11 @@ class Dialect(ABC):
         """``getConnectorVersion``, ``getApiVersions``, ``getLimits``."""
 
     @abstractmethod
-    def list_endpoints(self, result: asyncResult, type_: str) -> asyncResult:
-        """``getEndpoints``: the registered endpoints in the seed's shape."""
+    def list_endpoints(
+        self, result: asyncResult, type_: str, device_objects: bool = True
+    ) -> asyncResult:
+        """``getEndpoints``: the registered endpoints in the seed's shape (``device_objects``:
+        today's listing keeps each device object beside them)."""
 
     @abstractmethod
     def listing_flags(self, noResp: bool, cacheOnly: bool) -> dict[str, str] | str | None:
@@ -93,7 +96,9 @@ class Legacy(Dialect):
         versioned = path == "/limits"
         return c._simple(result, parent, c._request("GET", path, versioned=versioned), (200,), kind)
 
-    def list_endpoints(self, result: asyncResult, type_: str) -> asyncResult:
+    def list_endpoints(
+        self, result: asyncResult, type_: str, device_objects: bool = True
+    ) -> asyncResult:
         c = self._c
         params = {"type": type_} if type_ else None
         resp = c._request("GET", "/endpoints", params=params)
@@ -151,10 +156,13 @@ class Current(Dialect):
     def service_info(self, result: asyncResult, parent: str, path: str, kind: str) -> asyncResult:
         return unsupported(result, f"today's service has no {path} route (removed)")
 
-    def list_endpoints(self, result: asyncResult, type_: str) -> asyncResult:
+    def list_endpoints(
+        self, result: asyncResult, type_: str, device_objects: bool = True
+    ) -> asyncResult:
         """Every registered device, all pages of ``GET /v3/devices``, in the seed's shape:
         ``name`` is the device ID (what every call takes), ``endpoint_name`` the name
-        the device registered with, ``device`` the whole device object."""
+        the device registered with, ``device`` the whole device object (left out without
+        ``device_objects``: some 1.6 KB each, 160 MB for 100,000 devices)."""
         c = self._c
         params = {"limit": str(DEVICE_PAGE), "state__eq": "registered"}
         if type_:
@@ -180,7 +188,7 @@ class Current(Dialect):
             pages += 1
             for device in page["data"]:
                 if isinstance(device, dict) and isinstance(device.get("id"), str):
-                    listed.append(_seed_endpoint(device))
+                    listed.append(_seed_endpoint(device, device_objects))
             if not page.get("has_more") or not page["data"]:
                 break
             params["after"] = str(page["data"][-1].get("id"))
@@ -248,15 +256,17 @@ def _page(resp: HttpResponse) -> dict[str, Any] | None:
     return page
 
 
-def _seed_endpoint(device: dict[str, Any]) -> dict[str, Any]:
+def _seed_endpoint(device: dict[str, Any], with_device: bool = True) -> dict[str, Any]:
     state = device.get("state")
-    return {
+    entry = {
         "name": device["id"],
         "endpoint_name": device.get("endpoint_name"),
         "type": device.get("endpoint_type"),
         "status": "ACTIVE" if state == "registered" else state,
-        "device": device,
     }
+    if with_device:
+        entry["device"] = device
+    return entry
 
 
 DIALECTS: dict[Api, type[Dialect]] = {"legacy": Legacy, "current": Current}

@@ -1,5 +1,10 @@
 """``connector-bridge demo``: the emulator's default devices, a broker and the bridge, together.
 
+The emulator speaks today's Device Management API (``api="current"``: device IDs,
+``/v3/devices``, device requests, the WebSocket channel), as the live service does; the
+bridge finds that out itself (``BRIDGE_CONNECTOR_API=auto``, one probe) and publishes the
+devices under their endpoint names.
+
 The broker is the configured one (``BRIDGE_MQTT_HOST``/``BRIDGE_MQTT_PORT``, default
 localhost:1883) when an MQTT broker answers there. Otherwise, when ``mosquitto`` is
 installed, the demo starts one from the project's ``mosquitto.conf`` (loopback only,
@@ -205,7 +210,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     token = secrets.token_urlsafe(16)
-    emulator = Emulator(token=token, pull_timeout=10.0).start()
+    emulator = Emulator(token=token, api="current").start()
     bridge: Bridge | None = None
     code = 0
     try:
@@ -225,9 +230,11 @@ def main(argv: Sequence[str]) -> int:
         if not bridge.wait_ready(30.0):
             raise StartupError("the bridge did not become ready within 30 s")
         names = ", ".join(sorted(emulator.endpoints()))
+        side = bridge.connector_side
         print(
-            f"{PROG}: the Connector emulator runs at {emulator.url} with {names};\n"
-            f"the bridge is online, using {broker_text}.\n",
+            f"{PROG}: the emulator of today's Device Management API runs at {emulator.url} "
+            f"with {names};\nthe bridge found that API ({side.api}), listens on its "
+            f"{side.channel} channel and is online, using {broker_text}.\n",
             flush=True,
         )
         print(instructions(args.mqtt_host, port, settings.topic_prefix), flush=True)
