@@ -53,6 +53,10 @@ class Emulator:
     """A local mbed Device Connector with virtual devices (the README's "The Connector
     emulator" says what it offers)."""
 
+    #: The dialect of an emulator made without ``api``: the seed library's (legacy). The
+    #: test suite sets it per test to run one test on both dialects (``tests/conftest.py``).
+    default_api: Api = "legacy"
+
     def __init__(
         self,
         token: str = "test-token",
@@ -68,7 +72,7 @@ class Emulator:
         max_pending: int = 1_000_000,
         channel_idle_timeout: float = 120.0,
         transaction_quota: int = 10_000,
-        api: Api = "legacy",
+        api: Api | None = None,
         expiry_scale: float = 1.0,
     ) -> None:
         """``token`` is the access key; ``scenario`` and ``devices`` say which virtual devices
@@ -86,7 +90,9 @@ class Emulator:
         ``expiry_scale`` scales the service's time for device requests: a request's
         ``expiry-seconds`` (60 at least, 2 hours by default) lasts that many seconds
         times ``expiry_scale``, so ``expiry_scale=0.005`` lets a test see a 60 s request
-        expire after 0.3 s."""
+        expire after 0.3 s. ``api=None`` takes :attr:`default_api`."""
+        if api is None:
+            api = type(self).default_api
         self.core = EmulatorCore(
             token,
             scenario,
