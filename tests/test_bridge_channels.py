@@ -16,6 +16,8 @@ from tests.support.bridge_harness import bridge_settings, command, running_bridg
 from tests.support.broker import MosquittoBroker
 from tests.support.ports import free_port
 
+pytestmark = pytest.mark.both_dialects
+
 DIMMER = "connector/light-001/3311/0/5851"
 
 

@@ -16,6 +16,8 @@ from bridge.simulator import Emulator
 from tests.support.bridge_harness import command, user
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 
+pytestmark = pytest.mark.both_dialects
+
 TOKEN = "cli-TOKEN-5e1f0a"
 
 

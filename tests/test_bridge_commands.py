@@ -21,6 +21,8 @@ from tests.support.broker import MosquittoBroker
 from tests.support.clients import wait_until
 from tests.support.mqtt_user import MqttUser
 
+pytestmark = pytest.mark.both_dialects
+
 LIGHT = "connector/light-001/3311/0/5850"
 DIMMER = "connector/light-001/3311/0/5851"
 
@@ -33,7 +35,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(dialect: str) -> Iterator[Stack]:
     with (
         MosquittoBroker() as broker,
         Emulator(token="tok-commands", pull_timeout=1.0, drift=False) as emu,

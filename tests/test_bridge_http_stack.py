@@ -10,6 +10,8 @@ from bridge.simulator import Emulator
 from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
 from tests.support.broker import MosquittoBroker
 
+pytestmark = pytest.mark.both_dialects
+
 LIGHT = "connector/light-001/3311/0/5850"
 
 

@@ -28,6 +28,8 @@ from tests.support.broker import MosquittoBroker
 from tests.support.clients import wait_until
 from tests.support.mqtt_user import MqttUser
 
+pytestmark = pytest.mark.both_dialects
+
 
 @dataclass
 class Stack:
@@ -37,7 +39,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(dialect: str) -> Iterator[Stack]:
     with (
         MosquittoBroker() as broker,
         Emulator(token="tok-lifecycle", pull_timeout=1.0) as emu,

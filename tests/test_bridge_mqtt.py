@@ -25,6 +25,8 @@ from tests.support.broker import MosquittoBroker
 from tests.support.certs import Pki, make_test_pki
 from tests.support.clients import wait_until
 
+pytestmark = pytest.mark.both_dialects
+
 DIMMER = "connector/light-001/3311/0/5851"
 PASSWORD = "pw-Zq8!never-logged"
 

@@ -18,6 +18,8 @@ from tests.support.broker import MosquittoBroker
 from tests.support.clients import wait_until
 from tests.support.mqtt_user import MqttUser
 
+pytestmark = pytest.mark.both_dialects
+
 
 @dataclass
 class Stack:
@@ -27,7 +29,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(dialect: str) -> Iterator[Stack]:
     with (
         MosquittoBroker() as broker,
         Emulator(token="tok-requests", pull_timeout=1.0, drift=False) as emu,

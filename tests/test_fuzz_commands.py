@@ -32,6 +32,8 @@ from bridge.simulator import Emulator
 from tests.reliability_support import Publisher, bridge_process, report
 from tests.support.broker import MosquittoBroker
 
+pytestmark = pytest.mark.both_dialects
+
 T = Topics("connector")
 MAX_PAYLOAD = 1024
 MAX_DEPTH = 8

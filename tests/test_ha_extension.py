@@ -46,6 +46,8 @@ from tests.support.listening import wait_listening
 from tests.support.mqtt_user import MqttUser, Received
 from tests.test_homeassistant import check_config, render
 
+pytestmark = pytest.mark.both_dialects
+
 WAIT = 30.0
 
 

@@ -32,6 +32,8 @@ from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.clients import wait_until
 from tests.support.mqtt_user import MqttUser, Received
 
+pytestmark = pytest.mark.both_dialects
+
 HEALTH = "connector/$bridge/health"
 WAIT = 20.0
 

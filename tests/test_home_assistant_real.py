@@ -39,6 +39,7 @@ from tests.support.home_assistant import HomeAssistant, find_environment, skip_r
 from tests.support.mqtt_user import MqttUser
 
 pytestmark = [
+    pytest.mark.both_dialects,
     pytest.mark.slow,
     pytest.mark.skipif(find_environment() is None, reason=skip_reason() or "no Home Assistant"),
 ]
@@ -115,7 +116,7 @@ def available(state: str | None) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, dialect: str) -> Iterator[Stack]:
     config_dir = Path(tmp_path_factory.mktemp("home-assistant"))
     with (
         MosquittoBroker() as broker,

@@ -58,6 +58,8 @@ from bridge.extensions.homeassistant.discovery import (
 )
 from tests.support.mqtt_user import MqttUser
 
+pytestmark = pytest.mark.both_dialects
+
 # ----------------------------------------------------------------- the documented rules
 
 # Discovery topic: <discovery_prefix>/<component>/[<node_id>/]<object_id>/config, where

@@ -27,6 +27,8 @@ from tests.support.clients import wait_until
 from tests.support.listening import wait_listening
 from tests.support.mqtt_user import MqttUser
 
+pytestmark = pytest.mark.both_dialects
+
 parser = pytest.importorskip(
     "prometheus_client.parser", reason="prometheus-client renders /metrics"
 )

@@ -35,7 +35,7 @@ from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_user import MqttUser, Received
 from tests.support.ports import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_dialects]
 
 FLOW_DIR = Path(__file__).resolve().parents[1] / "deploy" / "node-red"
 INJECT_ON = "cb0demo0injon001"

@@ -21,6 +21,8 @@ from tests.support.broker import MosquittoBroker
 from tests.support.clients import wait_until
 from tests.support.mqtt_tap import MqttTap
 
+pytestmark = pytest.mark.both_dialects
+
 ALLOWED = 5
 STREAM = "connector/burst-ep/1/0/1"
 RESOURCES = [{"path": "/1/0/1", "rt": "x", "ct": "text/plain", "obs": True,

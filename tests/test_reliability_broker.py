@@ -42,6 +42,8 @@ from tests.support.bridge_harness import (
 from tests.support.broker import MosquittoBroker
 from tests.support.clients import wait_until
 
+pytestmark = pytest.mark.both_dialects
+
 N = 3000
 
 

@@ -42,6 +42,8 @@ from tests.reliability_support import (
 from tests.support.bridge_harness import bridge_settings, running_bridge
 from tests.support.broker import MosquittoBroker
 
+pytestmark = pytest.mark.both_dialects
+
 HEALTH = "connector/$bridge/health"
 
 

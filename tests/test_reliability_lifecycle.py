@@ -20,6 +20,8 @@ from bridge.simulator import channel as ch
 from tests.support.bridge_harness import bridge_settings, command, running_bridge, user
 from tests.support.broker import MosquittoBroker
 
+pytestmark = pytest.mark.both_dialects
+
 EPS = ("a", "b", "c")
 LIFECYCLE = (ch.REGISTRATION, ch.REG_UPDATE, ch.DEREGISTRATION, ch.EXPIRED)
 

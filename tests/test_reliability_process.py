@@ -31,6 +31,8 @@ from tests.support.bridge_harness import bridge_settings, running_bridge
 from tests.support.broker import MosquittoBroker
 from tests.support.clients import wait_until
 
+pytestmark = pytest.mark.both_dialects
+
 STATE = "connector/$bridge/state"
 
 

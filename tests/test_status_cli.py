@@ -20,6 +20,8 @@ from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.listening import wait_listening
 from tests.support.ports import free_port
 
+pytestmark = pytest.mark.both_dialects
+
 WAIT = 20.0
 
 

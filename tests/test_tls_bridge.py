@@ -28,6 +28,8 @@ from tests.support.bridge_harness import bridge_settings
 from tests.support.broker import MosquittoBroker
 from tests.support.certs import Pki, make_test_pki
 
+pytestmark = pytest.mark.both_dialects
+
 WAIT = 15.0
 
 
@@ -50,7 +52,7 @@ def foreign(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
+def emu(dialect: str) -> Iterator[Emulator]:
     with Emulator(token="tok-tls", pull_timeout=1.0) as e:
         yield e
 

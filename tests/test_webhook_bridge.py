@@ -35,6 +35,8 @@ from tests.support.clients import wait_until
 from tests.support.mqtt_user import MqttUser
 from tests.support.ports import free_port, wait_for_port
 
+pytestmark = pytest.mark.both_dialects
+
 DIMMER_PATH = "/3311/0/5851"
 DIMMER = "connector/light-001/3311/0/5851"
 WAIT = 20.0
