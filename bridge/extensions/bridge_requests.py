@@ -170,7 +170,9 @@ class BridgeRequests(Extension):
                         "device_id": e.device_id or e.name,
                         "endpoint_name": e.endpoint_name or e.name,
                         "type": e.type,
-                        "q": e.queue_mode,
+                        # Today's listing has no queue mode (only registration messages
+                        # carry it): what the bridge learnt wins over the listing's default.
+                        "q": known.queue_mode if known else e.queue_mode,
                         "status": e.status,
                         "state": known.state if known else None,
                     }
