@@ -102,7 +102,9 @@ def route_of(path: str) -> str:
 
     ``/v2/endpoints`` -> ``endpoints``; ``/v2/endpoints/{ep}`` -> ``endpoint``;
     ``/v2/endpoints/{ep}/{res...}`` -> ``resource``; ``/v2/subscriptions...`` ->
-    ``subscriptions``; ``/v2/notification/...`` -> ``notification``; else ``other``.
+    ``subscriptions``; ``/v2/notification/...`` -> ``notification``; today's
+    ``/v2/device-requests/{id}`` (reads, writes, executes) -> ``device-requests`` and
+    ``/v3/devices...`` (the listing) -> ``devices``; else ``other``.
     Called for every REST call: the path is cut with partition, never fully split.
     """
     head, _, rest = path.split("?", 1)[0].strip("/").partition("/")
@@ -111,7 +113,7 @@ def route_of(path: str) -> str:
     if head == "endpoints":
         rest = rest.strip("/")
         return "endpoints" if not rest else "resource" if "/" in rest else "endpoint"
-    if head in ("subscriptions", "notification"):
+    if head in ("subscriptions", "notification", "device-requests", "devices"):
         return head
     return "other"
 
