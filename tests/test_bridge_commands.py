@@ -95,13 +95,32 @@ def test_get_binary_value_comes_back_base64(stack: Stack, u: MqttUser) -> None:
     u.wait_topic("connector/light-001/3311/0/5706", payload=b"\xff\x00\x80")
 
 
-def test_get_from_the_cache_with_an_envelope(stack: Stack, u: MqttUser) -> None:
-    command(u, f"{DIMMER}/get")  # fills the Connector's cache
+def test_get_from_the_cache_with_an_envelope(stack: Stack, u: MqttUser, dialect: str) -> None:
+    """``cacheOnly`` is an option of the legacy Connector; today's service has none (it
+    answers a read of an observed resource from its cache by itself), so there the
+    command is refused (501) and nothing is sent."""
+    cached = command(u, f"{DIMMER}/get")["payload"]  # fills the Connector's cache
+    requests = stack.emu.counters().get("device_requests", 0)
     u.publish(f"{DIMMER}/get", json.dumps({"transaction": "c1", "cacheOnly": True}))
     reply = u.wait_for(
         lambda m: m.topic == f"{DIMMER}/get/reply" and m.json()["transaction"] == "c1"
-    )
-    assert reply[0].json()["ok"] and reply[0].json()["status"] == 200
+    )[0].json()
+    common = {"endpoint": "light-001", "path": "/3311/0/5851", "verb": "get", "method": "GET"}
+    if dialect == "legacy":
+        expected = {
+            **common, "status": 200, "ok": True, "payload": cached, "encoding": "utf-8",
+            "error": None, "code": None, "transaction": "c1",
+        }  # fmt: skip
+    else:
+        expected = {
+            **common, "status": 501, "ok": False, "payload": None, "encoding": None,
+            "error": "today's service has no noResp or cacheOnly: every device request is "
+            "answered on the notification channel",
+            "code": None, "transaction": "c1",
+        }  # fmt: skip
+    assert reply == expected
+    if dialect == "current":
+        assert stack.emu.counters().get("device_requests", 0) == requests  # not sent
 
 
 def test_post_executes_a_reboot(stack: Stack, u: MqttUser) -> None:
@@ -175,19 +194,38 @@ def test_response_topic_on_the_bridges_own_topics_is_refused(
         (f"{LIGHT}/set", b"x" * 1025, 413, "over the limit of 1024"),
         (f"{LIGHT}/set", b'{"transaction": 5, "value": "1", "oops": 1}', 400, "unknown envelope"),
         (f"{LIGHT}/set", b'{"transaction": 5, "value": [1]}', 400, "string or a number"),
-        ("connector/light-001/9999/0/1/set", b"1", 404, "not found"),
+        pytest.param(
+            "connector/light-001/9999/0/1/set",
+            b"1",
+            404,
+            # the legacy Connector's text; today's service names the error
+            {"legacy": "not found", "current": "URI_PATH_DOES_NOT_EXISTS"},
+            id="connector/light-001/9999/0/1/set-1-404-not found",
+        ),
         ("connector/light-001/3/0/0/set", b"x", 405, "METHOD_NOT_ALLOWED"),
         (f"{LIGHT}/set", b"maybe", 400, "takes 0 or 1"),
         ("connector/light-001/3311/0/5850/post", b"", 405, "METHOD_NOT_ALLOWED"),
     ],
 )
 def test_bad_commands_get_one_error_reply(
-    stack: Stack, u: MqttUser, topic: str, payload: bytes, status: int, error: str
+    stack: Stack,
+    u: MqttUser,
+    dialect: str,
+    topic: str,
+    payload: bytes,
+    status: int,
+    error: str | dict[str, str],
 ) -> None:
+    named = None  # the error name today's service gives, in `code`
+    if isinstance(error, dict):
+        error = error[dialect]
+        named = error if dialect == "current" else None
     reply = command(u, topic, payload)
     assert reply["ok"] is False
     assert reply["status"] == status
     assert error in reply["error"]
+    if named is not None:
+        assert reply["code"] == named and reply["error"].startswith(f"{named}: ")
     if payload.startswith(b"{"):
         assert reply["transaction"] == 5
     assert command(u, f"{DIMMER}/get", transaction="barrier")["ok"]
@@ -252,19 +290,36 @@ def test_the_bridge_times_out_once_and_ignores_the_late_answer(
         assert bridge.counters.get("commands_failed") == 1
 
 
+# A resource nobody observes: today's service answers a read of an observed one from its
+# cache, without asking the device (so a device that does not answer, or sleeps, is not
+# asked at all).
+UNOBSERVED = "3/0/1"  # the device object's model
+
+
+def learn_queue_mode(emulator: Emulator, bridge: Bridge, name: str) -> None:
+    """The device updates its registration, and the bridge knows it is in queue mode.
+
+    Today's service tells a device's queue mode only in its registration messages (its
+    device listing has none), so a bridge started after the device registered learns it
+    at the device's next registration update; the legacy Connector's listing has it."""
+    emulator.update(name)
+    assert wait_until(lambda: bridge.ctx.registry.get(name).queue_mode, 5)  # type: ignore[union-attr]
+
+
 def test_device_timeout_is_reported(broker: MosquittoBroker, emulator: Emulator) -> None:
     with running_bridge(bridge_settings(emulator, broker)), user(broker, "5", "connector/#") as c:
         emulator.set_fault(device_timeout={"ep": "light-001"})
-        reply = command(c, f"{DIMMER}/get")
+        reply = command(c, f"connector/light-001/{UNOBSERVED}/get")
         assert (reply["ok"], reply["status"], reply["error"]) == (False, 504, "TIMEOUT")
 
 
 def test_queue_mode_endpoint_waits_for_its_wake_up(
     broker: MosquittoBroker, emulator: Emulator
 ) -> None:
-    sleeper = "connector/sleeper-001/3301/0/5700/get"
+    sleeper = f"connector/sleeper-001/{UNOBSERVED}/get"
     settings = bridge_settings(emulator, broker, command_timeout=0.5, queue_mode_timeout=8.0)
-    with running_bridge(settings), user(broker, "5", "connector/#") as c:
+    with running_bridge(settings) as bridge, user(broker, "5", "connector/#") as c:
+        learn_queue_mode(emulator, bridge, "sleeper-001")
         c.publish(sleeper, json.dumps({"transaction": "zz"}))
         # A wake serves what waits for the device at that moment: wake it until the
         # bridge's request was there (well within the 8 s the bridge waits).
@@ -281,8 +336,9 @@ def test_queue_mode_endpoint_has_its_own_timeout(
     broker: MosquittoBroker, emulator: Emulator
 ) -> None:
     settings = bridge_settings(emulator, broker, command_timeout=0.3, queue_mode_timeout=0.6)
-    with running_bridge(settings), user(broker, "5", "connector/#") as c:
-        reply = command(c, "connector/sleeper-001/3301/0/5700/get")
+    with running_bridge(settings) as bridge, user(broker, "5", "connector/#") as c:
+        learn_queue_mode(emulator, bridge, "sleeper-001")
+        reply = command(c, f"connector/sleeper-001/{UNOBSERVED}/get")
     assert (reply["ok"], reply["status"]) == (False, 504)
     assert "BRIDGE_QUEUE_MODE_TIMEOUT" in reply["error"] and "queue mode" in reply["error"]
 
@@ -295,19 +351,24 @@ def test_a_timed_out_call_leaves_nothing_waiting(
     settings = bridge_settings(emulator, broker, command_timeout=0.3, queue_mode_timeout=0.6)
     with running_bridge(settings) as bridge, user(broker, "5", "connector/#") as c:
         client = bridge.connector_side.client
-        reply = command(c, "connector/sleeper-001/3301/0/5700/get")  # asleep: no answer
+        learn_queue_mode(emulator, bridge, "sleeper-001")
+        reply = command(c, f"connector/sleeper-001/{UNOBSERVED}/get")  # asleep: no answer
         assert (reply["ok"], reply["status"]) == (False, 504)
         assert client.asyncTimeout is None
         assert wait_until(lambda: client.pendingCount() == 0, 5)
         assert bridge.ctx.port.pending_count() == 0
 
 
-def test_a_full_command_queue_answers_busy(broker: MosquittoBroker, emulator: Emulator) -> None:
+def test_a_full_command_queue_answers_busy(
+    broker: MosquittoBroker, emulator: Emulator, dialect: str
+) -> None:
     settings = bridge_settings(
         emulator, broker, command_workers=1, command_queue=1, connector_timeout=2.0
     )
+    # the route a write takes: a resource PUT, or today's device request
+    route = {"legacy": "resource-put", "current": "device-requests"}[dialect]
     with running_bridge(settings) as bridge, user(broker, "3.1.1", "connector/#") as c:
-        emulator.set_fault(hang={"route": "resource-put", "count": 2})
+        emulator.set_fault(hang={"route": route, "count": 2})
         c.publish(f"{DIMMER}/set", json.dumps({"transaction": 0, "value": "1"}))
 
         # The worker has taken the first one (its PUT hangs) before the next two come:

@@ -49,14 +49,20 @@ def test_bridge_state_is_retained_online(stack: Stack, u: MqttUser) -> None:
     assert (msg.payload, msg.retain) == (b"online", True)
 
 
-def test_endpoints(stack: Stack, u: MqttUser) -> None:
+def test_endpoints(stack: Stack, u: MqttUser, dialect: str) -> None:
+    # Today's service tells a device's queue mode only in its registration messages (its
+    # device listing has none): the sleeper says it when it updates its registration.
+    stack.emu.update("sleeper-001")
+    registry = stack.bridge.ctx.registry
+    assert wait_until(lambda: registry.get("sleeper-001").queue_mode, 10)  # type: ignore[union-attr]
     response = request(u, "endpoints")
     assert response["ok"] and response["status"] == 200 and response["error"] is None
     by_name = {e["name"]: e for e in response["data"]}
     assert set(by_name) == set(stack.emu.endpoints())
     assert by_name["light-001"] == {
         "name": "light-001",
-        "device_id": "light-001",  # the legacy Connector has no device IDs: the name
+        # the legacy Connector has no device IDs: the name
+        "device_id": stack.emu.device_id("light-001") if dialect == "current" else "light-001",
         "endpoint_name": "light-001",
         "type": "Light",
         "q": False,
@@ -79,11 +85,26 @@ def test_resources(stack: Stack, u: MqttUser) -> None:
 @pytest.mark.parametrize(
     ("action", "body", "status", "error"),
     [
-        ("resources", {"endpoint": "nobody"}, 404, "not found"),
+        pytest.param(
+            "resources",
+            {"endpoint": "nobody"},
+            404,
+            {"legacy": "Endpoint not found.", "current": "DEVICE_NOT_FOUND: no device nobody"},
+            id="resources-body0-404-not found",
+        ),
         ("resources", {}, 400, "'endpoint' is required"),
         ("subscribe", {"endpoint": "light-001"}, 400, "'path' is required"),
         ("subscribe", {"endpoint": "light-001", "path": "/3/0/4"}, 412, "observable"),
-        ("unsubscribe", {"endpoint": "light-001", "path": "/3/0/0"}, 404, "not found"),
+        pytest.param(
+            "unsubscribe",
+            {"endpoint": "light-001", "path": "/3/0/0"},
+            404,
+            {
+                "legacy": "Endpoint or endpoint's resource not found.",
+                "current": "/3/0/0 is not subscribed",
+            },
+            id="unsubscribe-body4-404-not found",
+        ),
         ("set-presubscriptions", {}, 400, "'rules' is required"),
         ("set-presubscriptions", {"rules": [{"bad-key": 1}]}, 400, "unknown key"),
         ("set-presubscriptions", {"rules": {"endpoint-name": "*"}}, 400, "JSON array"),
@@ -92,8 +113,16 @@ def test_resources(stack: Stack, u: MqttUser) -> None:
     ],
 )
 def test_bad_requests_say_why(
-    stack: Stack, u: MqttUser, action: str, body: dict, status: int, error: str
+    stack: Stack,
+    u: MqttUser,
+    dialect: str,
+    action: str,
+    body: dict,
+    status: int,
+    error: str | dict[str, str],
 ) -> None:
+    if isinstance(error, dict):  # the legacy client's text, or today's service's message
+        error = error[dialect]
     response = request(u, action, body)
     assert response["ok"] is False and response["data"] is None
     assert response["status"] == status
@@ -146,17 +175,25 @@ def test_get_and_set_presubscriptions(stack: Stack, u: MqttUser) -> None:
     assert ("node-001", "/3303/0/5700") in stack.emu.subscriptions()
 
 
-def test_info(stack: Stack, u: MqttUser) -> None:
+def test_info(stack: Stack, u: MqttUser, dialect: str) -> None:
     counters = stack.bridge.ctx.counters
     assert wait_until(lambda: counters.get("initial_reads_ok") >= 1, 15)  # at least one read
     data = request(u, "info")["data"]
     assert data["version"] == __version__
     assert data["uptime"] > 0
     assert data["prefix"] == "connector"
-    assert data["connector"]["version"].startswith("DeviceServer")
-    assert "v2" in data["connector"]["rest_versions"]
-    assert data["connector"]["limits"]["endpoint-count"] == len(stack.emu.endpoints())
-    assert data["connector"]["channel"] == "longpoll"
+    connector = data["connector"]
+    assert connector["url"] == stack.emu.url and connector["api"] == dialect
+    if dialect == "legacy":
+        assert connector["version"].startswith("DeviceServer")
+        assert "v2" in connector["rest_versions"]
+        assert connector["limits"]["endpoint-count"] == len(stack.emu.endpoints())
+        assert connector["channel"] == "longpoll"
+    else:  # today's service has no version, REST versions or limits routes
+        assert connector["version"] == "Device Management (current API)"
+        assert (connector["rest_versions"], connector["limits"]) == (None, None)
+        assert connector["channel"] == "websocket"
+        assert connector["channel_stats"]["state"] == "connected"
     assert data["mqtt"]["connected"] is True and data["mqtt"]["protocol"] == "5"
     assert data["endpoints"]["online"] == len(stack.emu.endpoints())
     assert data["counters"]["bridge_requests"] >= 1

@@ -49,10 +49,15 @@ def test_status_prints_every_endpoint_with_state_and_resources_and_key_figures(
     emulator: Emulator,
     running: Bridge,
     capsys: pytest.CaptureFixture[str],
+    dialect: str,
 ) -> None:
     emulator.deregister("node-002")  # departed: still shown, from its retained $state
     with user(broker, "5", "connector/#") as u:
         u.wait_topic("connector/node-002/$state", WAIT, payload=b"offline")
+        # Today's service tells a device's queue mode only in its registration messages (its
+        # device listing has none): the sleeper says it when it updates its registration.
+        emulator.update("sleeper-001")
+        u.wait_for(lambda m: m.topic == "connector/sleeper-001/$resources" and m.json()["q"], WAIT)
         u.wait_for(lambda m: m.topic == "connector/$bridge/health" and m.json()["ready"], WAIT)
         names = set(emulator.endpoints()) | {"node-002"}
         resources = {
@@ -63,19 +68,28 @@ def test_status_prints_every_endpoint_with_state_and_resources_and_key_figures(
     out = capsys.readouterr().out
     lines = out.splitlines()
 
+    # Today's service has device IDs: a column of their own (the legacy one has names only).
+    ids = dialect == "current"
     header = next(i for i, line in enumerate(lines) if line.startswith("ENDPOINT"))
-    assert lines[header].split() == ["ENDPOINT", "TYPE", "STATE", "QUEUE", "RESOURCES"]
+    assert lines[header].split() == [
+        "ENDPOINT", *(["DEVICE", "ID"] if ids else []), "TYPE", "STATE", "QUEUE", "RESOURCES"
+    ]  # fmt: skip
     rows = {line.split()[0]: line.split() for line in lines[header + 1 :] if line.strip()}
     assert set(rows) == names
     for name in names:
         state = "offline" if name == "node-002" else "online"
         queue = "yes" if name.startswith("sleeper") else "no"
-        assert rows[name][2:] == [state, queue, str(resources[name])], rows[name]
-    assert rows["light-001"][1] == "Light"
+        row = rows[name]
+        if ids:
+            assert row[1] == emulator.device_id(name), row
+            row = [row[0], *row[2:]]
+        assert row[2:] == [state, queue, str(resources[name])], rows[name]
+    assert rows["light-001"][2 if ids else 1] == "Light"
 
     figures = {line.split()[0]: line for line in lines[2:header] if line.strip()}
     assert figures["bridge"].split()[1:3] == ["online,", "up"] and "ready" in figures["bridge"]
-    assert emulator.url in figures["connector"] and "channel longpoll, up" in figures["connector"]
+    channel = "websocket" if dialect == "current" else "longpoll"
+    assert emulator.url in figures["connector"] and f"channel {channel}, up" in figures["connector"]
     assert figures["mqtt"].startswith("mqtt           connected (MQTT 5)")
     assert figures["endpoints"].split()[1:] == ["4", "online,", "1", "offline,", "0", "expired"]
     assert "notifications" in figures and "commands" in figures
