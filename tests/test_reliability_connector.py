@@ -255,8 +255,11 @@ def test_command_calls_are_retried_when_that_is_safe(
     count: int,
     ok: bool,
     carried_out: int,
+    dialect: str,
 ) -> None:
     log = Executions(emu)
+    if dialect == "current":
+        route = "device-requests"  # today every verb is a device request
     with running_bridge(bridge_settings(emu, broker)):
         pub = Publisher(broker.port)
         try:
@@ -274,7 +277,7 @@ def test_command_calls_are_retried_when_that_is_safe(
 
 
 def test_a_command_rides_out_a_short_connector_outage_and_a_long_one_is_answered_in_time(
-    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str]
+    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str], dialect: str
 ) -> None:
     log = Executions(emu)
     # Tries come 0.25 s apart, doubling: 8 s leave several after the 1 s outage even when
@@ -292,7 +295,8 @@ def test_a_command_rides_out_a_short_connector_outage_and_a_long_one_is_answered
             short_took = time.monotonic() - sent
             short = pub.reply_json(b"short")
 
-            emu.set_fault(force_status={"route": "resource-put", "status": 503, "count": 1000})
+            route = "resource-put" if dialect == "legacy" else "device-requests"
+            emu.set_fault(force_status={"route": route, "status": 503, "count": 1000})
             sent = time.monotonic()
             pub.command(f"{SETPOINT_TOPIC}/set", "long", "long")
             pub.wait_replies({b"long"}, timeout + 5)
