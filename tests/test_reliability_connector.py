@@ -41,6 +41,7 @@ from tests.reliability_support import (
 )
 from tests.support.bridge_harness import bridge_settings, running_bridge
 from tests.support.broker import MosquittoBroker
+from tests.support.clients import wait_until
 
 pytestmark = pytest.mark.both_dialects
 
@@ -211,28 +212,50 @@ def test_a_dead_connector_sees_a_bounded_request_rate_and_the_bridge_recovers(
 
 
 def test_a_refused_access_key_is_reported_plainly_and_not_hammered(
-    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str]
+    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str], dialect: str
 ) -> None:
+    """Legacy: every pull is answered 401; the long poll tries again once per back-off cap.
+    Today: the socket is cut (1006) and the handshake of the reconnect is answered 401; the
+    WebSocket channel stops (state ``refused``) and makes no further try at all."""
     states = States()
     with running_bridge(bridge_settings(emu, broker)) as bridge:
         bridge.bus.subscribe(ConnectorStateChanged, states)
-        before = bridge.ctx.port.channel_stats()["pulls"]
-        emu.set_fault(force_status={"route": "pull", "status": 401, "count": 1000})
+        client = bridge.connector_side.client
+        if dialect == "legacy":
+            before = bridge.ctx.port.channel_stats()["pulls"]
+            emu.set_fault(force_status={"route": "pull", "status": 401, "count": 1000})
+        else:
+            before = client.websocketStats()["attempts"]
+            emu.reset_counters()
+            emu.set_fault(
+                force_status={"route": "websocket-connect", "status": 401, "count": 1000},
+                ws_close={"code": 1006},
+            )
         t0 = time.monotonic()
         refused_at = states.wait("refused", t0, timeout=10)
-        time.sleep(4.0)
+        if dialect == "legacy":
+            time.sleep(4.0)
+        else:  # a stopped channel tries nothing more: its thread has ended
+            assert wait_until(lambda: not client.websocketStats()["running"], 5)
         stats = bridge.ctx.port.channel_stats()
         event = next(e for _, e in states.seen if e.state == "refused")
         emu.clear_faults()
-    pulls = stats["pulls"] - before
+    tries = stats["pulls" if dialect == "legacy" else "attempts"] - before
     report(
         capsys,
         "401 on the channel",
         reported_after_s=refused_at - t0,
-        pulls_in_window=pulls,
+        tries_in_window=tries,
         window_s=time.monotonic() - t0,
     )
-    assert pulls <= 3, "one refused pull, then the back-off cap (30 s), not a loop"
+    if dialect == "legacy":
+        assert tries <= 3, "one refused pull, then the back-off cap (30 s), not a loop"
+    else:
+        c = emu.counters()
+        assert c["ws_closes_1006"] == 1
+        assert tries == 1, "one refused handshake, then no try at all"
+        assert c["ws_handshakes"] == c["ws_handshakes_refused"] == 1
+        assert stats["state"] == "refused"
     assert event.detail is not None and "401" in event.detail
 
 
