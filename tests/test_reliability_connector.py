@@ -112,15 +112,33 @@ def health(sub: Subscriber) -> list[dict[str, Any]]:
 
 
 def test_5xx_429_and_cut_long_polls_lose_no_notification(
-    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str]
+    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str], dialect: str
 ) -> None:
+    """Legacy: a quarter of the pulls answered 5xx/429, a quarter cut. Today (no long
+    poll): a quarter of the messages cut the socket instead (1006, 1011 unexpected
+    condition, 1012 restart), a quarter of the handshakes and of the registrations a 1011
+    leads to answered 5xx/429; one 1011, one refused handshake and one refused
+    registration are certain."""
     n = 3000
+    statuses = [500, 502, 503, 429]
     with running_bridge(bridge_settings(emu, broker)) as bridge:
         sub = Subscriber(broker.port, (STREAM_TOPIC,))
         try:
             emu.reset_counters()
-            faults = {"route": "pull", "rate": 0.25, "statuses": [500, 502, 503, 429]}
-            emu.set_fault(error_rate=faults, cut_polls=0.25)
+            if dialect == "legacy":
+                faults = {"route": "pull", "rate": 0.25, "statuses": statuses}
+                emu.set_fault(error_rate=faults, cut_polls=0.25)
+            else:
+                routes = ("websocket-connect", "websocket-put")
+                emu.set_fault(
+                    error_rate=[{"route": r, "rate": 0.25, "statuses": statuses} for r in routes],
+                    cut_sockets={"rate": 0.25, "codes": [1006, 1011, 1012]},
+                    ws_close={"code": 1011, "after": 5},
+                    force_status=[
+                        {"route": "websocket-connect", "status": 503, "count": 1},
+                        {"route": "websocket-put", "status": 500, "count": 1},
+                    ],
+                )
             started = time.monotonic()
             stream = PacedStream(emu, n, chunk=30, interval=0.03).start()
             sub.wait_values(STREAM_TOPIC, stream.values, timeout=90)
@@ -132,19 +150,31 @@ def test_5xx_429_and_cut_long_polls_lose_no_notification(
         poll = bridge.ctx.port.channel_stats()
     c = emu.counters()
     figures = counts(received, stream.values)
+    if dialect == "legacy":
+        faulted = {"pulls_failed": poll["failures"], "pulls_cut": c["pulls_cut"]}
+    else:
+        faulted = {
+            "handshakes_refused": c["ws_handshakes_refused"],
+            "registrations": poll["registrations"],
+            **{f"closes_{code}": c[f"ws_closes_{code}"] for code in (1006, 1011, 1012)},
+        }
     report(
         capsys,
-        "Connector 5xx/429 (25%) and cut polls (25%)",
+        "Connector 5xx/429 (25%) and cut channel (25%)",
         **figures,
         emitted=c["emitted_notifications"],
-        pulls_failed=poll["failures"],
-        pulls_cut=c["pulls_cut"],
+        **faulted,
         redelivered_by_connector=c["redelivered"],
         all_arrived_s=took,
     )
     assert c["emitted_notifications"] == n
     assert figures["lost"] == 0
-    assert poll["failures"] > 0 and c["pulls_cut"] > 0, "the faults did happen"
+    if dialect == "legacy":
+        assert poll["failures"] > 0 and c["pulls_cut"] > 0, "the faults did happen"
+    else:
+        assert c["ws_closes_1011"] >= 1 and c["ws_handshakes_refused"] >= 1
+        # the first registration, one after each 1011, and at least the refused one again
+        assert poll["registrations"] >= 2 + c["ws_closes_1011"]
 
 
 def test_a_dead_connector_sees_a_bounded_request_rate_and_the_bridge_recovers(
