@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bridge.simulator import Emulator, Scenario
+from bridge.simulator import Emulator, Scenario, device_requests
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 
 TOKEN = "reliability-token"
@@ -83,7 +83,8 @@ def report(capsys: pytest.CaptureFixture[str], name: str, **figures: Any) -> str
 
 class Executions:
     """What the emulated devices carried out (``done``) and what the Connector took on
-    for them (``accepted``, answered 202): (endpoint, path, verb, body), in order."""
+    for them (``accepted``, answered 202; today: a device request queued for the device):
+    (endpoint, path, verb, body), in order."""
 
     def __init__(self, emu: Emulator) -> None:
         self.done: list[tuple[str, str, str, bytes]] = []
@@ -104,8 +105,21 @@ class Executions:
                     self.accepted.append((job.device.name, job.path, job.verb, bytes(job.body)))
             return reply
 
+        # Today's service takes a device request (202) into the device's queue instead.
+        device_request_original = core.device_request
+
+        def device_request(ep: str, query: Any, body: bytes) -> Any:
+            reply = device_request_original(ep, query, body)
+            dev = core.by_ep.get(ep)
+            if reply.status == 202 and dev is not None:
+                req = device_requests.parse(query, body)
+                with self._lock:
+                    self.accepted.append((dev.name, req.uri, req.verb, bytes(req.body)))
+            return reply
+
         core._execute = execute  # type: ignore[method-assign]
         core._submit = submit  # type: ignore[method-assign]
+        core.device_request = device_request  # type: ignore[method-assign]
 
     def accepted_bodies(self) -> set[bytes]:
         with self._lock:

@@ -1,4 +1,5 @@
-"""Both notification channels end to end: long polling (default) and the callback URL."""
+"""Both notification channels end to end: the default one (the long poll on the legacy
+Connector, the WebSocket today) and the callback URL."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_callback_channel_end_to_end(broker: MosquittoBroker, emulator: Emulator
 
 
 def test_callback_receiver_refuses_strangers_and_garbage(
-    broker: MosquittoBroker, emulator: Emulator
+    broker: MosquittoBroker, emulator: Emulator, dialect: str
 ) -> None:
     port = free_port()
     settings = bridge_settings(emulator, broker, **callback_settings(port))
@@ -64,7 +65,10 @@ def test_callback_receiver_refuses_strangers_and_garbage(
         ok = {"Authorization": secret}
         assert requests.put(url, data=b"not json", headers=ok, timeout=5).status_code == 400
         assert requests.put(url, data=b"[1]", headers=ok, timeout=5).status_code == 400
-        body = json.dumps({"de-registrations": ["node-001"]}).encode()
+        # the entry names the device as the service does: its endpoint name on the legacy
+        # Connector, its device ID today
+        ep = "node-001" if dialect == "legacy" else emulator.device_id("node-001")
+        body = json.dumps({"de-registrations": [ep]}).encode()
         assert requests.put(url, data=body, headers=ok, timeout=5).status_code == 204
         assert bridge.registry.get("node-001").state == "offline"  # type: ignore[union-attr]
 
@@ -89,8 +93,11 @@ def test_unreachable_callback_url_stops_start_up(
 
 
 def test_long_polling_removes_a_callback_left_behind(
-    broker: MosquittoBroker, emulator: Emulator
+    broker: MosquittoBroker, emulator: Emulator, dialect: str
 ) -> None:
+    """The bridge's default channel (the long poll on the legacy Connector, the WebSocket
+    today, where a channel of another kind would refuse the registration with 400)
+    removes a callback another program left registered, and notifications flow on it."""
     port = free_port()
     leftover = CallbackReceiver(lambda body: True, "s", "127.0.0.1", port).start()
     try:
@@ -103,7 +110,13 @@ def test_long_polling_removes_a_callback_left_behind(
             with user(broker, "5", DIMMER) as u:
                 emulator.set_value("light-001", "/3311/0/5851", "71")
                 u.wait_topic(DIMMER, payload=b"71")
-            assert bridge.connector_side.client.longPollStats()["pulls"] >= 1
+            client = bridge.connector_side.client
+            if dialect == "legacy":
+                assert client.longPollStats()["pulls"] >= 1
+            else:
+                assert client.longPollStats()["pulls"] == 0
+                stats = client.websocketStats()
+                assert stats["state"] == "connected" and stats["messages"] >= 1
         c.close()
     finally:
         leftover.stop()

@@ -41,6 +41,7 @@ from tests.reliability_support import (
 )
 from tests.support.bridge_harness import bridge_settings, running_bridge
 from tests.support.broker import MosquittoBroker
+from tests.support.clients import wait_until
 
 pytestmark = pytest.mark.both_dialects
 
@@ -111,15 +112,33 @@ def health(sub: Subscriber) -> list[dict[str, Any]]:
 
 
 def test_5xx_429_and_cut_long_polls_lose_no_notification(
-    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str]
+    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str], dialect: str
 ) -> None:
+    """Legacy: a quarter of the pulls answered 5xx/429, a quarter cut. Today (no long
+    poll): a quarter of the messages cut the socket instead (1006, 1011 unexpected
+    condition, 1012 restart), a quarter of the handshakes and of the registrations a 1011
+    leads to answered 5xx/429; one 1011, one refused handshake and one refused
+    registration are certain."""
     n = 3000
+    statuses = [500, 502, 503, 429]
     with running_bridge(bridge_settings(emu, broker)) as bridge:
         sub = Subscriber(broker.port, (STREAM_TOPIC,))
         try:
             emu.reset_counters()
-            faults = {"route": "pull", "rate": 0.25, "statuses": [500, 502, 503, 429]}
-            emu.set_fault(error_rate=faults, cut_polls=0.25)
+            if dialect == "legacy":
+                faults = {"route": "pull", "rate": 0.25, "statuses": statuses}
+                emu.set_fault(error_rate=faults, cut_polls=0.25)
+            else:
+                routes = ("websocket-connect", "websocket-put")
+                emu.set_fault(
+                    error_rate=[{"route": r, "rate": 0.25, "statuses": statuses} for r in routes],
+                    cut_sockets={"rate": 0.25, "codes": [1006, 1011, 1012]},
+                    ws_close={"code": 1011, "after": 5},
+                    force_status=[
+                        {"route": "websocket-connect", "status": 503, "count": 1},
+                        {"route": "websocket-put", "status": 500, "count": 1},
+                    ],
+                )
             started = time.monotonic()
             stream = PacedStream(emu, n, chunk=30, interval=0.03).start()
             sub.wait_values(STREAM_TOPIC, stream.values, timeout=90)
@@ -131,19 +150,31 @@ def test_5xx_429_and_cut_long_polls_lose_no_notification(
         poll = bridge.ctx.port.channel_stats()
     c = emu.counters()
     figures = counts(received, stream.values)
+    if dialect == "legacy":
+        faulted = {"pulls_failed": poll["failures"], "pulls_cut": c["pulls_cut"]}
+    else:
+        faulted = {
+            "handshakes_refused": c["ws_handshakes_refused"],
+            "registrations": poll["registrations"],
+            **{f"closes_{code}": c[f"ws_closes_{code}"] for code in (1006, 1011, 1012)},
+        }
     report(
         capsys,
-        "Connector 5xx/429 (25%) and cut polls (25%)",
+        "Connector 5xx/429 (25%) and cut channel (25%)",
         **figures,
         emitted=c["emitted_notifications"],
-        pulls_failed=poll["failures"],
-        pulls_cut=c["pulls_cut"],
+        **faulted,
         redelivered_by_connector=c["redelivered"],
         all_arrived_s=took,
     )
     assert c["emitted_notifications"] == n
     assert figures["lost"] == 0
-    assert poll["failures"] > 0 and c["pulls_cut"] > 0, "the faults did happen"
+    if dialect == "legacy":
+        assert poll["failures"] > 0 and c["pulls_cut"] > 0, "the faults did happen"
+    else:
+        assert c["ws_closes_1011"] >= 1 and c["ws_handshakes_refused"] >= 1
+        # the first registration, one after each 1011, and at least the refused one again
+        assert poll["registrations"] >= 2 + c["ws_closes_1011"]
 
 
 def test_a_dead_connector_sees_a_bounded_request_rate_and_the_bridge_recovers(
@@ -211,28 +242,50 @@ def test_a_dead_connector_sees_a_bounded_request_rate_and_the_bridge_recovers(
 
 
 def test_a_refused_access_key_is_reported_plainly_and_not_hammered(
-    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str]
+    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str], dialect: str
 ) -> None:
+    """Legacy: every pull is answered 401; the long poll tries again once per back-off cap.
+    Today: the socket is cut (1006) and the handshake of the reconnect is answered 401; the
+    WebSocket channel stops (state ``refused``) and makes no further try at all."""
     states = States()
     with running_bridge(bridge_settings(emu, broker)) as bridge:
         bridge.bus.subscribe(ConnectorStateChanged, states)
-        before = bridge.ctx.port.channel_stats()["pulls"]
-        emu.set_fault(force_status={"route": "pull", "status": 401, "count": 1000})
+        client = bridge.connector_side.client
+        if dialect == "legacy":
+            before = bridge.ctx.port.channel_stats()["pulls"]
+            emu.set_fault(force_status={"route": "pull", "status": 401, "count": 1000})
+        else:
+            before = client.websocketStats()["attempts"]
+            emu.reset_counters()
+            emu.set_fault(
+                force_status={"route": "websocket-connect", "status": 401, "count": 1000},
+                ws_close={"code": 1006},
+            )
         t0 = time.monotonic()
         refused_at = states.wait("refused", t0, timeout=10)
-        time.sleep(4.0)
+        if dialect == "legacy":
+            time.sleep(4.0)
+        else:  # a stopped channel tries nothing more: its thread has ended
+            assert wait_until(lambda: not client.websocketStats()["running"], 5)
         stats = bridge.ctx.port.channel_stats()
         event = next(e for _, e in states.seen if e.state == "refused")
         emu.clear_faults()
-    pulls = stats["pulls"] - before
+    tries = stats["pulls" if dialect == "legacy" else "attempts"] - before
     report(
         capsys,
         "401 on the channel",
         reported_after_s=refused_at - t0,
-        pulls_in_window=pulls,
+        tries_in_window=tries,
         window_s=time.monotonic() - t0,
     )
-    assert pulls <= 3, "one refused pull, then the back-off cap (30 s), not a loop"
+    if dialect == "legacy":
+        assert tries <= 3, "one refused pull, then the back-off cap (30 s), not a loop"
+    else:
+        c = emu.counters()
+        assert c["ws_closes_1006"] == 1
+        assert tries == 1, "one refused handshake, then no try at all"
+        assert c["ws_handshakes"] == c["ws_handshakes_refused"] == 1
+        assert stats["state"] == "refused"
     assert event.detail is not None and "401" in event.detail
 
 
@@ -255,8 +308,11 @@ def test_command_calls_are_retried_when_that_is_safe(
     count: int,
     ok: bool,
     carried_out: int,
+    dialect: str,
 ) -> None:
     log = Executions(emu)
+    if dialect == "current":
+        route = "device-requests"  # today every verb is a device request
     with running_bridge(bridge_settings(emu, broker)):
         pub = Publisher(broker.port)
         try:
@@ -274,7 +330,7 @@ def test_command_calls_are_retried_when_that_is_safe(
 
 
 def test_a_command_rides_out_a_short_connector_outage_and_a_long_one_is_answered_in_time(
-    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str]
+    broker: MosquittoBroker, emu: Emulator, capsys: pytest.CaptureFixture[str], dialect: str
 ) -> None:
     log = Executions(emu)
     # Tries come 0.25 s apart, doubling: 8 s leave several after the 1 s outage even when
@@ -292,7 +348,8 @@ def test_a_command_rides_out_a_short_connector_outage_and_a_long_one_is_answered
             short_took = time.monotonic() - sent
             short = pub.reply_json(b"short")
 
-            emu.set_fault(force_status={"route": "resource-put", "status": 503, "count": 1000})
+            route = "resource-put" if dialect == "legacy" else "device-requests"
+            emu.set_fault(force_status={"route": route, "status": 503, "count": 1000})
             sent = time.monotonic()
             pub.command(f"{SETPOINT_TOPIC}/set", "long", "long")
             pub.wait_replies({b"long"}, timeout + 5)

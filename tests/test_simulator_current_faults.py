@@ -48,7 +48,7 @@ def names(c: WsClient) -> list[str]:
     return [e["original-ep"] for e in c.entries("registrations")]
 
 
-@pytest.mark.parametrize("code", [1006, 1012])
+@pytest.mark.parametrize("code", [1006, 1011, 1012])
 def test_ws_close_now(api: Api, current: Emulator, clients: list[WsClient], code: int) -> None:
     ws = connect(clients, current)
     current.set_fault(ws_close={"code": code})
@@ -73,6 +73,22 @@ def test_ws_close_after_n_messages(api: Api, current: Emulator, clients: list[Ws
     assert names(ws) == ["n-0", "n-1"]
     again = connect(clients, current)
     assert again.wait_for(names) == ["n-2"]  # the third was not lost
+
+
+def test_cut_sockets_close_instead_of_sending_and_keep_the_message(
+    api: Api, current: Emulator, clients: list[WsClient]
+) -> None:
+    current.set_fault(cut_sockets={"rate": 1.0, "codes": [1012]})
+    assert current.faults()["cut_sockets"] == {"rate": 1.0, "codes": [1012]}
+    ws = connect(clients, current)
+    current.register("cut-1")
+    assert ws.wait_closed() == 1012
+    assert names(ws) == []
+    assert "cut_sockets" in current.faults()  # stays on until switched off
+    current.set_fault(cut_sockets=None)
+    again = connect(clients, current)
+    assert again.wait_for(names) == ["cut-1"]  # it waited in the queue
+    assert current.counters()["ws_closes_1012"] == 1
 
 
 def test_revoke_key_closes_with_1008_and_401_until_cleared(
@@ -184,6 +200,8 @@ def test_device_faults_take_names_or_ids(
     [
         {"ws_close": {"code": 1000}},
         {"ws_close": {"code": 1006, "after": -1}},
+        {"cut_sockets": 1.5},
+        {"cut_sockets": {"rate": 0.5, "codes": [1000]}},
         {"revoke_key": "yes"},
         {"refuse_handshake": {"status": 200}},
         {"refuse_handshake": {"status": 503, "count": 0}},

@@ -382,7 +382,11 @@ class connector:
             content_type="application/json",
         )
         if isinstance(resp, response_codes) or resp.status_code != 202:
+            # The service did not take the id: no answer comes on the channel, and the
+            # result says so (``async_id`` only for an accepted request), so that the
+            # caller judges the call by this answer (or failure) and may try again.
             self._pending.forget(async_id)
+            result.async_id = None
             if isinstance(resp, response_codes):
                 return self._fail_transport(result, resp)
             result.http_status = resp.status_code

@@ -8,9 +8,15 @@ of :data:`ROUTES` (or ``"*"``); device faults name a device by endpoint name or 
 
 The WebSocket channel's faults (current dialect):
 
-- ``ws_close={"code": 1006 | 1012, "after": n}``: once ``n`` more messages (default 0)
-  went out, the socket is closed: 1006 aborts the connection (no close frame), 1012 is
-  a service restart. One shot; it hits the next connection if none is open.
+- ``ws_close={"code": 1006 | 1011 | 1012, "after": n}``: once ``n`` more messages
+  (default 0) went out, the socket is closed: 1006 aborts the connection (no close
+  frame), 1011 is the service's "unexpected condition" (the channel still exists), 1012
+  is a service restart. One shot; it hits the next connection if none is open.
+- ``cut_sockets=share`` or ``{"rate": share, "codes": [1006, 1011, 1012]}``: each message
+  about to go out closes the socket instead with that probability (it stays queued and
+  goes out on the next connection), with one of the codes at random (default 1006; 1011
+  here is the service's "unexpected condition": the channel still exists). Stays on
+  until switched off, like ``cut_polls``.
 - ``revoke_key=True``: the open socket is closed with 1008 and every later request with
   the key is 401 (handshakes too) until the fault is switched off; the admin routes
   keep working.
@@ -70,11 +76,12 @@ FAULT_NAMES = (
     "malformed",
     "hang",
     "ws_close",
+    "cut_sockets",
     "revoke_key",
     "refuse_handshake",
     "duplicate_messages",
 )
-WS_CLOSE_CODES = (1006, 1012)
+WS_CLOSE_CODES = (1006, 1011, 1012)
 
 
 def _route(value: Any) -> str:
@@ -151,6 +158,8 @@ class Faults:
         self.malformed: list[Counted] = []
         self.hangs: list[Counted] = []
         self.ws_close: WsClose | None = None
+        self.cut_sockets = 0.0
+        self.cut_socket_codes: tuple[int, ...] = (1006,)
         self.key_revoked = False
         self.refused_handshakes: Counted | None = None
         self.duplicates = 0
@@ -239,6 +248,17 @@ class Faults:
             raise ValueError("after must not be negative")
         self.ws_close = WsClose(code, after)
 
+    def _set_cut_sockets(self, value: Any) -> None:
+        if value is None:
+            self.cut_sockets, self.cut_socket_codes = 0.0, (1006,)
+            return
+        spec = value if isinstance(value, dict) else {"rate": value}
+        codes = tuple(int(c) for c in spec.get("codes", [1006]))
+        if not codes or any(c not in WS_CLOSE_CODES for c in codes):
+            raise ValueError(f"codes must be some of {WS_CLOSE_CODES}")
+        self.cut_sockets = _share(spec["rate"], "rate")
+        self.cut_socket_codes = codes
+
     def _set_revoke_key(self, value: Any) -> None:
         if value is not None and not isinstance(value, bool):
             raise ValueError("revoke_key is true, false or null")
@@ -303,6 +323,12 @@ class Faults:
             return fault.code
         return None
 
+    def cut_socket(self) -> int | None:
+        """The close code when the message about to go out cuts the socket instead."""
+        if self.cut_sockets > 0 and self._rng.random() < self.cut_sockets:
+            return self._rng.choice(self.cut_socket_codes)
+        return None
+
     def message_sent(self) -> None:
         """One notification message went out on the socket."""
         if self.ws_close is not None and self.ws_close.after > 0:
@@ -345,6 +371,8 @@ class Faults:
                 out[name] = [{"route": c.route, "count": c.count} for c in live]
         if self.ws_close is not None:
             out["ws_close"] = {"code": self.ws_close.code, "after": self.ws_close.after}
+        if self.cut_sockets:
+            out["cut_sockets"] = {"rate": self.cut_sockets, "codes": list(self.cut_socket_codes)}
         if self.key_revoked:
             out["revoke_key"] = True
         refused = self.refused_handshakes

@@ -17,9 +17,10 @@ carries it, handled here:
   and go out on the next connection. A frame that could not be sent goes back to the
   head of the queue (counted as ``redelivered``), and only one frame is under way at a
   time, so a takeover keeps the order;
-- the faults ``ws_close`` (1006: the connection is aborted, no close frame; 1012:
-  service restart), ``revoke_key`` (1008), ``refuse_handshake`` and
-  ``duplicate_messages`` (see :mod:`bridge.simulator.faults`).
+- the faults ``ws_close`` (1006: the connection is aborted, no close frame; 1011: an
+  unexpected condition; 1012: service restart), ``cut_sockets`` (the same, at random),
+  ``revoke_key`` (1008), ``refuse_handshake`` and ``duplicate_messages`` (see
+  :mod:`bridge.simulator.faults`).
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ class WebSocketChannel:
 
     # --- closing ---------------------------------------------------------------------
 
-    async def _close(self, ws: web.WebSocketResponse, code: int) -> None:
+    async def _close(
+        self, ws: web.WebSocketResponse, code: int, reason: bytes | None = None
+    ) -> None:
         if ws.closed:
             return
         self.core.count(f"ws_closes_{code}")
@@ -115,7 +118,7 @@ class WebSocketChannel:
             if request is not None and request.transport is not None:
                 request.transport.abort()
             return
-        await ws.close(code=code, message=_REASONS.get(code, b""))
+        await ws.close(code=code, message=_REASONS.get(code, b"") if reason is None else reason)
 
     def close_soon(self, code: int) -> None:
         """Close the connected socket (if any) from synchronous code: a DELETE (1000)."""
@@ -210,7 +213,7 @@ class WebSocketChannel:
             code = self._should_stop(ws)
             if code is not None:
                 if code:
-                    await self._close(ws, code)
+                    await self._close(ws, code, _FAULT_REASONS.get(code))
                 return
             if not len(outbox):
                 await outbox.wait(None)  # also woken by a fault switched on (poke)
@@ -219,6 +222,10 @@ class WebSocketChannel:
             async with self._lock:
                 if self._should_stop(ws) is not None:
                     continue
+                cut = core.faults.cut_socket()
+                if cut is not None:  # before the frame: what it would carry stays queued
+                    await self._close(ws, cut, _FAULT_REASONS.get(cut))
+                    return
                 batch = outbox.take(core.enc.chunk)
                 if not batch:
                     continue
@@ -240,6 +247,9 @@ class WebSocketChannel:
                         core.count("ws_duplicates")
                 core.faults.message_sent()
 
+
+# A 1011 a fault causes: the channel exists (the service's "other unexpected condition").
+_FAULT_REASONS = {1011: b"unexpected condition"}
 
 _REASONS = {
     1000: b"channel deleted",
