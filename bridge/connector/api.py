@@ -382,7 +382,10 @@ class connector:
             content_type="application/json",
         )
         if isinstance(resp, response_codes) or resp.status_code != 202:
+            # Refused at once (or not sent): no async response will come for this id, the
+            # status and error body are the answer.
             self._pending.forget(async_id)
+            result.async_id = None
             if isinstance(resp, response_codes):
                 return self._fail_transport(result, resp)
             result.http_status = resp.status_code
