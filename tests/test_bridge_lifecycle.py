@@ -231,11 +231,16 @@ def test_presubscription_rules_choose_what_is_observed_and_read(broker: Mosquitt
             assert bridge.counters.get("initial_reads_ok") == 2
 
 
-def test_an_initial_read_refused_with_412_is_tried_again(broker: MosquittoBroker) -> None:
-    """412 (no notification channel yet): the port's read tries again, with back-off."""
+def test_an_initial_read_refused_with_412_is_tried_again(
+    broker: MosquittoBroker, dialect: str
+) -> None:
+    """412 (no notification channel yet): the port's read tries again, with back-off. A
+    read is ``GET /v2/endpoints/{ep}/{path}`` on the legacy Connector, a device request on
+    today's service (which answers 412 with an error body)."""
     rules = [{"endpoint-name": "node*", "resource-path": ["/3303/*"]}]
+    route = "resource-get" if dialect == "legacy" else "device-requests"
     with Emulator(token="t", pull_timeout=1.0, drift=False) as emu:
-        emu.set_fault(force_status={"route": "resource-get", "status": 412, "count": 2})
+        emu.set_fault(force_status={"route": route, "status": 412, "count": 2})
         settings = bridge_settings(emu, broker, presubscriptions=json.dumps(rules))
         with running_bridge(settings) as bridge:
             wait_initial_reads(bridge, 2)  # after the retries: then the values are retained
