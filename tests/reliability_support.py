@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.simulator import Emulator, Scenario
+from bridge.simulator.device_requests import parse as parse_device_request
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 
 TOKEN = "reliability-token"
@@ -83,7 +84,9 @@ def report(capsys: pytest.CaptureFixture[str], name: str, **figures: Any) -> str
 
 class Executions:
     """What the emulated devices carried out (``done``) and what the Connector took on
-    for them (``accepted``, answered 202): (endpoint, path, verb, body), in order."""
+    for them (``accepted``, answered 202 or 204; on today's service every device request
+    answered 202, also one the service answers from its cache): (endpoint, path, verb,
+    body), in order."""
 
     def __init__(self, emu: Emulator) -> None:
         self.done: list[tuple[str, str, str, bytes]] = []
@@ -91,6 +94,7 @@ class Executions:
         self._lock = threading.Lock()
         core = emu.core
         execute_original, submit_original = core._execute, core._submit
+        device_request_original = core.device_request
 
         def execute(job: Any) -> None:
             with self._lock:
@@ -104,8 +108,19 @@ class Executions:
                     self.accepted.append((job.device.name, job.path, job.verb, bytes(job.body)))
             return reply
 
+        def device_request(ep: str, query: Any, body: bytes) -> Any:
+            # today's service: POST /v2/device-requests/{id}, taken on when answered 202
+            reply = device_request_original(ep, query, body)
+            if reply.status == 202:
+                req = parse_device_request(query, body)
+                verb = "DELETE-EP" if (req.verb, req.uri) == ("DELETE", "/") else req.verb
+                with self._lock:
+                    self.accepted.append((core.by_ep[ep].name, req.uri, verb, req.body))
+            return reply
+
         core._execute = execute  # type: ignore[method-assign]
         core._submit = submit  # type: ignore[method-assign]
+        core.device_request = device_request  # type: ignore[method-assign]
 
     def accepted_bodies(self) -> set[bytes]:
         with self._lock:
