@@ -30,7 +30,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bridge.simulator import Emulator, Scenario, device_requests
+from bridge.simulator import Emulator, Scenario
+from bridge.simulator.device_requests import parse as parse_device_request
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 
 TOKEN = "reliability-token"
@@ -83,8 +84,9 @@ def report(capsys: pytest.CaptureFixture[str], name: str, **figures: Any) -> str
 
 class Executions:
     """What the emulated devices carried out (``done``) and what the Connector took on
-    for them (``accepted``, answered 202; today: a device request queued for the device):
-    (endpoint, path, verb, body), in order."""
+    for them (``accepted``, answered 202 or 204; on today's service every device request
+    answered 202, also one the service answers from its cache): (endpoint, path, verb,
+    body), in order."""
 
     def __init__(self, emu: Emulator) -> None:
         self.done: list[tuple[str, str, str, bytes]] = []
@@ -92,6 +94,7 @@ class Executions:
         self._lock = threading.Lock()
         core = emu.core
         execute_original, submit_original = core._execute, core._submit
+        device_request_original = core.device_request
 
         def execute(job: Any) -> None:
             with self._lock:
@@ -105,16 +108,14 @@ class Executions:
                     self.accepted.append((job.device.name, job.path, job.verb, bytes(job.body)))
             return reply
 
-        # Today's service takes a device request (202) into the device's queue instead.
-        device_request_original = core.device_request
-
         def device_request(ep: str, query: Any, body: bytes) -> Any:
+            # today's service: POST /v2/device-requests/{id}, taken on when answered 202
             reply = device_request_original(ep, query, body)
-            dev = core.by_ep.get(ep)
-            if reply.status == 202 and dev is not None:
-                req = device_requests.parse(query, body)
+            if reply.status == 202:
+                req = parse_device_request(query, body)
+                verb = "DELETE-EP" if (req.verb, req.uri) == ("DELETE", "/") else req.verb
                 with self._lock:
-                    self.accepted.append((dev.name, req.uri, req.verb, bytes(req.body)))
+                    self.accepted.append((core.by_ep[ep].name, req.uri, verb, req.body))
             return reply
 
         core._execute = execute  # type: ignore[method-assign]

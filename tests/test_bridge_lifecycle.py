@@ -231,11 +231,16 @@ def test_presubscription_rules_choose_what_is_observed_and_read(broker: Mosquitt
             assert bridge.counters.get("initial_reads_ok") == 2
 
 
-def test_an_initial_read_refused_with_412_is_tried_again(broker: MosquittoBroker) -> None:
-    """412 (no notification channel yet): the port's read tries again, with back-off."""
+def test_an_initial_read_refused_with_412_is_tried_again(
+    broker: MosquittoBroker, dialect: str
+) -> None:
+    """412 (no notification channel yet): the port's read tries again, with back-off. A
+    read is ``GET /v2/endpoints/{ep}/{path}`` on the legacy Connector, a device request on
+    today's service (which answers 412 with an error body)."""
     rules = [{"endpoint-name": "node*", "resource-path": ["/3303/*"]}]
+    route = "resource-get" if dialect == "legacy" else "device-requests"
     with Emulator(token="t", pull_timeout=1.0, drift=False) as emu:
-        emu.set_fault(force_status={"route": "resource-get", "status": 412, "count": 2})
+        emu.set_fault(force_status={"route": route, "status": 412, "count": 2})
         settings = bridge_settings(emu, broker, presubscriptions=json.dumps(rules))
         with running_bridge(settings) as bridge:
             wait_initial_reads(bridge, 2)  # after the retries: then the values are retained
@@ -296,7 +301,9 @@ def test_resources_of_one_instance_come_from_one_instance_read(broker: Mosquitto
     assert not lamp & set(reads)
 
 
-def test_an_instance_read_that_fails_falls_back_to_single_reads(broker: MosquittoBroker) -> None:
+def test_an_instance_read_that_fails_falls_back_to_single_reads(
+    broker: MosquittoBroker, dialect: str
+) -> None:
     scenario = Scenario.from_dict(
         {
             "templates": {"Lamp": {"type": "Lamp", "objects": ["3311"]}},
@@ -306,8 +313,13 @@ def test_an_instance_read_that_fails_falls_back_to_single_reads(broker: Mosquitt
     with Emulator(token="t", pull_timeout=1.0, drift=False, scenario=scenario) as emu:
         log = Executions(emu)
         # The first resource read is the instance read (no Home Assistant device-info
-        # reads): refused as by a device that cannot give the instance in one answer.
-        emu.set_fault(force_status={"route": "resource-get", "status": 415, "count": 1})
+        # reads): refused as by a device that cannot give the instance in one answer. On
+        # the legacy Connector the refusal is the call's own answer; today's service takes
+        # every device request (202) and the device's 415 comes as its async response.
+        if dialect == "legacy":
+            emu.set_fault(force_status={"route": "resource-get", "status": 415, "count": 1})
+        else:
+            emu.set_fault(device_status={"ep": "lamp-1", "path": "/3311/0", "status": 415})
         with running_bridge(bridge_settings(emu, broker, homeassistant=False)) as bridge:
             observed = {p for e, p in emu.subscriptions() if e == "lamp-1"}
             assert len(observed) >= 2
@@ -318,8 +330,17 @@ def test_an_instance_read_that_fails_falls_back_to_single_reads(broker: Mosquitt
             )
             assert bridge.counters.get("initial_reads_ok") == len(observed)
             assert bridge.counters.get("initial_reads_failed") == 0
+            assert "device_status" not in emu.faults() and "force_status" not in emu.faults()
         reads = _device_reads(log, "lamp-1")
-    assert sorted(reads) == sorted(observed)  # the refused instance read never reached it
+        taken = [p for ep, p, verb, _ in log.accepted if ep == "lamp-1" and verb == "GET"]
+    if dialect == "legacy":
+        assert sorted(reads) == sorted(observed)  # the refused instance read never reached it
+        assert sorted(taken) == sorted(observed)
+    else:
+        # The device carried out nothing: it refused the instance read, and the service
+        # answers a read of an observed resource from its cache.
+        assert reads == []
+        assert taken[0] == "/3311/0" and sorted(taken[1:]) == sorted(observed)
 
 
 def test_an_instance_read_that_times_out_is_not_repeated_resource_by_resource(

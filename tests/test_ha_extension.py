@@ -146,6 +146,13 @@ def fleet(broker: MosquittoBroker, emulator: Emulator) -> Iterator[Fleet]:
         yield f
 
 
+def uid(emulator: Emulator, dialect: str, endpoint: str, entity: str) -> str:
+    """The ``unique_id`` of an entity: from the endpoint name on the legacy Connector, from
+    the device ID on today's service (so that it survives a rename)."""
+    key = endpoint if dialect == "legacy" else emulator.device_id(endpoint)
+    return f"connector__{key}__{entity}"
+
+
 def configs_by_endpoint(expected: dict[str, bytes]) -> dict[str, dict[str, dict[str, Any]]]:
     """endpoint name (device name) -> discovery topic -> config."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -159,7 +166,7 @@ def configs_by_endpoint(expected: dict[str, bytes]) -> dict[str, dict[str, dict[
 
 
 def test_discovery_topics_hold_valid_configs_for_every_resource_kind(
-    broker: MosquittoBroker, emulator: Emulator, fleet: Fleet
+    broker: MosquittoBroker, emulator: Emulator, fleet: Fleet, dialect: str
 ) -> None:
     # What the broker holds (retained), not only what went by.
     held = all_retained(broker, "homeassistant/#")
@@ -193,21 +200,23 @@ def test_discovery_topics_hold_valid_configs_for_every_resource_kind(
             assert config["availability_mode"] == "all"
 
     by_uid = {c["unique_id"]: c for c in map(json.loads, held.values())}
-    temperature = by_uid["connector__node-001__3303_0_5700"]
+    temperature = by_uid[uid(emulator, dialect, "node-001", "3303_0_5700")]
     assert temperature["state_topic"] == "connector/node-001/3303/0/5700"
     assert (temperature["device_class"], temperature["unit_of_measurement"]) == (
         "temperature",
         "°C",  # the device's 5701 says "Cel"
     )
-    assert by_uid["connector__node-001__3304_0_5700"]["unit_of_measurement"] == "%"  # "%RH"
-    assert by_uid["connector__multi-001__3301_0_5700"]["unit_of_measurement"] == "lx"
-    assert by_uid["connector__multi-001__3200_0_5500"]["state_topic"] == (
+    assert (
+        by_uid[uid(emulator, dialect, "node-001", "3304_0_5700")]["unit_of_measurement"] == "%"
+    )  # "%RH"
+    assert by_uid[uid(emulator, dialect, "multi-001", "3301_0_5700")]["unit_of_measurement"] == "lx"
+    assert by_uid[uid(emulator, dialect, "multi-001", "3200_0_5500")]["state_topic"] == (
         "connector/multi-001/3200/0/5500"
     )
-    light = by_uid["connector__light-001__3311_0"]
+    light = by_uid[uid(emulator, dialect, "light-001", "3311_0")]
     assert light["command_topic"] == "connector/light-001/3311/0/5850/set"
     assert light["brightness_command_topic"] == "connector/light-001/3311/0/5851/set"
-    reboot = by_uid["connector__light-001__3_0_4"]
+    reboot = by_uid[uid(emulator, dialect, "light-001", "3_0_4")]
     assert (reboot["command_topic"], reboot["device_class"]) == (
         "connector/light-001/3/0/4/post",
         "restart",
@@ -412,11 +421,11 @@ def test_an_endpoint_away_longer_than_the_grace_period_is_forgotten(
 
 
 def test_commands_on_the_configs_command_topics_switch_the_device(
-    emulator: Emulator, fleet: Fleet
+    emulator: Emulator, fleet: Fleet, dialect: str
 ) -> None:
     by_uid = {c["unique_id"]: c for c in map(json.loads, fleet.expected.values())}
-    light = by_uid["connector__light-001__3311_0"]
-    switch = by_uid["connector__light-001__3201_0_5550"]
+    light = by_uid[uid(emulator, dialect, "light-001", "3311_0")]
+    switch = by_uid[uid(emulator, dialect, "light-001", "3201_0_5550")]
     u = fleet.user
 
     def home_assistant_sends(topic: str, payload: str) -> None:

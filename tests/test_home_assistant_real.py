@@ -56,6 +56,7 @@ class Stack:
     ha: HomeAssistant
     user: MqttUser  # watches connector/#
     settings: Settings
+    dialect: str
     bridge: Bridge | None = None
     configs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     _running: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
@@ -67,6 +68,22 @@ class Stack:
     def stop_bridge(self) -> None:
         self._running.close()
         self.bridge = None
+
+    def node(self, endpoint: str) -> str:
+        """An endpoint's device identifier and unique_id prefix: from its endpoint name on
+        the legacy Connector, from its device ID today (so that it survives a rename)."""
+        key = endpoint if self.dialect == "legacy" else self.emulator.device_id(endpoint)
+        return f"connector__{key}"
+
+    def uid(self, endpoint: str, path_token: str) -> str:
+        return f"{self.node(endpoint)}__{path_token}"
+
+    def device_of(self, snapshot: dict[str, Any], endpoint: str | None) -> dict[str, Any]:
+        """The device of an endpoint in Home Assistant's registry (None: the bridge's own)."""
+        ident = ["mqtt", bridge_node_id() if endpoint is None else self.node(endpoint)]
+        found = [d for d in snapshot["devices"] if ident in d["identifiers"]]
+        assert len(found) == 1, (endpoint, [d["identifiers"] for d in snapshot["devices"]])
+        return found[0]
 
     def entity(self, unique_id: str, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
         snap = snapshot or self.ha.snapshot()
@@ -88,14 +105,6 @@ class Stack:
         return self.ha.wait_for(check, WAIT, what)
 
 
-def device_of(snapshot: dict[str, Any], endpoint: str | None) -> dict[str, Any]:
-    """The device of an endpoint in Home Assistant's registry (None: the bridge's own)."""
-    ident = ["mqtt", bridge_node_id() if endpoint is None else f"connector__{endpoint}"]
-    found = [d for d in snapshot["devices"] if ident in d["identifiers"]]
-    assert len(found) == 1, (endpoint, [d["identifiers"] for d in snapshot["devices"]])
-    return found[0]
-
-
 def next_index(u: MqttUser, since: int, topic: str, text: str) -> int:
     """The index of the first message after ``since`` on ``topic`` saying ``text`` (waits)."""
 
@@ -105,10 +114,6 @@ def next_index(u: MqttUser, since: int, topic: str, text: str) -> int:
     before = sum(1 for m in u.messages[:since] if match(m))
     u.wait_for(match, WAIT, count=before + 1)
     return next(i for i, m in enumerate(u.messages) if i >= since and match(m))
-
-
-def uid(endpoint: str, path_token: str) -> str:
-    return f"connector__{endpoint}__{path_token}"
 
 
 def available(state: str | None) -> bool:
@@ -124,7 +129,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, dialect: str) -> Iterator[St
         HomeAssistant(broker.port, config_dir=config_dir) as ha,
         user(broker, "5", "connector/#") as u,
     ):
-        s = Stack(broker, emulator, ha, u, bridge_settings(emulator, broker))
+        s = Stack(broker, emulator, ha, u, bridge_settings(emulator, broker), dialect)
         s.start_bridge()
         try:
             yield s
@@ -140,14 +145,14 @@ def test_every_config_becomes_an_entity_of_its_domain_class_and_unit(stack: Stac
     while True:
         held = {t: json.loads(p) for t, p in all_retained(stack.broker, "homeassistant/#").items()}
         devices = {c["device"]["identifiers"][0] for c in held.values()}
-        if {f"connector__{n}" for n in names} <= devices:
+        if {stack.node(n) for n in names} <= devices:
             break
         assert time.monotonic() < end, sorted(devices)
         time.sleep(0.2)
     stack.configs = {c["unique_id"]: {**c, "component": t.split("/")[1]} for t, c in held.items()}
     # the awake devices' configs carry what the device says (read before they go out)
     for name in AWAKE:
-        config = stack.configs[uid(name, "3_0_4")]
+        config = stack.configs[stack.uid(name, "3_0_4")]
         assert config["device"].get("serial_number"), config["device"]
 
     def all_entities(snap: dict[str, Any]) -> dict[str, Any] | None:
@@ -167,9 +172,9 @@ def test_every_config_becomes_an_entity_of_its_domain_class_and_unit(stack: Stac
     assert domains == {"sensor", "binary_sensor", "switch", "light", "button"}
 
     # one device per endpoint, via the bridge's own device, with the device's own fields
-    bridge_device = device_of(snapshot, None)
+    bridge_device = stack.device_of(snapshot, None)
     for name in AWAKE:
-        device = device_of(snapshot, name)
+        device = stack.device_of(snapshot, name)
         emu = stack.emulator
         assert device["name"] == name
         assert device["via_device_id"] == bridge_device["id"]
@@ -184,8 +189,8 @@ def test_every_config_becomes_an_entity_of_its_domain_class_and_unit(stack: Stac
 
 
 def test_states_follow_the_value_topics(stack: Stack) -> None:
-    temperature = uid("node-001", "3303_0_5700")
-    presence = uid("multi-001", "3200_0_5500")
+    temperature = stack.uid("node-001", "3303_0_5700")
+    presence = stack.uid("multi-001", "3200_0_5500")
     for value in ("23.5", "24.0"):
         stack.emulator.set_value("node-001", "/3303/0/5700", value)
         stack.wait_state(temperature, value, f"temperature {value}")
@@ -197,8 +202,8 @@ def test_states_follow_the_value_topics(stack: Stack) -> None:
 
 
 def test_availability_follows_the_bridge_and_each_endpoint(stack: Stack) -> None:
-    humidity = uid("multi-001", "3304_0_5700")
-    temperature = uid("node-001", "3303_0_5700")
+    humidity = stack.uid("multi-001", "3304_0_5700")
+    temperature = stack.uid("node-001", "3303_0_5700")
     stack.wait_state(humidity, available, "multi-001 available")
     stack.emulator.expire("multi-001")
     stack.wait_state(humidity, UNAVAILABLE, "multi-001 unavailable once expired")
@@ -227,8 +232,8 @@ def test_availability_follows_the_bridge_and_each_endpoint(stack: Stack) -> None
 
 def test_light_switch_and_button_reach_the_device(stack: Stack) -> None:
     emu, ha = stack.emulator, stack.ha
-    light = stack.entity(uid("light-001", "3311_0"))
-    switch = stack.entity(uid("light-001", "3201_0_5550"))
+    light = stack.entity(stack.uid("light-001", "3311_0"))
+    switch = stack.entity(stack.uid("light-001", "3201_0_5550"))
 
     def device_has(path: str, value: bytes) -> None:
         end = time.monotonic() + WAIT
@@ -253,7 +258,7 @@ def test_light_switch_and_button_reach_the_device(stack: Stack) -> None:
     stack.wait_state(switch["unique_id"], "off", "the switch off")
 
     # the Reboot button: the device de-registers and registers again
-    button = stack.entity(uid("light-001", "3_0_4"))
+    button = stack.entity(stack.uid("light-001", "3_0_4"))
     since = len(stack.user.messages)
     ha.call("button", "press", entity_id=button["entity_id"])
     offline = next_index(stack.user, since, "connector/light-001/$state", "offline")
@@ -266,9 +271,9 @@ def test_a_reboot_keeps_area_names_and_a_renamed_entity_id(stack: Stack) -> None
     device reboots (its Reboot button, pressed in Home Assistant); all of it stays, and
     the renamed entity follows the device's values again."""
     ha, emu = stack.ha, stack.emulator
-    temperature = uid("node-002", "3303_0_5700")
+    temperature = stack.uid("node-002", "3303_0_5700")
     before = ha.snapshot()
-    device = device_of(before, "node-002")
+    device = stack.device_of(before, "node-002")
     area = ha.create_area("Lab")
     ha.update_device(device["id"], area_id=area, name_by_user="Lab sensor")
     old_id = stack.entity(temperature, before)["entity_id"]
@@ -282,7 +287,7 @@ def test_a_reboot_keeps_area_names_and_a_renamed_entity_id(stack: Stack) -> None
         WAIT,
         "the renamed entity with a state",
     )
-    button = stack.entity(uid("node-002", "3_0_4"), before)
+    button = stack.entity(stack.uid("node-002", "3_0_4"), before)
     seen = ha.events()
     mark = len(seen["states"]), len(seen["registry"])
 
@@ -304,7 +309,7 @@ def test_a_reboot_keeps_area_names_and_a_renamed_entity_id(stack: Stack) -> None
     assert entity["entity_id"] == "sensor.lab_temperature"
     assert entity["name"] == "Lab temp"
     assert not [e for e in after["entities"] if e["entity_id"] == old_id]
-    kept = device_of(after, "node-002")
+    kept = stack.device_of(after, "node-002")
     assert kept["id"] == device["id"]
     assert (kept["area_id"], kept["name_by_user"]) == (area, "Lab sensor")
     assert after["areas"][area] == "Lab"

@@ -195,6 +195,26 @@ def test_device_faults_take_names_or_ids(
     assert_error(api.get(f"/endpoints/{dev}"), 404, "not_found", "DEVICE_NOT_FOUND")
 
 
+def test_device_status_comes_as_the_async_response(
+    api: Api, current: Emulator, clients: list[WsClient]
+) -> None:
+    ws = connect(clients, current)
+    dev = current.device_id("light-001")
+    current.set_fault(device_status={"ep": dev, "path": "/3311/0", "status": 415, "count": 2})
+    for aid in ("a", "b", "c"):
+        r = api.post(
+            f"/device-requests/{dev}",
+            params={"async-id": aid},
+            json={"method": "GET", "uri": "/3311/0"},
+        )
+        assert r.status_code == 202  # the service takes it; the device refuses it
+    refused = ws.async_response("a")
+    assert {k: v for k, v in refused.items() if k != "uid"} == {"id": "a", "status": 415}
+    assert ws.async_response("b")["status"] == 415
+    assert ws.async_response("c")["status"] == 200  # two only
+    assert "device_status" not in current.faults()
+
+
 @pytest.mark.parametrize(
     "bad",
     [

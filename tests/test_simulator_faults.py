@@ -88,6 +88,22 @@ def test_device_timeout_answers_504(emulator: Emulator, api: Api) -> None:
     assert api.request_async("GET", "/endpoints/node-002/3/0/0")["status"] == 200
 
 
+def test_device_status_is_the_devices_own_refusal(emulator: Emulator, api: Api) -> None:
+    api.open_channel()
+    emulator.set_fault(device_status={"ep": "light-001", "path": "/3311/0", "status": 415})
+    assert emulator.faults()["device_status"] == [
+        {"ep": "light-001", "path": "/3311/0", "status": 415, "count": 1}
+    ]
+    done = emulator.counters()["transactions"]
+    entry = api.request_async("GET", "/endpoints/light-001/3311/0")
+    assert entry["status"] == 415 and "payload" not in entry and "error" not in entry
+    assert "device_status" not in emulator.faults()  # counted: one request only
+    assert emulator.counters()["transactions"] == done + 1  # taken on, then refused
+    assert api.request_async("GET", "/endpoints/light-001/3311/0")["status"] == 200
+    with pytest.raises(ValueError):
+        emulator.set_fault(device_status={"ep": "light-001", "status": 200})
+
+
 def test_device_gone_is_410(emulator: Emulator, api: Api) -> None:
     api.open_channel()
     emulator.set_fault(device_gone="node-001")

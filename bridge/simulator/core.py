@@ -966,7 +966,10 @@ class EmulatorCore:
             queue.stalled = True  # the next attempt waits for the device's next contact
             return
         queue.items.popleft()
-        if req.attributes_only:  # PUT /5/0/1?pmax=120: notification attributes written
+        refused = self.refused_by_device(dev, req.path)
+        if refused is not None:
+            self.emit(self.enc.async_response(req.aid, refused))
+        elif req.attributes_only:  # PUT /5/0/1?pmax=120: notification attributes written
             self.emit(self.enc.async_response(req.aid, 200, b""))
         else:
             verb = "DELETE-EP" if req.verb == "DELETE" and req.path == "/" else req.verb
@@ -1043,6 +1046,12 @@ class EmulatorCore:
             return Reply(204)
         return as_json(202, {"async-response-id": aid})
 
+    def refused_by_device(self, dev: Device, path: str) -> int | None:
+        """The status of the ``device_status`` fault that hits this request, if any."""
+        faults = self.faults
+        status = faults.refusal(dev.name, path)
+        return status if status is not None else faults.refusal(dev.id, path)
+
     def times_out(self, dev: Device, path: str) -> bool:
         """The ``device_timeout`` fault hits this request (device by name or ID)."""
         faults = self.faults
@@ -1077,6 +1086,10 @@ class EmulatorCore:
             return
         if self.times_out(dev, job.path):
             self._answer(job, 504, error="TIMEOUT")
+            return
+        refused = self.refused_by_device(dev, job.path)
+        if refused is not None:
+            self._answer(job, refused)
             return
         try:
             self._execute(job)

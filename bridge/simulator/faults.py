@@ -2,9 +2,16 @@
 
 ``Faults.apply(**kw)`` validates and switches faults on (a value of ``None`` switches
 one off); the request handlers ask the ``*_for`` methods whether a fault hits the
-request at hand. Counted faults (``force_status``, ``malformed``, ``hang``) hit the next
-``count`` matching requests and then switch themselves off. Route faults name a route
-of :data:`ROUTES` (or ``"*"``); device faults name a device by endpoint name or ID.
+request at hand. Counted faults (``force_status``, ``malformed``, ``hang``,
+``device_status``) hit the next ``count`` matching requests and then switch themselves
+off. Route faults name a route of :data:`ROUTES` (or ``"*"``); device faults name a
+device by endpoint name or ID.
+
+``device_status={"ep": ..., "path": ..., "status": 415, "count": n}``: the device itself
+refuses the next ``n`` requests for that path (or below it) with that status, as a device
+that cannot give an object instance in one answer does. The service accepted them, so the
+refusal is the request's async response (on both dialects), with no payload; the device
+carries nothing out.
 
 The WebSocket channel's faults (current dialect):
 
@@ -73,6 +80,7 @@ FAULT_NAMES = (
     "cut_polls",
     "device_timeout",
     "device_gone",
+    "device_status",
     "malformed",
     "hang",
     "ws_close",
@@ -140,6 +148,19 @@ class DeviceFault:
         return self.ep in ("*", ep) and (self.path is None or path.startswith(self.path))
 
 
+@dataclass
+class DeviceRefusal:
+    fault: DeviceFault
+    status: int
+    count: int
+
+    def hits(self, ep: str, path: str) -> bool:
+        if self.count > 0 and self.fault.hits(ep, path):
+            self.count -= 1
+            return True
+        return False
+
+
 class Faults:
     """The faults switched on now. Used on the emulator's event loop only."""
 
@@ -155,6 +176,7 @@ class Faults:
         self.cut_polls = 0.0
         self.device_timeouts: list[DeviceFault] = []
         self.gone: set[str] = set()
+        self.refusals: list[DeviceRefusal] = []
         self.malformed: list[Counted] = []
         self.hangs: list[Counted] = []
         self.ws_close: WsClose | None = None
@@ -235,6 +257,16 @@ class Faults:
     def _set_device_gone(self, value: Any) -> None:
         self.gone = set() if value is None else {str(v) for v in self._many(value)}
 
+    def _set_device_status(self, value: Any) -> None:
+        self.refusals = []
+        for spec in [] if value is None else self._many(value):
+            status = int(spec["status"])
+            if not 400 <= status <= 599:
+                raise ValueError(f"status {status} is not an error status")
+            path = spec.get("path")
+            fault = DeviceFault(str(spec["ep"]), None if path is None else str(path))
+            self.refusals.append(DeviceRefusal(fault, status, _count(spec)))
+
     def _set_ws_close(self, value: Any) -> None:
         if value is None:
             self.ws_close = None
@@ -305,6 +337,13 @@ class Faults:
     def times_out(self, ep: str, path: str) -> bool:
         return any(d.hits(ep, path) for d in self.device_timeouts)
 
+    def refusal(self, ep: str, path: str) -> int | None:
+        """The status the device refuses this request with (counted), if any."""
+        for r in self.refusals:
+            if r.hits(ep, path):
+                return r.status
+        return None
+
     def is_gone(self, ep: str) -> bool:
         return ep in self.gone or "*" in self.gone
 
@@ -365,6 +404,12 @@ class Faults:
             out["device_timeout"] = [{"ep": d.ep, "path": d.path} for d in self.device_timeouts]
         if self.gone:
             out["device_gone"] = sorted(self.gone)
+        refusals = [r for r in self.refusals if r.count > 0]
+        if refusals:
+            out["device_status"] = [
+                {"ep": r.fault.ep, "path": r.fault.path, "status": r.status, "count": r.count}
+                for r in refusals
+            ]
         for name, items in (("malformed", self.malformed), ("hang", self.hangs)):
             live = [c for c in items if c.count > 0]
             if live:

@@ -110,6 +110,9 @@ class HomeAssistant(Extension):
         # config, hundreds of MB with 100,000 endpoints)
         self._published: dict[str, dict[str, bytes]] = {}
         self._values: dict[str, dict[str, str]] = {}  # endpoint -> path -> value read
+        # endpoints whose reads ended incomplete while the bridge took them for awake
+        # devices (not queue mode), to be read again if they turn out to sleep
+        self._incomplete_awake: set[str] = set()
         self._lock = threading.Lock()  # guards the read queue below
         self._waiting: deque[str] = deque()
         self._queued: set[str] = set()
@@ -139,6 +142,14 @@ class HomeAssistant(Extension):
     # ---- events ------------------------------------------------------------------------
 
     def _on_resources(self, event: EndpointResources) -> None:
+        if event.source == "reg-update" and event.queue_mode and self._read_awake(event.name):
+            # Today's device directory does not say which devices are in queue mode: at
+            # start-up the bridge took this one for an awake device, and its reads ran out
+            # while it slept. Its first reg-update says it sleeps, and that it is awake now:
+            # read again (once), with the time-out of a queue-mode device.
+            self.publish_endpoint(event.name)
+            self._enqueue_read(event.name)
+            return
         if event.source == "reg-update" or not info_paths(event.resources):
             self.publish_endpoint(event.name)
             return  # same registration: what was read still holds
@@ -153,6 +164,7 @@ class HomeAssistant(Extension):
     def _on_forgotten(self, event: EndpointForgotten) -> None:
         with self._lock:
             self._values.pop(event.name, None)
+            self._incomplete_awake.discard(event.name)
         with self._publish_lock:
             old = self._published.pop(event.name, {})
             for topic in old:
@@ -275,7 +287,8 @@ class HomeAssistant(Extension):
             self._read_done(name)
             return
         s = self.ctx.settings
-        timeout = s.queue_mode_timeout if ep.queue_mode else s.command_timeout
+        queue_mode = ep.queue_mode
+        timeout = s.queue_mode_timeout if queue_mode else s.command_timeout
         values: dict[str, str] = {}
         remaining = [len(paths)]
         lock = threading.Lock()
@@ -288,6 +301,11 @@ class HomeAssistant(Extension):
                 remaining[0] -= 1
                 last = remaining[0] == 0
             if last:
+                with self._lock:
+                    if queue_mode or len(values) == len(paths):
+                        self._incomplete_awake.discard(name)
+                    else:
+                        self._incomplete_awake.add(name)
                 self._store(name, values)
 
         def one_done(path: str, outcome: Outcome) -> None:
@@ -344,6 +362,12 @@ class HomeAssistant(Extension):
 
         if not self.ctx.background.submit(republish):
             republish()  # rare (queue full): here, rather than never
+
+    def _read_awake(self, name: str) -> bool:
+        """Whether ``name``'s last device-information reads, made while the bridge took it
+        for an awake device, ended without every value (and no read is under way)."""
+        with self._lock:
+            return name in self._incomplete_awake and name not in self._queued
 
     def _read_done(self, name: str) -> None:
         with self._lock:
