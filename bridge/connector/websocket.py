@@ -294,6 +294,18 @@ class _Run:
     executor: ThreadPoolExecutor | None = None
 
 
+def _one_connection_per_try(session: aiohttp.ClientSession) -> None:
+    """Turn off aiohttp's own retry of an idempotent request whose connection dropped.
+
+    aiohttp (3.10 and later) sends a GET again at once, on a new connection, when the
+    server closed the first without an answer. A handshake is a GET, so a dead service saw
+    two connections per try and twice the rate the channel's back-off allows. No public
+    option turns it off: this is the one place the client touches aiohttp's private state,
+    and it does nothing on a version without that attribute."""
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
+
+
 class WebSocketChannel:
     """The WebSocket notification channel of one client.
 
@@ -566,6 +578,7 @@ class WebSocketChannel:
             trust_env=self._trust_env,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
         )
+        _one_connection_per_try(run.session)
         ticker = loop.create_task(self._ticker())
         backoff = Backoff(self.backoff_base, self.backoff_max)
         register, connected_before = True, False
