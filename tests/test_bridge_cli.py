@@ -138,14 +138,3 @@ def test_a_refused_token_exits_1_naming_the_setting(
     assert code == 1
     assert "refused the access key" in err and "BRIDGE_CONNECTOR_TOKEN" in err
     assert wrong not in err and TOKEN not in err
-
-
-def test_a_cluster_setting_is_refused_until_replicas_are_wired_in(tmp_path: Path) -> None:
-    env = bridge_env(
-        BRIDGE_CONNECTOR_URL="http://127.0.0.1:9",
-        BRIDGE_CONNECTOR_TOKEN=TOKEN,
-        BRIDGE_CLUSTER_ETCD="127.0.0.1:2379",
-    )
-    code, err = finish(start(["--env-file", ""], env, tmp_path))
-    assert code == 2
-    assert "BRIDGE_CLUSTER_ETCD is set" in err and "not wired into the bridge yet" in err

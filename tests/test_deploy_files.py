@@ -33,7 +33,7 @@ import requests
 import yaml
 
 from bridge.cli import COMMANDS
-from bridge.service.settings import SettingsError, load_settings
+from bridge.service.settings import Settings, SettingsError, load_settings
 from bridge.simulator import Emulator
 from tests.support.broker import MosquittoBroker, env_with_pythonpath
 from tests.support.mqtt_user import MqttUser
@@ -702,3 +702,27 @@ def test_the_image_healthcheck_and_the_probes_pass_against_the_real_bridge(
             proc.kill()
             proc.wait()
     assert healthcheck() != 0  # nothing answers any more
+
+
+# --- several bridges for one account ----------------------------------------------------
+
+
+def test_compose_replicas_runs_three_bridges_on_a_three_member_etcd() -> None:
+    (doc,) = load_yaml(DEPLOY / "compose.replicas.yaml")
+    services = doc["services"]
+    etcds = sorted(n for n in services if n.startswith("etcd-"))
+    assert etcds == ["etcd-0", "etcd-1", "etcd-2"]
+    cluster = {f"{n}=http://{n}:2380" for n in etcds}
+    for name in etcds:
+        args = dict(a.split("=", 1) for a in services[name]["command"][1:])
+        assert set(args["--initial-cluster"].split(",")) == cluster
+        assert args["--advertise-client-urls"] == f"http://{name}:2379"
+    bridge = services["bridge"]
+    assert bridge["deploy"]["replicas"] == 3
+    env = bridge["environment"]
+    assert env["BRIDGE_CLUSTER_ETCD"].split(",") == [f"http://{n}:2379" for n in etcds]
+    assert set(bridge["depends_on"]) == set(etcds)
+    base = load_yaml(DEPLOY / "compose.yaml")[0]
+    assert "bridge" in base["services"], "an override of compose.yaml's bridge"
+    for key in env:
+        assert key.removeprefix("BRIDGE_").lower() in Settings.model_fields, key

@@ -17,6 +17,7 @@ from bridge.cluster.replica import LeadershipCallback, Replica, SlotCallback
 
 DEFAULT_GROUP = "connector-bridge"
 DEFAULT_TTL = 5
+DEFAULT_SLOTS = 8
 
 
 def parse_endpoints(text: str) -> tuple[str, ...]:

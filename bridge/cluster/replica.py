@@ -104,6 +104,7 @@ class Replica:
         self._backoff = Backoff(base=self.timing.renew_every / 4, cap=self.timing.renew_every)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # a step-down to report: the thread runs now
         self._thread: threading.Thread | None = None
         # Owned by the replica's thread; read under _lock by others.
         self._lease: HeldLease | None = None
@@ -118,6 +119,12 @@ class Replica:
         self._next_renewal = 0.0
         self._next_poll = 0.0
         self._id_taken_logged = False
+        # A step-down (see step_down): report it; let the leader key go at _resign_at; no
+        # campaign before _campaign_after.
+        self._stepped_down = False
+        self._resign_at: float | None = None
+        self._campaign_after = 0.0
+        self.step_downs = 0
 
     # ---- what the rest of the bridge reads --------------------------------------------
 
@@ -157,6 +164,28 @@ class Replica:
         with self._lock:
             return max(0.0, self._lease.remaining()) if self._lease is not None else 0.0
 
+    def step_down(self, hold_off: float) -> bool:
+        """Stop leading now, without giving the leadership to anyone at once: the leader
+        key stays under this replica's lease for one more TTL (so that no other member
+        takes the channel before every replica that may still believe it leads has seen
+        its own lease run out), then it is deleted and the others campaign. This replica
+        does not campaign again for ``hold_off`` seconds. Its lease and slots stay.
+        For the service's 1001 (another consumer took the channel). False if it did not
+        lead. The loss is reported on the replica's thread, like every other."""
+        with self._lock:
+            if not self._leading:
+                return False
+            self._leading, self._term = False, None
+            now = time.monotonic()
+            self._resign_at = now + self.timing.ttl
+            self._campaign_after = max(self._campaign_after, now + hold_off)
+            self._stepped_down = True
+            self.step_downs += 1
+        log.warning("cluster %s: steps down; the leader key goes in %d s, no campaign for "
+                    "%.0f s", self.member_id, self.timing.ttl, hold_off)  # fmt: skip
+        self._wake.set()
+        return True
+
     def view(self) -> ClusterView:
         """The whole group as etcd holds it now (one range through this replica's client)."""
         until = time.monotonic() + self.timing.request_timeout * len(self.client.endpoints)
@@ -178,6 +207,7 @@ class Replica:
         """Leave the group: report every loss, then revoke the lease (its keys go at once,
         so the others take over at their next poll)."""
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -192,12 +222,16 @@ class Replica:
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
-                self._stopping.wait(self._step())
+                self._wake.wait(self._step())
+                self._wake.clear()
         finally:
             self._leave()
 
     def _step(self) -> float:
         """One round: what is due now; returns the seconds until something is due."""
+        if self._stepped_down:
+            self._stepped_down = False
+            self._tell_leadership(False)
         try:
             lease = self._lease
             if lease is not None and not lease.valid():
@@ -248,6 +282,7 @@ class Replica:
         self._registered = False
         self._releasing.clear()
         self._published = None
+        self._resign_at = None  # the old lease's leader key went with it
         self._next_renewal = sent + self.timing.renew_every
         self._next_poll = 0.0
         log.info(
@@ -361,11 +396,21 @@ class Replica:
 
     def _check_leadership(self, snapshot: Snapshot, lease: HeldLease, until: float) -> None:
         holder = snapshot.get(self.keys.leader)
+        if self._resign_at is not None:  # stepped down: the key goes after one TTL
+            if not self._mine(holder, lease):
+                self._resign_at = None
+            elif time.monotonic() >= self._resign_at:
+                self.client.delete_own(self.keys.leader, lease=lease.id, until=until)
+                self._resign_at = None
+                log.info("cluster %s: leader key let go after stepping down", self.member_id)
+            return
         if self._leading and not self._mine(holder, lease):
             with self._lock:
                 self._leading, self._term = False, None
             log.warning("cluster %s: the leader key is no longer ours", self.member_id)
             self._tell_leadership(False)
+        if holder is None and time.monotonic() < self._campaign_after:
+            return
         if holder is None:
             _, holder = self.client.create(
                 self.keys.leader, self.member_id, lease=lease.id, until=until

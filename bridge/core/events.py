@@ -224,6 +224,26 @@ class BridgeStopping:
     reason: str = "stop"
 
 
+@dataclass(frozen=True, slots=True)
+class LeadershipChanged:
+    """This replica of a group (``BRIDGE_CLUSTER_ETCD``) became the leader (``leading``,
+    with ``term``, the leadership's fencing token) or is no longer it (``term`` None).
+    The leader holds the notification channel and does the start-up work. Emitted on the
+    replication's hand-over thread, in the order the replica saw the changes."""
+
+    leading: bool
+    term: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotChanged:
+    """This replica gained (``owned``) or let go of the group's slot ``slot`` (see
+    :mod:`bridge.cluster.slots`). Emitted on the replication's hand-over thread, in order."""
+
+    slot: str
+    owned: bool
+
+
 E = TypeVar("E")
 Handler = Callable[[Any], None]
 

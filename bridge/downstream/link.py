@@ -129,6 +129,7 @@ class MqttLink:
         on_disconnect: Callable[[str], None] | None = None,
         manual_ack: bool = False,
         client_class: type[paho_client.PlainClient] = paho_client.Client,
+        client_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.state_topic = state_topic
@@ -140,7 +141,7 @@ class MqttLink:
 
         client = client_class(
             CallbackAPIVersion.VERSION2,
-            client_id=settings.mqtt_client_id,
+            client_id=client_id or settings.mqtt_client_id,
             protocol=mqtt.MQTTv5 if self.is_v5 else mqtt.MQTTv311,
             clean_session=None if self.is_v5 else not self.persistent,
             manual_ack=manual_ack,

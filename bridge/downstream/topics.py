@@ -216,6 +216,7 @@ class Topics:
         self._ep_cache: dict[str, str] = {}
         self._path_cache: dict[str, str] = {}
         self.bridge_state = f"{prefix}/{BRIDGE_LEVEL}/state"
+        self.bridge_health = f"{prefix}/{BRIDGE_LEVEL}/health"
         self.bridge_request_filter = f"{prefix}/{BRIDGE_LEVEL}/request/+"
         self._bridge_request_base = f"{prefix}/{BRIDGE_LEVEL}/request/"
 
@@ -240,6 +241,13 @@ class Topics:
     def value(self, endpoint: str, path: str) -> str:
         """The value topic of a resource."""
         return self.endpoint_base(endpoint) + self.path_levels(path)
+
+    def replica_state(self, member: str) -> str:
+        """One replica's own retained online/offline (several bridges for one account)."""
+        return f"{self.prefix}/{BRIDGE_LEVEL}/replicas/{member}/state"
+
+    def replica_health(self, member: str) -> str:
+        return f"{self.prefix}/{BRIDGE_LEVEL}/replicas/{member}/health"
 
     def state(self, endpoint: str) -> str:
         return self.endpoint_base(endpoint) + STATE_LEVEL

@@ -83,7 +83,7 @@ class Availability(Extension):
         # Retained messages normally survive on the broker, but a broker that lost its
         # store (or a new one) must not leave clients without states. This runs on paho's
         # network thread, so the republishing goes to a background worker.
-        if not event.first:
+        if not event.first and self.ctx.leading():  # a group's leader announces the fleet
             self.ctx.background.submit(self._republish_all)
 
     def _republish_all(self) -> None:

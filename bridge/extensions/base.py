@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from bridge.core.counters import Counters
 from bridge.core.events import EndpointForgotten, EventBus, ForgetReason
@@ -40,6 +40,22 @@ from bridge.service.settings import Settings
 from bridge.upstream.port import ConnectorPort
 
 REPLY_QOS = 1
+
+
+class ClusterRole(Protocol):
+    """This bridge's part in a group of replicas (:mod:`bridge.service.replication`)."""
+
+    member_id: str
+
+    @property
+    def leading(self) -> bool: ...
+
+    @property
+    def role(self) -> str: ...
+
+    def figures(self) -> dict[str, Any]: ...
+
+    def readiness(self) -> list[str]: ...
 
 
 @dataclass
@@ -60,6 +76,12 @@ class BridgeContext:
     listed: threading.Event = field(default_factory=threading.Event)  # start-up listing done
     started_at: float = field(default_factory=time.time)
     info: dict[str, Any] = field(default_factory=dict)  # facts for the `info` request
+    cluster: ClusterRole | None = None  # a replica of a group (None: a single bridge)
+
+    def leading(self) -> bool:
+        """Whether this bridge does the fleet-wide work (announcing endpoints, discovery):
+        always for a single bridge; only the leader of a group."""
+        return self.cluster is None or self.cluster.leading
 
     def forget_endpoint(
         self, name: str, reason: ForgetReason, since: int | None = None

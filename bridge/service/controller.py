@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from bridge.cluster import ClusterConfig
 from bridge.core.counters import Counters
 from bridge.core.events import (
     BridgeStarted,
@@ -36,6 +37,7 @@ from bridge.core.events import (
     EndpointResources,
     EndpointsListed,
     EventBus,
+    LeadershipChanged,
     MqttConnected,
     MqttDisconnected,
 )
@@ -45,6 +47,7 @@ from bridge.core.workers import Deadlines, WorkerPool
 from bridge.downstream.link import MqttLink
 from bridge.downstream.topics import Topics
 from bridge.extensions import DEFAULT_EXTENSIONS, BridgeContext, Extension
+from bridge.service.replication import Replication, member_name
 from bridge.service.settings import Settings
 from bridge.upstream.callback_receiver import publications
 from bridge.upstream.port import SeedPort
@@ -75,9 +78,14 @@ class Bridge:
         self.registry = Registry()
         self.counters = Counters()
         self.connector_side = ConnectorSide(settings, self.bus, self.registry, self.counters)
+        # Several bridges for one account (BRIDGE_CLUSTER_ETCD): this one is a replica; its
+        # own connection's state and will are its own, the group's are the leader's.
+        self.cluster = ClusterConfig.from_settings(settings)
+        member = member_name(settings) if self.cluster is not None else None
         self.mqtt = MqttLink(
             settings,
-            state_topic=self.topics.bridge_state,
+            client_id=f"{settings.mqtt_client_id}-{member}" if member else None,
+            state_topic=self.topics.replica_state(member) if member else self.topics.bridge_state,
             on_connect=lambda first, present: self.bus.emit(MqttConnected(first, present)),
             on_disconnect=lambda reason: self.bus.emit(MqttDisconnected(reason)),
             manual_ack=True,  # a command is acknowledged once carried out or answered
@@ -105,6 +113,19 @@ class Bridge:
         # A command waiting for a sleeping device's answers is acknowledged to the broker
         # (it may wait for hours); one for an awake device only once the service took it.
         self.ctx.port.queues.ack_early = self._queue_mode
+        self.replication: Replication | None = None
+        if self.cluster is not None:
+            self.replication = Replication(
+                self.cluster, settings, topics=self.topics, bus=self.bus, mqtt_link=self.mqtt,
+                registry=self.registry, identities=self.connector_side.identities,
+                counters=self.counters,
+            )  # fmt: skip
+            self.ctx.cluster = self.replication
+            self.bus.subscribe(LeadershipChanged, self._on_leadership)
+        self._lead_lock = threading.Lock()
+        self._lead_stop = threading.Event()  # the leader's start-up/channel must end
+        self._lead_thread: threading.Thread | None = None
+        self._probed = threading.Event()
         classes = DEFAULT_EXTENSIONS if extensions is None else extensions
         self.extensions = [cls(self.ctx) for cls in classes if cls.enabled(settings)]
         self.ctx.info["extensions"] = {e.name: e.info for e in self.extensions}
@@ -128,6 +149,8 @@ class Bridge:
         self.ctx.background.start()
         for ext in self.extensions:
             ext.start()
+        if self.replication is not None:
+            self.replication.subscribe()
         self.mqtt.start()
         self._startup_thread = threading.Thread(
             target=self._startup, name="bridge-startup", daemon=True
@@ -164,9 +187,15 @@ class Bridge:
                 ext.stop()
             except Exception:
                 log.exception("extension %s failed to stop", ext.name)
-        self.connector_side.stop_channel()
+        self._lead_stop.set()
+        # A replica leaves the callback URL registered: the others still receive.
+        self.connector_side.stop_channel(keep_callback=self.replication is not None)
         if self._startup_thread is not None:
             self._startup_thread.join(timeout=5.0)
+        if self._lead_thread is not None:
+            self._lead_thread.join(timeout=5.0)
+        if self.replication is not None:
+            self.replication.stop()  # after the channel: the next leader finds it free
         self.ctx.commands.stop(timeout=2.0)
         self.ctx.background.stop(timeout=2.0)
         self.deadlines.stop()
@@ -206,7 +235,7 @@ class Bridge:
         """Call ``fn`` until it works, with capped exponential back-off and jitter."""
         backoff = Backoff(RETRY_BASE, RETRY_MAX)
         while True:
-            if self._stop.is_set():
+            if self._halted():
                 raise _Stopped
             try:
                 return fn()
@@ -215,8 +244,15 @@ class Bridge:
                 log.warning(
                     "%s failed (%s); retry %d in %.1f s", what, exc, backoff.failures, delay
                 )
-                if self._stop.wait(delay):
+                if self._stop.wait(delay) or self._halted():
                     raise _Stopped from None
+
+    def _halted(self) -> bool:
+        """The bridge stops, or (a replica) the leadership this start-up was for ended."""
+        return self._stop.is_set() or (
+            self.replication is not None and threading.current_thread() is self._lead_thread
+            and self._lead_stop.is_set()
+        )  # fmt: skip
 
     def _startup(self) -> None:
         try:
@@ -233,6 +269,20 @@ class Bridge:
             self.failed.set()
 
     def _run_startup(self) -> None:
+        self._probe()
+        if self.replication is None:
+            self._lead()
+            return
+        # A replica: list the fleet without announcing it (the leader does), so that
+        # commands find their devices; the leader's retained $resources and $state keep
+        # the list up to date from then on (bridge.service.replication).
+        self._follow()
+        if self.connector_side.channel == "callback":
+            self.connector_side.start_receiver()
+        self.replication.start()
+        self.ready.set()
+
+    def _probe(self) -> None:
         side = self.connector_side
         version = self._retry("connecting to the Connector", side.probe)
         self.ctx.info["connector_version"] = version
@@ -242,6 +292,63 @@ class Bridge:
             rest = side.client.getApiVersions()
             self.ctx.info["rest_versions"] = None if rest.error else rest.result
         log.info("Connector at %s: %s", self.settings.connector_url, version.splitlines()[0])
+        self._probed.set()
+
+    def _follow(self) -> None:
+        side = self.connector_side
+        listed = self._retry("listing endpoints", side.list_endpoints)
+        for e in listed:
+            ept = e.get("type")
+            self.registry.put(
+                e["name"], ept if isinstance(ept, str) else None, bool(e.get("q", False)),
+                None, e.get("device_id"), e.get("endpoint_name"),
+            )  # fmt: skip
+        self.ctx.listed.set()
+        self.bus.emit(EndpointsListed(len(listed)))
+        log.info("%d endpoint(s) registered (listed as a replica of the group)", len(listed))
+
+    # ---- the leader's part (a replica) ------------------------------------------------------
+
+    def _on_leadership(self, event: LeadershipChanged) -> None:
+        """On the replication's hand-over thread: start or end the leader's part."""
+        with self._lead_lock:
+            if self._stop.is_set():
+                return
+            if event.leading:
+                old = self._lead_thread
+                if old is not None and old.is_alive():
+                    old.join(timeout=5.0)
+                self._lead_stop.clear()
+                self._lead_thread = threading.Thread(
+                    target=self._leader_startup, args=(event.term,), name="bridge-leader",
+                    daemon=True,
+                )  # fmt: skip
+                self._lead_thread.start()
+                return
+            # Lost: stop using the channel now (the start-up under way ends at its next step).
+            self._lead_stop.set()
+            self.counters.add("cluster_channel_stops")
+            self.connector_side.stop_channel(keep_callback=True)
+            log.warning("no longer the leader: the notification channel is stopped")
+
+    def _leader_startup(self, term: int | None) -> None:
+        assert self.replication is not None
+        try:
+            self._probed.wait()
+            if self._lead_stop.is_set() or not self.replication.leading:
+                return
+            log.info("leader of the group (term %s): taking the notification channel", term)
+            self._lead()
+        except _Stopped:
+            return
+        except StartupError as exc:
+            log.error("leader start-up failed: %s", exc)
+            self.failure = str(exc)
+        except Exception:
+            log.exception("leader start-up failed")
+
+    def _lead(self) -> None:
+        side = self.connector_side
         side.start_channel()
         self._retry(
             "putting the pre-subscription rules", lambda: side.put_presubscriptions(self.ctx.rules)
@@ -289,10 +396,10 @@ class Bridge:
         for e in fresh:
             task = functools.partial(describe, e["name"])
             while not self.ctx.background.submit_wait(task, timeout=0.5):
-                if self._stop.is_set():
+                if self._halted():
                     raise _Stopped
         while not all_described.wait(0.5):
-            if self._stop.is_set():
+            if self._halted():
                 raise _Stopped
         self.ready.set()
         self.bus.emit(BridgeStarted(len(listed)))

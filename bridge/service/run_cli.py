@@ -110,14 +110,6 @@ def main(argv: Sequence[str]) -> int:
     settings = read_settings(argv)
     if isinstance(settings, int):
         return settings
-    if settings.cluster_etcd:
-        # The coordination layer (bridge/cluster) is there; the bridge does not use it yet.
-        print(
-            f"{PROG}: {env_name('cluster_etcd')} is set, but running several replicas on "
-            "etcd is not wired into the bridge yet: unset it to run one bridge",
-            file=sys.stderr,
-        )
-        return 2
     configure_logging(settings.log_level, settings.log_format, settings_secrets(settings))
     try:
         pin_process(settings.cpu_pin)  # before any thread starts: they all inherit it

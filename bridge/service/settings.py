@@ -26,7 +26,13 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-from bridge.cluster.config import DEFAULT_GROUP, DEFAULT_TTL, check_ttl, parse_endpoints
+from bridge.cluster.config import (
+    DEFAULT_GROUP,
+    DEFAULT_SLOTS,
+    DEFAULT_TTL,
+    check_ttl,
+    parse_endpoints,
+)
 from bridge.cluster.keys import check_name
 from bridge.downstream.topics import validate_prefix
 from bridge.upstream.rules import check_rules
@@ -316,6 +322,18 @@ class Settings(BaseSettings):
         "replaced within about this plus 1 s; one cut off from etcd stops using what it "
         "holds after about 4/5 of it",
     )
+    cluster_slots: int = Field(
+        DEFAULT_SLOTS,
+        ge=1,
+        le=256,
+        description="number of command slots the group shares out (each an MQTT client id "
+        "owned by one replica at a time); every replica of a group must have the same",
+    )
+    cluster_member: str | None = Field(
+        None,
+        description="this replica's name in the group (e.g. the pod name); unset: "
+        "`<host>-<pid>`; unique in the group",
+    )
 
     # ---- validation --------------------------------------------------------------------
 
@@ -476,6 +494,13 @@ class Settings(BaseSettings):
     def _cluster_group(cls, value: str) -> str:
         return check_name(value.strip(), "the group name")
 
+    @field_validator("cluster_member")
+    @classmethod
+    def _cluster_member(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return check_name(value.strip(), "the member name")
+
     @field_validator("cluster_ttl", mode="before")
     @classmethod
     def _cluster_ttl(cls, value: Any) -> int:
@@ -514,6 +539,16 @@ class Settings(BaseSettings):
                     f"{env_name('callback_secret')} are {size} characters together; the "
                     f"Connector takes at most {CALLBACK_REGISTRATION_MAX}"
                 )
+        if (
+            self.cluster_etcd
+            and self.notification_channel == "callback"
+            and not self.callback_secret
+        ):
+            raise ValueError(
+                f"{env_name('cluster_etcd')} with {env_name('notification_channel')}=callback "
+                f"needs {env_name('callback_secret')}: every replica receives deliveries and "
+                "must know the secret the leader registers"
+            )
         if self.mqtt_password is not None and not self.mqtt_username:
             raise ValueError(
                 f"{env_name('mqtt_password')} is set but {env_name('mqtt_username')} is not"

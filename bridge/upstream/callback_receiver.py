@@ -137,6 +137,7 @@ class CallbackReceiver:
         admit: Admit | None = None,
     ) -> None:
         self._handle = handle
+        self.secret = secret
         self._expected = _digest(f"Bearer {secret}".encode())
         self.host = host
         self.port = port

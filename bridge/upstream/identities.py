@@ -60,6 +60,18 @@ class Identities:
             self._device_of[name] = device_id
             return name
 
+    def bind(self, device_id: str, name: str) -> bool:
+        """Take a binding another replica made (its retained ``$resources``): ``name`` for
+        ``device_id``, unless either is bound otherwise already; True when bound."""
+        with self._lock:
+            if self._topic_of.get(device_id, name) != name:
+                return False
+            if self._device_of.get(name, device_id) != device_id:
+                return False
+            self._topic_of[device_id] = name
+            self._device_of[name] = device_id
+            return True
+
     def known(self, device_id: str) -> str | None:
         """The topic name of a device already bound, or None (no binding is made)."""
         return self._topic_of.get(device_id)

@@ -320,6 +320,7 @@ class ConnectorSide(Addressing):
 
     def start_channel(self) -> None:
         s = self.settings
+        self._stopping.clear()  # a replica may lead again after it stopped the channel
         if self.channel is None:
             self.channel = s.channel_for(self.api)
         if self.api == "current":
@@ -343,15 +344,10 @@ class ConnectorSide(Addressing):
             ).start()
             return
         assert s.callback_url is not None
-        # A fresh random secret at every start unless one is configured; the Connector
-        # sends it back with every callback and the receiver refuses requests without it.
-        secret = (
-            s.callback_secret.get_secret_value() if s.callback_secret else secrets.token_urlsafe(32)
-        )
-        self._receiver = self._callback_receiver(secret)
-        r = self.client.putCallback(s.callback_url, {"Authorization": f"Bearer {secret}"})
+        receiver = self.start_receiver()
+        r = self.client.putCallback(s.callback_url, {"Authorization": f"Bearer {receiver.secret}"})
         if r.error:
-            self._receiver.stop()
+            receiver.stop()
             self._receiver = None
             raise StartupError(
                 f"the Connector refused the callback URL {s.callback_url} "
@@ -360,10 +356,25 @@ class ConnectorSide(Addressing):
             )
         log.info(
             "notification channel: callback %s (receiver on %s://%s:%d%s)",
-            s.callback_url, self._receiver.scheme, self._receiver.host, self._receiver.port,
-            self._receiver.path,
+            s.callback_url, receiver.scheme, receiver.host, receiver.port, receiver.path,
         )  # fmt: skip
         self._monitor = Monitor(self.reachability, None, self._probe, s.connector_retry_max).start()
+
+    def start_receiver(self) -> CallbackReceiver:
+        """The webhook receiver, started if it is not (a replica of a group runs one
+        whether it leads or not: behind a load balancer any replica may get deliveries;
+        only the leader registers the callback URL)."""
+        if self._receiver is not None:
+            return self._receiver
+        s = self.settings
+        # A fresh random secret at every start unless one is configured (a group needs
+        # one: every replica must accept what the leader registered); the Connector sends
+        # it back with every callback and the receiver refuses requests without it.
+        secret = (
+            s.callback_secret.get_secret_value() if s.callback_secret else secrets.token_urlsafe(32)
+        )
+        self._receiver = self._callback_receiver(secret)
+        return self._receiver
 
     def _callback_receiver(self, secret: str) -> CallbackReceiver:
         """The webhook server for ``secret``, listening (HTTPS with callback_tls_cert)."""
@@ -443,7 +454,9 @@ class ConnectorSide(Addressing):
         r = self.client.getConnectorVersion() if self.api == "legacy" else self.client.probeApi()
         return r.error or None
 
-    def stop_channel(self) -> None:
+    def stop_channel(self, keep_callback: bool = False) -> None:
+        """Stop the channel. ``keep_callback`` (a replica that no longer leads): the
+        callback URL stays registered and the receiver keeps taking deliveries."""
         self._stopping.set()
         if self._monitor is not None:
             self._monitor.stop()
@@ -454,7 +467,7 @@ class ConnectorSide(Addressing):
         if self.channel == "websocket":
             self.client.stopWebsocket(timeout=2.0)
             return
-        if self._receiver is not None:
+        if self._receiver is not None and not keep_callback:
             # From here on the Connector keeps what it has for the next start (503).
             self._receiver.refuse_new()
             self.client.deleteCallback()
@@ -462,6 +475,10 @@ class ConnectorSide(Addressing):
             self._receiver = None
 
     def close(self) -> None:
+        if self._receiver is not None:  # kept by stop_channel(keep_callback=True)
+            self._receiver.refuse_new()
+            self._receiver.stop()
+            self._receiver = None
         self.client.close()
 
     # ---- inventory ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from bridge.core.events import (
     BridgeStarted,
     BridgeStopping,
     ConnectorStateChanged,
+    LeadershipChanged,
     MqttConnected,
     MqttDisconnected,
     NotificationsReceived,
@@ -58,7 +59,8 @@ class Health(Extension):
         self.published = 0
         self._timer: Deadline | None = None
         self._stopping = False
-        self._last_state: tuple[bool, str | None] | None = None  # (ready, Connector state)
+        # (ready, Connector state, role in a group)
+        self._last_state: tuple[bool, str | None, str | None] | None = None
         self._last_publish = 0.0
         self._lock = threading.Lock()
 
@@ -70,6 +72,7 @@ class Health(Extension):
         bus.subscribe(ConnectorStateChanged, self._on_connector)
         bus.subscribe(MqttConnected, self._on_change)
         bus.subscribe(MqttDisconnected, self._on_change)
+        bus.subscribe(LeadershipChanged, self._on_change)
         if not self.watch.latency.attach(self.ctx.port):
             log.warning("Connector latency not measured: the client has no HTTP session")
         s = self.ctx.settings
@@ -137,6 +140,13 @@ class Health(Extension):
 
     def _publish(self, doc: dict[str, Any]) -> None:
         body = json.dumps(doc, separators=(",", ":"), default=str)
+        cluster = self.ctx.cluster
+        if cluster is not None:  # a replica: its own, and the group's while it leads
+            self.ctx.mqtt.publish(self.ctx.topics.replica_health(cluster.member_id), body,
+                                  qos=1, retain=True)  # fmt: skip
+            if not cluster.leading:
+                self.published += 1
+                return
         self.ctx.mqtt.publish(self.topic, body, qos=1, retain=True)
         self.published += 1
 
@@ -148,7 +158,7 @@ class Health(Extension):
                 return
             doc = self.figures()
             now = time.monotonic()
-            state = (bool(doc["ready"]), doc["connector"]["state"])
+            state = (bool(doc["ready"]), doc["connector"]["state"], doc.get("role"))
             changed = state != self._last_state
             if changed or now - self._last_publish >= self.ctx.settings.health_interval:
                 if changed and self._last_state is not None and state[0] != self._last_state[0]:

@@ -231,6 +231,14 @@ def readiness(ctx: BridgeContext, watch: Watch) -> list[str]:
     """Why the bridge is not ready (empty: ready). Ready = start-up done, connected to
     the broker, and the Connector reachable."""
     reasons = []
+    if ctx.cluster is not None:
+        # A replica of a group: a follower serves with its lease and the broker; the
+        # leader also needs what a single bridge needs (start-up done, channel up).
+        reasons.extend(ctx.cluster.readiness())
+        if not ctx.cluster.leading:
+            if not ctx.mqtt.connected:
+                reasons.append("not connected to the MQTT broker")
+            return reasons
     if not watch.started.is_set():
         reasons.append("start-up not finished")
     if not ctx.mqtt.connected:
@@ -296,6 +304,11 @@ def key_figures(ctx: BridgeContext, watch: Watch) -> dict[str, Any]:
     now = time.time()
     return {
         "state": "online",
+        **(
+            {}
+            if ctx.cluster is None
+            else {"role": ctx.cluster.role, "cluster": ctx.cluster.figures()}
+        ),
         "ready": not reasons,
         "reasons": reasons,
         "version": __version__,

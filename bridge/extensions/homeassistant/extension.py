@@ -176,11 +176,11 @@ class HomeAssistant(Extension):
     def _on_connected(self, event: MqttConnected) -> None:
         # A broker that kept our session kept the retained configs too; one that did not
         # may have lost them. On paho's network thread: the work goes to a worker.
-        if not event.first and not event.session_present:
+        if not event.first and not event.session_present and self.ctx.leading():
             self.ctx.background.submit(self.publish_all)
 
     def _on_ha_status(self, msg: Inbound) -> None:
-        if is_ha_online(msg.payload):
+        if is_ha_online(msg.payload) and self.ctx.leading():  # a group: its leader
             self.counts["announcements"] += 1
             log.info("Home Assistant came online: publishing every discovery config again")
             if not self.ctx.background.submit(self.publish_all):
