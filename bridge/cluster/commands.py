@@ -177,7 +177,7 @@ class _Call:
     record: Record
     msg: Inbound | None  # None: a record of another replica (its command was acked)
     deadline: float  # monotonic
-    done: bool = False
+    relay: Inbound | None = None  # the relayed answer, acknowledged once the reply is out
 
 
 @dataclass(slots=True)
@@ -270,7 +270,8 @@ class ClusterCommands:
             state = self._slots.get(slot)
             if state is not None:
                 state.live = False  # at once: no new command of it is taken from now on
-        self._events.submit(self._lose, slot)
+        if not self._stopping.is_set():
+            self._events.submit(self._lose, slot)
 
     def owned(self) -> list[str]:
         with self._lock:
@@ -464,17 +465,18 @@ class ClusterCommands:
             msg.ack()
             return
         self._count("relayed_in")
-        if self.client.awaitsAsync(aid):
+        with self._lock:
+            call = self._calls.get(aid)
+            if call is not None:
+                call.relay = msg  # acknowledged once answered: a crash before gets it again
+        if call is None:
+            self._count("unknown_async")
+            msg.ack()
+        elif self.client.awaitsAsync(aid):
             self.client.deliverAsyncResponses([entry])  # the caller's own handling
         else:
-            with self._lock:
-                known = aid in self._calls
-            if known:
-                outcome = outcome_of(connector.resultOfAsyncResponse(entry))
-                self._pool.submit(self._answer, aid, outcome)
-            else:
-                self._count("unknown_async")
-        msg.ack()
+            outcome = outcome_of(connector.resultOfAsyncResponse(entry))
+            self._pool.submit(self._answer, aid, outcome)
 
     def _answer(self, aid: str, outcome: Outcome) -> None:
         with self._lock:
@@ -490,13 +492,15 @@ class ClusterCommands:
             return
         if not won:
             self._count("claims_lost")
-            if call.msg is not None:
-                call.msg.ack()
+            for msg in (call.msg, call.relay):
+                if msg is not None:
+                    msg.ack()
             return
         rec = call.record
         self._publish_reply(rec, outcome)
-        if call.msg is not None:
-            call.msg.ack()
+        for msg in (call.msg, call.relay):
+            if msg is not None:
+                msg.ack()
         with self._lock:
             state = self._slots.get(call.slot)
             if state is not None:

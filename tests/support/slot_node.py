@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     mqtt = MqttLink(main_settings, state_topic=f"connector/$bridge/cluster/member/{args.id}")
     mqtt.start()
-    etcd = EtcdClient(args.endpoints.split(","), timeout=LeaseTiming.for_ttl(args.ttl).request_timeout)
+    etcd = EtcdClient(
+        args.endpoints.split(","), timeout=LeaseTiming.for_ttl(args.ttl).request_timeout
+    )
     leading = threading.Event()
     replica: Replica | None = None
 
