@@ -58,15 +58,17 @@ def emu() -> Iterator[Emulator]:
 
 class Node:
     def __init__(self, name: str, tmp: Path, etcd: EtcdCluster, group: str,
-                 broker: MosquittoBroker, emu: Emulator, devices: str) -> None:  # fmt: skip
+                 broker: MosquittoBroker, emu: Emulator, devices: str,
+                 slots: int = SLOTS) -> None:  # fmt: skip
         self.name = name
+        tmp.mkdir(parents=True, exist_ok=True)
         self.status_path = tmp / f"{name}.json"
         self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115
         cmd = [sys.executable, "-m", "tests.support.slot_node", "--endpoints",
                ",".join(etcd.endpoints), "--group", group, "--id", name, "--connector-url",
                emu.url, "--token", emu.token, "--devices", devices, "--status",
                str(self.status_path), "--mqtt-port", str(broker.port), "--ttl", str(TTL),
-               "--slots", str(SLOTS), "--client-id", group]  # fmt: skip
+               "--slots", str(slots), "--client-id", group]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log,
                                      env=env_with_pythonpath())  # fmt: skip
 
@@ -133,15 +135,16 @@ def lights(emu: Emulator) -> list[str]:
 
 
 def start_group(tmp: Path, etcd: EtcdCluster, broker: MosquittoBroker, emu: Emulator,
-                names: list[str], req: Requester) -> tuple[list[Node], str]:  # fmt: skip
+                names: list[str], req: Requester,
+                slots: int = SLOTS) -> tuple[list[Node], str]:  # fmt: skip
     group = fresh_group()
     devices = ",".join(f"{ep}={emu.device_id(ep)}" for ep in lights(emu))
-    nodes = [Node(n, tmp, etcd, group, broker, emu, devices) for n in names]
-    share = SLOTS // len(nodes)
+    nodes = [Node(n, tmp, etcd, group, broker, emu, devices, slots) for n in names]
+    share = slots // len(nodes)
     wait_for("the slots shared out", lambda: sorted(len(n.status()["slots"]) for n in nodes)
              == [share] * len(nodes), 20)  # fmt: skip
     time.sleep(0.3)
-    wait_for("every slot online", lambda: len(req.slot_states) == SLOTS
+    wait_for("every slot online", lambda: len(req.slot_states) == slots
              and all(v == "online" for v in req.slot_states.values()), 20)  # fmt: skip
     wait_for("a leader with its channel", lambda: any(n.status()["leading"] for n in nodes)
              and emu.wait_channel(0.1), 20)  # fmt: skip
@@ -241,10 +244,39 @@ def test_a_slot_owner_killed_mid_burst_its_commands_are_answered_by_the_survivor
     print(f"\nkilled a slot owner: survivor had every slot within {took:.2f} s;", result,
           survivor.status()["counters"])  # fmt: skip
     assert took <= TTL + 2
-    assert not result["replies_missing"] and not result["replies_twice"]
-    # The exceptions the design leaves (bridge/cluster/commands.py): killed between its
-    # record and the service taking the request (answered 504, not carried out).
-    exceptions = [n for n in result["not_carried_out"] if req.bodies[n]["status"] == 504]
-    assert sorted(exceptions) == sorted(result["not_carried_out"])
-    assert not result["carried_out_twice"]
-    assert len(exceptions) <= 3
+    assert not result["replies_twice"] and not result["carried_out_twice"]
+    # The exceptions the design leaves (bridge/cluster/commands.py), counted: killed
+    # between its record and the service taking the request (answered 504, not carried
+    # out); killed between marking a command answered and its reply reaching the broker
+    # (carried out, no reply; the survivor finds it marked answered).
+    not_sent = [n for n in result["not_carried_out"] if req.bodies[n]["status"] == 504]
+    assert sorted(not_sent) == sorted(result["not_carried_out"])
+    no_reply = result["replies_missing"]
+    assert len(no_reply) <= survivor.status()["counters"]["answered_before_gain"]
+    print(f"exceptions: {len(not_sent)} answered 504 not carried out, {len(no_reply)} no reply")
+    assert len(not_sent) + len(no_reply) <= 3
+
+
+def test_command_rate_of_one_two_and_three_replicas(group_parts: Any) -> None:
+    """A measurement (printed): commands answered per second by 1, 2 and 3 replicas,
+    in one run, on the same broker, etcd and emulator."""
+    tmp, etcd, broker, emu, req, nodes = group_parts
+    count, rates = 300, {}
+    base = 0
+    for size in (1, 2, 3):
+        req.slot_states.clear()
+        group_nodes, _ = start_group(tmp / str(size), etcd, broker, emu,
+                                     [f"r{size}-{i}" for i in range(size)], req, 6)  # fmt: skip
+        nodes.extend(group_nodes)
+        start = time.monotonic()
+        names = lights(emu)
+        run = range(base, base + count)
+        for n in run:
+            req.send(n, names[n % len(names)])
+        wait_for("every reply", lambda run=run: all(req.replies[n] for n in run), 60)
+        rates[size] = count / (time.monotonic() - start)
+        for node in group_nodes:
+            node.stop()
+        base += count
+    assert all(req.replies[n] == 1 for n in range(base))
+    print("\ncommands/s by replicas:", {k: round(v) for k, v in rates.items()})

@@ -249,7 +249,7 @@ class ClusterCommands:
             (
                 "received", "sent", "replies", "redelivered_recorded", "redelivered_answered",
                 "taken_over", "relayed_out", "relayed_in", "claims_lost", "fenced",
-                "timeouts", "store_errors", "unknown_async",
+                "timeouts", "store_errors", "unknown_async", "answered_before_gain",
             ),
             0,
         )  # fmt: skip
@@ -292,8 +292,9 @@ class ClusterCommands:
         with self._lock:
             self._slots[slot] = state
             for aid, (rec, answered) in records.items():
-                if answered:
+                if answered:  # its reply went out, or its replica died on the way
                     state.answered[(rec.mid, rec.digest)] = (aid, now + ANSWERED_KEPT)
+                    self.counters["answered_before_gain"] += 1
                 elif aid not in self._calls:
                     due = now + max(0.0, rec.deadline - wall)
                     self._calls[aid] = _Call(slot, aid, rec, None, due)
