@@ -29,9 +29,12 @@ fenced: only while the slot's key is under this replica's lease. A replica gaini
 slot reads the slot's records before it connects (so a fenced write either came before
 and is read, or fails): a command the broker delivers again (DUP, the same packet id and
 bytes) that has a record is not sent again; its answer comes on the slot's topic, or
-its time-out, and the record answers it. The one reply is published by whoever creates
-``.../<async id>/answered`` first (a create-if-absent in etcd), so a caller and a
-survivor never both answer; then the command is acknowledged and the record deleted.
+its time-out, and the record answers it. The one reply is published by whoever turns
+the record into ``.../<async id>/answered`` first (one etcd transaction: delete the
+record if it exists, put the mark), so a caller and a survivor never both answer; then
+the command is acknowledged. Marks live under a short lease (a minute or two): a copy
+the broker resends of an answered command is acknowledged, not carried out again. Two
+etcd writes per command.
 
 What remains (counted by the tests as exceptions): a replica killed after its record
 was written and before the service took the request: the survivor waits for an answer
@@ -139,6 +142,8 @@ class InflightStore:
         self.client = client
         self.keys = GroupKeys(group)
         self.root = f"/{group}/inflight/"
+        self._lease_lock = threading.Lock()
+        self._lease: tuple[int, float] | None = None  # id, monotonic time to grant anew
 
     def _base(self, slot: str, aid: str) -> str:
         return f"{self.root}{slot}/{aid}/"
@@ -148,26 +153,38 @@ class InflightStore:
         return self.client.put_if_held(self._base(slot, aid) + "cmd", record.to_json(),
                                        holder=self.keys.slot(slot), lease=lease)  # fmt: skip
 
-    def load(self, slot: str) -> dict[str, tuple[Record, bool]]:
-        """The slot's records by async id, each with whether it was answered."""
-        found: dict[str, tuple[Record, bool]] = {}
-        answered: set[str] = set()
+    def load(self, slot: str) -> tuple[dict[str, Record], set[tuple[int, str]]]:
+        """The slot's records by async id, and the (packet id, digest) of the commands
+        marked answered lately."""
+        found: dict[str, Record] = {}
+        answered: set[tuple[int, str]] = set()
         for kv in self.client.get_prefix(f"{self.root}{slot}/").kvs:
             aid, _, part = kv.key[len(self.root) + len(slot) + 1 :].partition("/")
-            if part == "cmd":
-                with contextlib.suppress(ValueError, TypeError):
-                    found[aid] = (Record.from_json(kv.value), False)
-            elif part == "answered":
-                answered.add(aid)
-        return {aid: (rec, aid in answered) for aid, (rec, _) in found.items()}
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                if part == "cmd":
+                    found[aid] = Record.from_json(kv.value)
+                elif part == "answered":
+                    mark = json.loads(kv.value)
+                    answered.add((int(mark["mid"]), str(mark["digest"])))
+        return found, answered
 
-    def claim(self, slot: str, aid: str, me: str) -> bool:
-        """Whether ``me`` is the one to publish the reply (the first to mark it)."""
-        created, holder = self.client.create(self._base(slot, aid) + "answered", me)
-        return created or (holder is not None and holder.text == me)
+    def claim(self, slot: str, aid: str, me: str, record: Record) -> bool:
+        """Whether ``me`` is the one to publish the reply: the first to turn the record
+        into its ``answered`` mark (one transaction), kept under a short-lived lease of
+        this store (:data:`ANSWERED_KEPT` to twice that) for a late redelivery."""
+        base = self._base(slot, aid)
+        mark = json.dumps({"by": me, "mid": record.mid, "digest": record.digest})
+        return self.client.move(base + "cmd", base + "answered", mark, lease=self._mark_lease())
 
-    def forget(self, slot: str, aid: str) -> None:
-        self.client.delete_prefix(self._base(slot, aid))
+    def _mark_lease(self) -> int:
+        """A lease for ``answered`` marks, granted anew every :data:`ANSWERED_KEPT`
+        seconds (no renewals: each mark vanishes within twice that)."""
+        now = time.monotonic()
+        with self._lease_lock:
+            if self._lease is None or now >= self._lease[1]:
+                granted = self.client.grant(int(2 * ANSWERED_KEPT))
+                self._lease = (granted.id, now + ANSWERED_KEPT)
+            return self._lease[0]
 
 
 @dataclass(slots=True)
@@ -284,18 +301,18 @@ class ClusterCommands:
         # The records first: a fenced write of the slot's previous owner came before our
         # claim and is read now, or it fails.
         try:
-            records = self.store.load(slot)
+            records, answered = self.store.load(slot)
         except EtcdError as exc:
             log.error("slot %s: in-flight records not read (%s); taking it anyway", slot, exc)
-            records = {}
+            records, answered = {}, set()
         now, wall = time.monotonic(), time.time()
         with self._lock:
             self._slots[slot] = state
-            for aid, (rec, answered) in records.items():
-                if answered:  # its reply went out, or its replica died on the way
-                    state.answered[(rec.mid, rec.digest)] = (aid, now + ANSWERED_KEPT)
-                    self.counters["answered_before_gain"] += 1
-                elif aid not in self._calls:
+            for key in answered:  # its reply went out, or its replica died on the way
+                state.answered[key] = ("", now + ANSWERED_KEPT)
+            self.counters["answered_before_gain"] += len(answered)
+            for aid, rec in records.items():
+                if aid not in self._calls:
                     due = now + max(0.0, rec.deadline - wall)
                     self._calls[aid] = _Call(slot, aid, rec, None, due)
                     heapq.heappush(self._heap, (due, aid))
@@ -486,7 +503,7 @@ class ClusterCommands:
             return
         self.client.forgetAsync(aid)
         try:
-            won = self.store.claim(call.slot, aid, self.member_id)
+            won = self.store.claim(call.slot, aid, self.member_id, call.record)
         except EtcdError as exc:
             log.error("command %s: not answered, the store is unreachable: %s", aid, exc)
             self._count("store_errors")
@@ -506,8 +523,6 @@ class ClusterCommands:
             state = self._slots.get(call.slot)
             if state is not None:
                 state.answered[(rec.mid, rec.digest)] = (aid, time.monotonic() + ANSWERED_KEPT)
-        with contextlib.suppress(EtcdError):
-            self.store.forget(call.slot, aid)
 
     def _publish_reply(self, rec: Record, outcome: Outcome) -> None:
         code = None if outcome.ok else outcome.code

@@ -319,6 +319,30 @@ class EtcdClient:
         )  # fmt: skip
         return bool(answer.get("succeeded"))
 
+    def move(
+        self, key: str, to: str, value: str, *, lease: int = 0, until: float | None = None
+    ) -> bool:
+        """Delete ``key`` and put ``to`` = ``value`` in one transaction, only if ``key``
+        exists: whether this call did it (also when a retry finds its own first try done:
+        ``to`` holds ``value``). Who moves a key first, wins."""
+        k = _b64(key)
+        put: dict[str, Any] = {"key": _b64(to), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        answer = self._txn(
+            compare=[{"key": k, "result": "GREATER", "target": "CREATE", "create_revision": "0"}],
+            success=[{"request_delete_range": {"key": k}}, {"request_put": put}],
+            failure=[{"request_range": {"key": _b64(to)}}],
+            until=until,
+        )
+        if answer.get("succeeded"):
+            return True
+        for response in answer.get("responses", []):
+            kvs = response.get("response_range", {}).get("kvs", [])
+            if kvs:
+                return _key_value(kvs[0]).value == value.encode()
+        return False
+
     def delete(self, key: str, *, until: float | None = None) -> bool:
         """Delete ``key``; whether it existed."""
         return bool(int(self._call("/v3/kv/deleterange", {"key": _b64(key)}, until)
