@@ -305,6 +305,49 @@ class EtcdClient:
         revision = int(answer.get("header", {}).get("revision", 0))
         return Snapshot(revision, tuple(_key_value(item) for item in answer.get("kvs", [])))
 
+    def put_if_held(
+        self, key: str, value: str | bytes, *, holder: str, lease: int, until: float | None = None
+    ) -> bool:
+        """Put ``key`` only while ``holder`` is under ``lease`` (a fence: the slot is still
+        ours); whether it was put."""
+        answer = self._txn(
+            compare=[{"key": _b64(holder), "result": "EQUAL", "target": "LEASE",
+                      "lease": str(lease)}],
+            success=[{"request_put": {"key": _b64(key), "value": _b64(value)}}],
+            failure=[],
+            until=until,
+        )  # fmt: skip
+        return bool(answer.get("succeeded"))
+
+    def move(
+        self, key: str, to: str, value: str, *, lease: int = 0, until: float | None = None
+    ) -> bool:
+        """Delete ``key`` and put ``to`` = ``value`` in one transaction, only if ``key``
+        exists: whether this call did it (also when a retry finds its own first try done:
+        ``to`` holds ``value``). Who moves a key first, wins."""
+        k = _b64(key)
+        put: dict[str, Any] = {"key": _b64(to), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        answer = self._txn(
+            compare=[{"key": k, "result": "GREATER", "target": "CREATE", "create_revision": "0"}],
+            success=[{"request_delete_range": {"key": k}}, {"request_put": put}],
+            failure=[{"request_range": {"key": _b64(to)}}],
+            until=until,
+        )
+        if answer.get("succeeded"):
+            return True
+        for response in answer.get("responses", []):
+            kvs = response.get("response_range", {}).get("kvs", [])
+            if kvs:
+                return _key_value(kvs[0]).value == value.encode()
+        return False
+
+    def delete(self, key: str, *, until: float | None = None) -> bool:
+        """Delete ``key``; whether it existed."""
+        return bool(int(self._call("/v3/kv/deleterange", {"key": _b64(key)}, until)
+                        .get("deleted", 0)))  # fmt: skip
+
     def delete_prefix(self, prefix: str, *, until: float | None = None) -> int:
         body = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
         return int(self._call("/v3/kv/deleterange", body, until).get("deleted", 0))

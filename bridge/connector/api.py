@@ -149,6 +149,9 @@ class connector:
             ttl=self.asyncTimeout, early_ttl=min(30.0, self.asyncTimeout or 30.0)
         )
         self._handlers: dict[str, Callable[[Message], object]] = {}
+        # A group of bridges: an async response no caller of this client waits for is
+        # offered here first (True: taken, e.g. relayed to the replica that made the call).
+        self.asyncRelay: Callable[[dict[str, Any]], bool] | None = None
         self._handlers_lock = threading.Lock()
         self._poller = LongPoller(
             pull=self._pull,
@@ -448,6 +451,9 @@ class connector:
         for entry in entries:
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
                 log.warning("async-responses entry without an id ignored: %.200r", entry)
+                continue
+            relay = self.asyncRelay
+            if relay is not None and not self._pending.waits_for(entry["id"]) and relay(entry):
                 continue
             result = self._pending.match(entry)
             if result is not None:
@@ -969,6 +975,25 @@ class connector:
     def pendingCount(self) -> int:
         """How many async ids wait for their answer."""
         return len(self._pending)
+
+    @staticmethod
+    def resultOfAsyncResponse(entry: Mapping[str, Any]) -> asyncResult:
+        """The result an ``async-responses`` entry gives (for an answer whose caller is
+        gone: a survivor of a group answers the command from its record)."""
+        result = asyncResult(callback=None)
+        result.async_id = str(entry.get("id"))
+        connector._complete_async(result, entry)
+        return result
+
+    def awaitsAsync(self, async_id: str) -> bool:
+        """Whether a caller of this client waits for the answer to ``async_id``."""
+        return self._pending.waits_for(async_id)
+
+    def deliverAsyncResponses(self, entries: list[dict[str, Any]]) -> None:
+        """Complete the callers waiting for these ``async-responses`` entries, as if they
+        had come on this client's channel (a group of bridges relays them from the
+        channel holder)."""
+        self._match_async(entries)
 
     def forgetAsync(self, async_id: str) -> bool:
         """Stop waiting for the answer to ``async_id`` (the caller gave up on it; its

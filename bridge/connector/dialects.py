@@ -18,6 +18,7 @@ is silently ignored.
 from __future__ import annotations
 
 import base64
+import contextvars
 import json
 import uuid
 from abc import ABC, abstractmethod
@@ -26,6 +27,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from bridge.connector.errors import INVALID_RESPONSE, UNSUPPORTED, response_codes
 from bridge.connector.result import asyncResult
 from bridge.connector.transport import HttpResponse
+
+#: The async id the next device request made in this context uses (None: a new uuid).
+#: A group of bridges sets it to an id that names the command slot
+#: (:mod:`bridge.cluster.commands`), so that the channel holder knows where the answer goes.
+NEXT_ASYNC_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "NEXT_ASYNC_ID", default=None
+)
 
 if TYPE_CHECKING:
     from bridge.connector.api import connector
@@ -231,7 +239,7 @@ class Current(Dialect):
         if body is not None:
             request["payload-b64"] = base64.b64encode(body).decode("ascii")
             request["content-type"] = ctype
-        params = {"async-id": uuid.uuid4().hex}
+        params = {"async-id": NEXT_ASYNC_ID.get() or uuid.uuid4().hex}
         for name, value in (("retry", retry), ("expiry-seconds", expiry)):
             if value is not None:
                 if isinstance(value, bool) or not isinstance(value, int):

@@ -79,6 +79,11 @@ class PendingAsync(Generic[T]):
         with self._lock:
             return self._waiting.pop(async_id, None) is not None
 
+    def waits_for(self, async_id: str) -> bool:
+        """Whether a caller registered ``async_id`` and waits for its answer."""
+        with self._lock:
+            return async_id in self._waiting
+
     def match(self, entry: Entry) -> T | None:
         """The item waiting for this entry's id, or ``None`` (the entry is then kept early)."""
         async_id = str(entry.get("id"))

@@ -290,28 +290,40 @@ class MqttLink:
     # ---- subscriptions -----------------------------------------------------------------
 
     def subscribe(
-        self, topic_filter: str, handler: InboundHandler, qos: int = 1, *, manual_ack: bool = False
+        self,
+        topic_filter: str,
+        handler: InboundHandler,
+        qos: int = 1,
+        *,
+        manual_ack: bool = False,
+        share: str | None = None,
     ) -> None:
         """Route messages matching ``topic_filter`` to ``handler``; renewed on reconnects.
 
         With ``manual_ack`` (and a link made with ``manual_ack=True``) the handler must
         call :meth:`Inbound.ack` once it is done with a QoS 1/2 message (from any thread);
         otherwise the message is acknowledged as soon as the handler returns.
+
+        ``share``: an MQTT 5 shared subscription ``$share/<share>/<topic_filter>`` (the
+        broker gives each message to one member of the share group).
         """
 
         def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
             self._deliver(msg, handler, manual_ack)
 
         self._client.message_callback_add(topic_filter, on_message)
+        wire = f"$share/{share}/{topic_filter}" if share else topic_filter
         with self._subs_lock:
-            self._subs[topic_filter] = qos
+            self._subs[wire] = qos
         if self._outbox.connected:
-            self._client.subscribe([self._sub_entry(topic_filter, qos)])
+            self._client.subscribe([self._sub_entry(wire, qos)])
 
     def _sub_entry(self, topic_filter: str, qos: int) -> tuple[str, Any]:
         if self.is_v5:
             # No Local: never our own publications; Retain Handling 2: no retained replay.
-            return topic_filter, SubscribeOptions(qos=qos, noLocal=True, retainHandling=2)
+            # (No Local on a shared subscription is a protocol error: MQTT 5, 3.8.3.1.)
+            local = not topic_filter.startswith("$share/")
+            return topic_filter, SubscribeOptions(qos=qos, noLocal=local, retainHandling=2)
         return topic_filter, qos
 
     def _deliver(self, msg: mqtt.MQTTMessage, handler: InboundHandler, manual: bool) -> None:

@@ -176,6 +176,9 @@ class EmulatorCore:
         self._drift_pos = 0
         self._heap: list[tuple[float, int, int, Device]] = []
         self._seq = 0
+        # What devices carried out (verb, endpoint, path, body), when a test asks for it
+        # (``Emulator.record_actions``): the count of each command shows duplicates and losses.
+        self.actions: list[tuple[str, str, str, bytes]] | None = None
         self._next_id = 1073741824
         self.rules: list[Rule] = []
         self.rules_json: list[Any] = []
@@ -1098,6 +1101,8 @@ class EmulatorCore:
 
     def _execute(self, job: Job) -> None:
         dev, index, verb = job.device, job.idx, job.verb
+        if self.actions is not None:
+            self.actions.append((verb, dev.ep, job.path, bytes(job.body or b"")))
         template = dev.template
         if verb == "DELETE-EP":
             self._answer(job, 202)

@@ -233,6 +233,19 @@ class Emulator:
     def counters(self) -> dict[str, int]:
         return self._call(self.core.snapshot_counters)
 
+    def record_actions(self) -> None:
+        """From now on, keep what devices carry out (see :meth:`actions`)."""
+
+        def start() -> None:
+            self.core.actions = []
+
+        self._call(start)
+
+    def actions(self) -> list[tuple[str, str, str, bytes]]:
+        """``(verb, endpoint name, path, body)`` of every request a device carried out
+        since :meth:`record_actions`, in order."""
+        return self._call(lambda: list(self.core.actions or ()))
+
     def reset_counters(self) -> None:
         self._call(self.core.reset_counters)
 
