@@ -300,7 +300,13 @@ class EtcdClient:
 
     def get_prefix(self, prefix: str, *, until: float | None = None) -> Snapshot:
         """Every key under ``prefix``, at one revision (a linearizable read)."""
-        body = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+        return self.get_range(prefix, prefix_end(prefix), until=until)
+
+    def get_range(
+        self, key: str, range_end: str | bytes, *, until: float | None = None
+    ) -> Snapshot:
+        """Every key from ``key`` (included) to ``range_end`` (excluded), at one revision."""
+        body = {"key": _b64(key), "range_end": _b64(range_end)}
         answer = self._call("/v3/kv/range", body, until)
         revision = int(answer.get("header", {}).get("revision", 0))
         return Snapshot(revision, tuple(_key_value(item) for item in answer.get("kvs", [])))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bridge.cluster.etcd import prefix_end
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -40,6 +42,13 @@ class GroupKeys:
     @property
     def leader(self) -> str:
         return f"/{self.group}/leader"
+
+    @property
+    def coordination(self) -> tuple[str, bytes]:
+        """One range (start, end) over the leader, the members and the slots, at one
+        revision, without the command records under ``inflight/`` (which sort before
+        ``leader``, and may be thousands during a burst)."""
+        return self.leader, prefix_end(self.root)
 
     @property
     def slots(self) -> str:

@@ -122,7 +122,7 @@ def view_from(snapshot: Snapshot, group: str, slots: Sequence[str] = ()) -> Clus
 
 def read_view(client: EtcdClient, group: str, slots: Sequence[str] = ()) -> ClusterView:
     """The group as etcd holds it now (one linearizable range)."""
-    return view_from(client.get_prefix(GroupKeys(group).root), group, slots)
+    return view_from(client.get_range(*GroupKeys(group).coordination), group, slots)
 
 
 def cluster_view(

@@ -189,7 +189,7 @@ class Replica:
     def view(self) -> ClusterView:
         """The whole group as etcd holds it now (one range through this replica's client)."""
         until = time.monotonic() + self.timing.request_timeout * len(self.client.endpoints)
-        snapshot = self.client.get_prefix(self.keys.root, until=until)
+        snapshot = self.client.get_range(*self.keys.coordination, until=until)
         return view_from(snapshot, self.group, self.slots)
 
     # ---- life cycle -------------------------------------------------------------------
@@ -360,7 +360,7 @@ class Replica:
         lease = self._lease
         assert lease is not None
         until = lease.valid_until
-        snapshot = self.client.get_prefix(self.keys.root, until=until)
+        snapshot = self.client.get_range(*self.keys.coordination, until=until)
         self.counters.polls += 1
         if self._register(snapshot, lease, until):
             self._check_leadership(snapshot, lease, until)
