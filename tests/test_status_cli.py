@@ -198,3 +198,38 @@ def test_render_a_snapshot() -> None:
     assert [r["name"] for r in endpoint_rows(snap)] == ["a/b", "gone"]
     assert text.splitlines()[-2].split() == ["a/b", "T", "online", "yes", "3"]
     assert text.splitlines()[-1].split() == ["gone", "-", "expired", "no", "-"]
+
+
+def test_render_a_group_from_retained_health_only() -> None:
+    """No etcd view: the replicas' retained health and state; a dead replica (its will
+    said offline) is gone, with no role or slots, whatever its last health said."""
+
+    def health(role: str, slots: list[str], pid: int) -> dict[str, object]:
+        return {"state": "online", "ready": True, "role": role, "process": {"pid": pid},
+                "cluster": {"group": "g", "role": role, "slots": slots}}  # fmt: skip
+
+    snap = Snapshot(
+        broker="b:1883",
+        prefix="connector",
+        info={"cluster": {"member": "a", "role": "leader"}},
+        replica_states={"a": "online", "b": "online", "c": "offline"},
+        replica_health={
+            "a": health("leader", ["cmd-0"], 11),
+            "b": health("follower", ["cmd-1", "cmd-2"], 12),
+            "c": health("leader", ["cmd-3"], 13),
+        },
+        cluster_etcd="http://etcd:2379",
+        cluster_error="no answer",
+    )
+    lines = render(snap).splitlines()
+    assert lines[1] == "figures and endpoints from replica a (leader)"
+    head = next(i for i, line in enumerate(lines) if line.startswith("group "))
+    assert lines[head] == "group g: 2 replica(s), leader a"
+    assert "etcd http://etcd:2379 did not answer (no answer)" in lines[head + 1]
+    rows = {r.split()[0]: r.split()[1:] for r in lines[head + 3 : head + 6]}
+    assert rows == {
+        "a": ["leader", "online", "yes", "-", "11", "cmd-0"],
+        "b": ["follower", "online", "yes", "-", "12", "cmd-1,cmd-2"],
+        "c": ["gone", "offline", "-", "-", "13", "-"],
+    }
+    assert snap.as_dict()["group"]["leader"] == "a"

@@ -281,4 +281,6 @@ class BridgeRequests(Extension):
             "prefix": ctx.topics.prefix,
             "presubscriptions": list(ctx.rules),
         }
+        if ctx.cluster is not None:  # a replica of a group: which one answered
+            data["cluster"] = ctx.cluster.figures()
         respond(Outcome(True, 200, None, None, data))

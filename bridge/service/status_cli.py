@@ -7,6 +7,16 @@ bridge (bridge requests ``info`` and ``endpoints``) and reads the retained
 works from any machine that may read ``<prefix>/#`` and write
 ``<prefix>/$bridge/request/+``.
 
+Several bridges for one account (a group of replicas): it also lists the replicas, the
+leader and who owns which command slot. With ``BRIDGE_CLUSTER_ETCD`` set where status
+runs, that comes from etcd (:func:`bridge.cluster.cluster_view`: one read at one
+revision, the leader and slot keys themselves, so it is exact). Without it, or when etcd
+does not answer from there (it is often reachable only from inside the cluster), it comes
+from the replicas' retained ``$bridge/replicas/<member>/health`` and ``.../state``, each
+as old as that replica's last health message (``BRIDGE_HEALTH_INTERVAL``); the output
+says which source it used, and why. The figures and endpoints come from the leader's
+answer when the leader answers (every replica answers bridge requests).
+
 Exit codes: 0 the bridge answered; 1 it did not (or the broker could not be reached),
 with a message saying what was seen; 2 wrong settings.
 """
@@ -29,6 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from bridge.cluster import ClusterView, cluster_view, slot_names
 from bridge.downstream.link import apply_credentials_and_tls
 from bridge.downstream.topics import BRIDGE_LEVEL, RESOURCES_LEVEL, STATE_LEVEL, unescape_level
 from bridge.service.run_cli import split_env_file
@@ -78,6 +89,17 @@ class Snapshot:
     endpoints_error: str | None = None
     states: dict[str, str] = field(default_factory=dict)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A group of replicas: their retained state and health, and etcd's view of the group.
+    replica_states: dict[str, str] = field(default_factory=dict)
+    replica_health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cluster: ClusterView | None = None
+    cluster_etcd: str | None = None  # the endpoints asked (None: BRIDGE_CLUSTER_ETCD unset)
+    cluster_error: str | None = None  # why etcd gave no view
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.cluster or self.cluster_etcd or self.replica_states
+                    or self.replica_health)  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,9 +109,14 @@ class Snapshot:
             "info": self.info,
             "health": self.health,
             "endpoints": endpoint_rows(self),
+            **({"group": group_summary(self)} if self.clustered else {}),
             "errors": {
                 k: v
-                for k, v in (("info", self.info_error), ("endpoints", self.endpoints_error))
+                for k, v in (
+                    ("info", self.info_error),
+                    ("endpoints", self.endpoints_error),
+                    ("etcd", self.cluster_error),
+                )
                 if v
             },
         }
@@ -138,6 +165,8 @@ def gather(settings: Settings, timeout: float) -> Snapshot:
                     (f"{bridge}/health", 1),
                     (f"{bridge}/response/info", 1),
                     (f"{bridge}/response/endpoints", 1),
+                    (f"{bridge}/replicas/+/state", 1),
+                    (f"{bridge}/replicas/+/health", 1),
                     (f"{prefix}/+/{STATE_LEVEL}", 1),
                     (f"{prefix}/+/{RESOURCES_LEVEL}", 1),
                 ]
@@ -176,12 +205,19 @@ def gather(settings: Settings, timeout: float) -> Snapshot:
             client.publish(f"{bridge}/request/{action}", body, qos=1)
         with lock:
             lock.wait_for(
-                lambda: (snap.info or snap.info_error) and (snap.endpoints or snap.endpoints_error),
+                lambda: (
+                    (snap.info or snap.info_error)
+                    and (snap.endpoints or snap.endpoints_error)
+                    # A group: every replica answers; wait for the leader's (until the time-out).
+                    and (not snap.clustered or _from_leader(snap.info) or not _leader_serves(snap))
+                ),
                 max(end - time.monotonic(), 0.0),
             )
     finally:
         client.disconnect()
         client.loop_stop()
+    if settings.cluster_etcd:
+        read_group(snap, settings, min(timeout, 2.0))
     if snap.info is None and snap.info_error is None:
         seen = (
             f"its retained state is {snap.bridge_state!r}"
@@ -195,6 +231,33 @@ def gather(settings: Settings, timeout: float) -> Snapshot:
     return snap
 
 
+def read_group(snap: Snapshot, settings: Settings, timeout: float) -> None:
+    """etcd's view of the group into ``snap`` (or why there is none: ``cluster_error``)."""
+    assert settings.cluster_etcd
+    snap.cluster_etcd = settings.cluster_etcd
+    try:
+        snap.cluster = cluster_view(
+            settings.cluster_etcd.split(","),
+            settings.cluster_group,
+            slot_names(settings.cluster_slots),
+            timeout=timeout,
+        )
+    except Exception as exc:  # EtcdError, or anything a broken gateway may answer
+        snap.cluster_error = str(exc) or type(exc).__name__
+
+
+def _from_leader(info: dict[str, Any] | None) -> bool:
+    return bool(info) and (info or {}).get("cluster", {}).get("role") == "leader"
+
+
+def _leader_serves(snap: Snapshot) -> bool:
+    """Some replica's retained state and health say it is online and leads."""
+    return any(
+        snap.replica_states.get(m) == "online" and (h.get("role") == "leader")
+        for m, h in snap.replica_health.items()
+    )
+
+
 def _take(
     snap: Snapshot, topic: str, payload: bytes, prefix: str, transactions: Mapping[str, str]
 ) -> None:
@@ -205,6 +268,9 @@ def _take(
         if rest == "state":
             snap.bridge_state = payload.decode("utf-8", "replace")
             return
+        if rest.startswith("replicas/"):
+            _take_replica(snap, rest.split("/"), payload)
+            return
         doc = _json(payload)
         if rest == "health" and isinstance(doc, dict):
             snap.health = doc
@@ -214,7 +280,10 @@ def _take(
                 return  # somebody else's answer
             error = None if doc.get("ok") else f"{doc.get('status')} {doc.get('error')}"
             if action == "info":
-                snap.info, snap.info_error = (doc.get("data") or {}), error
+                data = doc.get("data") or {}
+                if _from_leader(snap.info) and not _from_leader(data):
+                    return  # a group: the leader's answer stays
+                snap.info, snap.info_error = data, error
             elif action == "endpoints":
                 snap.endpoints = doc.get("data") if isinstance(doc.get("data"), list) else []
                 snap.endpoints_error = error
@@ -232,6 +301,24 @@ def _take(
         doc = _json(payload)
         if isinstance(doc, dict):
             snap.resources[name] = doc
+
+
+def _take_replica(snap: Snapshot, levels: list[str], payload: bytes) -> None:
+    """``replicas/<member>/state`` or ``.../health`` (an empty payload clears it)."""
+    if len(levels) != 3:
+        return
+    member, kind = levels[1], levels[2]
+    if kind == "state":
+        if payload:
+            snap.replica_states[member] = payload.decode("utf-8", "replace")
+        else:
+            snap.replica_states.pop(member, None)
+    elif kind == "health":
+        doc = _json(payload)
+        if isinstance(doc, dict):
+            snap.replica_health[member] = doc
+        elif not payload:
+            snap.replica_health.pop(member, None)
 
 
 def _json(payload: bytes) -> Any:
@@ -266,6 +353,127 @@ def endpoint_rows(snap: Snapshot) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def replica_rows(snap: Snapshot) -> list[dict[str, Any]]:
+    """One row per replica. From etcd when it answered (its members; the leader and slot
+    owners from their own keys), plus replicas that are no longer members but whose
+    retained state is still there (a dead one: ``offline``, by its will); otherwise from
+    the replicas' retained health and state alone."""
+    view = snap.cluster
+    rows = []
+    if view is not None:
+        members = {m.id: m for m in view.members}
+        for name in sorted(set(members) | set(snap.replica_states)):
+            m = members.get(name)
+            health = snap.replica_health.get(name, {})
+            rows.append(
+                {
+                    "member": name,
+                    "role": ("leader" if name == view.leader else "follower") if m else "gone",
+                    "state": snap.replica_states.get(name, "unknown"),
+                    "ready": health.get("ready") if m else None,
+                    "host": m.host if m else None,
+                    "pid": m.pid if m else health.get("process", {}).get("pid"),
+                    "slots": list(view.owned_by(name)),
+                }
+            )
+        return rows
+    for name in sorted(set(snap.replica_health) | set(snap.replica_states)):
+        health = snap.replica_health.get(name, {})
+        state = snap.replica_states.get(name, "unknown")
+        live = state == "online" and health.get("state") != "offline"
+        figures = health.get("cluster") or {}
+        rows.append(
+            {
+                "member": name,
+                "role": str(health.get("role") or "?") if live else "gone",
+                "state": state,
+                "ready": health.get("ready") if live else None,
+                "host": None,
+                "pid": health.get("process", {}).get("pid"),
+                "slots": [str(x) for x in figures.get("slots") or ()] if live else [],
+            }
+        )
+    return rows
+
+
+def group_summary(snap: Snapshot) -> dict[str, Any]:
+    """The group as status shows it: where it came from, the leader, the replicas."""
+    rows = replica_rows(snap)
+    view = snap.cluster
+    if view is not None:
+        leaders = [view.leader] if view.leader else []
+        unowned = [s for s, owner in view.slots.items() if owner is None]
+        group: str | None = view.group
+        source = "etcd"
+    else:
+        leaders = [r["member"] for r in rows if r["role"] == "leader"]
+        live = [r for r in rows if r["role"] != "gone"]
+        groups = {
+            str(snap.replica_health[r["member"]].get("cluster", {}).get("group"))
+            for r in live
+            if snap.replica_health.get(r["member"], {}).get("cluster", {}).get("group")
+        }
+        group = ",".join(sorted(groups)) or None
+        unowned = None  # not known: a free slot has no retained message
+        source = "retained health"
+    return {
+        "group": group,
+        "source": source,
+        "etcd": snap.cluster_etcd,
+        "etcd_error": snap.cluster_error,
+        "revision": view.revision if view is not None else None,
+        "leader": leaders[0] if len(leaders) == 1 else (leaders or None),
+        "replicas": rows,
+        "unowned_slots": unowned,
+    }
+
+
+def render_group(snap: Snapshot) -> list[str]:
+    """The ``GROUP`` part of the output: source, leader, one row per replica."""
+    doc = group_summary(snap)
+    rows = doc["replicas"]
+    live = [r for r in rows if r["role"] != "gone"]
+    leader = doc["leader"]
+    if isinstance(leader, list):
+        leader_text = f"{', '.join(leader)} (each says it leads: retained health may lag)"
+    else:
+        leader_text = leader or "none"
+    if doc["source"] == "etcd":
+        source = f"from etcd {doc['etcd']}, revision {doc['revision']}"
+    elif doc["etcd"]:
+        source = (
+            f"etcd {doc['etcd']} did not answer ({doc['etcd_error']}): from the replicas' "
+            "retained health, each as old as its last health message"
+        )
+    else:
+        source = (
+            f"from the replicas' retained health ({env_name('cluster_etcd')} unset here: "
+            "set it to read the group from etcd)"
+        )
+    lines = [
+        f"group {doc['group'] or '?'}: {len(live)} replica(s), leader {leader_text}",
+        f"  ({source})",
+    ]
+    lines += table(
+        ["REPLICA", "ROLE", "STATE", "READY", "HOST", "PID", "SLOTS"],
+        [
+            (
+                r["member"],
+                r["role"],
+                r["state"],
+                {True: "yes", False: "no", None: "-"}[r["ready"]],
+                r["host"] or "-",
+                r["pid"] or "-",
+                ",".join(r["slots"]) or "-",
+            )
+            for r in rows
+        ],
+    )
+    if doc["unowned_slots"]:
+        lines.append(f"unowned slots: {','.join(doc['unowned_slots'])}")
+    return lines
 
 
 def duration(seconds: float) -> str:
@@ -347,9 +555,16 @@ def render(snap: Snapshot) -> str:
         f"(topic prefix {snap.prefix})",
         "",
     ]
+    answered = info.get("cluster") or {}
+    if answered.get("member"):  # a group: every replica answers; whose figures these are
+        lines[1:1] = [f"figures and endpoints from replica {answered['member']} "
+                      f"({answered.get('role', '?')})"]  # fmt: skip
     width = max(len(k) for k, _ in figures)
     lines += [f"{k.ljust(width)}  {v}" for k, v in figures]
     lines.append("")
+    if snap.clustered:
+        lines += render_group(snap)
+        lines.append("")
     rows = endpoint_rows(snap)
     # Today's service has device IDs: a column of its own (the legacy one has names only).
     ids = any(r["device_id"] != r["name"] for r in rows)
