@@ -726,3 +726,289 @@ def test_compose_replicas_runs_three_bridges_on_a_three_member_etcd() -> None:
     assert "bridge" in base["services"], "an override of compose.yaml's bridge"
     for key in env:
         assert key.removeprefix("BRIDGE_").lower() in Settings.model_fields, key
+
+
+# --- Kubernetes: three replicas on a three-member etcd (deploy/k8s-replicas) -----------
+
+K8S_REPLICAS = DEPLOY / "k8s-replicas"
+ETCD_LABELS = {"app.kubernetes.io/name": "etcd", "app.kubernetes.io/part-of": "connector-bridge"}
+# A pod name as a Deployment makes them (<deployment>-<template hash>-<5 characters>):
+# what the downward API hands the bridge as BRIDGE_CLUSTER_MEMBER.
+SAMPLE_POD = "connector-bridge-7c9d8f6b5d-x2k4q"
+
+
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """The part of a strategic merge patch that the overlay uses: maps merge key by key,
+    lists of named maps (containers, env, ports) merge by ``name``, anything else is
+    replaced. (``test_the_overlay_builds_with_kustomize`` checks it against kustomize.)"""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            out[key] = strategic_merge(base[key], value) if key in base else value
+        return out
+    named = isinstance(base, list) and isinstance(patch, list)
+    if named and all(isinstance(i, dict) and "name" in i for i in [*base, *patch]):
+        merged = {i["name"]: i for i in base}
+        for item in patch:
+            name = item["name"]
+            merged[name] = strategic_merge(merged[name], item) if name in merged else item
+        return list(merged.values())
+    return patch
+
+
+def replicas_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, name) -> object of the overlay: deploy/k8s's objects, the overlay's own, and
+    its patches applied."""
+    kustomization = load_yaml(K8S_REPLICAS / "kustomization.yaml")[0]
+    objects: dict[tuple[str, str], dict[str, Any]] = {}
+    for entry in kustomization["resources"]:
+        path = (K8S_REPLICAS / entry).resolve()
+        if path == K8S.resolve():
+            objects.update({key: obj for key, obj in k8s_objects().items() if key[0] != "Secret"})
+            continue
+        for obj in load_yaml(path):
+            key = (obj["kind"], obj["metadata"]["name"])
+            assert key not in objects, f"{key} defined twice"
+            objects[key] = obj
+    for patch in kustomization["patches"]:
+        for obj in load_yaml(K8S_REPLICAS / patch["path"]):
+            key = (obj["kind"], obj["metadata"]["name"])
+            assert key in objects, f"the patch {patch['path']} targets no object: {key}"
+            objects[key] = strategic_merge(objects[key], obj)
+    return objects
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return bool(selector["matchLabels"]) and selector["matchLabels"].items() <= labels.items()
+
+
+def pod_labels(objects: dict[tuple[str, str], dict[str, Any]], kind: str, name: str) -> Any:
+    return objects[(kind, name)]["spec"]["template"]["metadata"]["labels"]
+
+
+def etcd_args(container: dict[str, Any]) -> dict[str, str]:
+    (binary, *flags) = container["command"]
+    assert binary == "etcd" and "args" not in container
+    return dict(f.removeprefix("--").split("=", 1) for f in flags)
+
+
+def test_the_replicas_overlay_lists_its_files_and_builds_on_deploy_k8s() -> None:
+    kustomization = load_yaml(K8S_REPLICAS / "kustomization.yaml")[0]
+    assert kustomization["kind"] == "Kustomization"
+    assert kustomization["namespace"] == load_yaml(K8S / "kustomization.yaml")[0]["namespace"]
+    assert "../k8s" in kustomization["resources"]
+    listed = {K8S_REPLICAS / e for e in kustomization["resources"][1:]}
+    listed |= {K8S_REPLICAS / p["path"] for p in kustomization["patches"]}
+    assert listed == set(K8S_REPLICAS.glob("*.yaml")) - {K8S_REPLICAS / "kustomization.yaml"}
+    objects = replicas_objects()
+    assert set(objects) == {key for key in k8s_objects() if key[0] != "Secret"} | {
+        ("Service", "etcd"),
+        ("StatefulSet", "etcd"),
+        ("PodDisruptionBudget", "connector-bridge"),
+        ("PodDisruptionBudget", "etcd"),
+        ("NetworkPolicy", "connector-bridge-to-etcd"),
+        ("NetworkPolicy", "etcd"),
+    }
+    for (kind, _), obj in objects.items():
+        expected = {"StatefulSet": "apps/v1", "Deployment": "apps/v1",
+                    "PodDisruptionBudget": "policy/v1",
+                    "NetworkPolicy": "networking.k8s.io/v1"}.get(kind, "v1")  # fmt: skip
+        assert obj["apiVersion"] == expected, kind
+
+
+def test_etcd_is_a_statefulset_of_three_behind_a_headless_service() -> None:
+    objects = replicas_objects()
+    sts = objects[("StatefulSet", "etcd")]
+    spec = sts["spec"]
+    labels = pod_labels(objects, "StatefulSet", "etcd")
+    assert spec["replicas"] == 3
+    assert spec["podManagementPolicy"] == "Parallel"  # a member is ready only in a quorum
+    assert selects(spec["selector"], labels) and labels == ETCD_LABELS
+    service = objects[("Service", spec["serviceName"])]["spec"]
+    assert service["clusterIP"] == "None" and service["publishNotReadyAddresses"] is True
+    assert selects({"matchLabels": service["selector"]}, labels)
+    (container,) = spec["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"client": 2379, "peer": 2380}
+    assert {(p["name"], p["port"], p["targetPort"]) for p in service["ports"]} == {
+        ("client", 2379, "client"), ("peer", 2380, "peer")
+    }  # fmt: skip
+    # Every member's name, peer and client URL is its stable DNS name under the Service.
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    args = etcd_args(container)
+    svc = spec["serviceName"]
+    assert args["name"] == "$(POD_NAME)"
+    assert args["advertise-client-urls"] == f"http://$(POD_NAME).{svc}:{ports['client']}"
+    assert args["initial-advertise-peer-urls"] == f"http://$(POD_NAME).{svc}:{ports['peer']}"
+    assert args["listen-client-urls"] == f"http://0.0.0.0:{ports['client']}"
+    assert args["listen-peer-urls"] == f"http://0.0.0.0:{ports['peer']}"
+    members = [f"{sts['metadata']['name']}-{i}" for i in range(spec["replicas"])]
+    assert args["initial-cluster"].split(",") == [
+        f"{m}=http://{m}.{svc}:{ports['peer']}" for m in members
+    ]
+    assert args["initial-cluster-state"] == "new"
+    (claim,) = spec["volumeClaimTemplates"]
+    (mount,) = container["volumeMounts"]
+    assert mount["name"] == claim["metadata"]["name"]
+    assert args["data-dir"].startswith(mount["mountPath"] + "/")
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "client"}
+    assert "httpGet" not in container["livenessProbe"]  # a lost quorum restarts nobody
+
+
+def test_etcd_pods_meet_the_restricted_pod_security_standard_of_the_namespace() -> None:
+    pod = replicas_objects()[("StatefulSet", "etcd")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    c = container["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and c["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert c["allowPrivilegeEscalation"] is False and c["readOnlyRootFilesystem"] is True
+    assert c["capabilities"]["drop"] == ["ALL"] and "add" not in c["capabilities"]
+    for ctx in (pod["securityContext"], c):
+        assert ctx["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    assert not any(k in pod for k in ("hostNetwork", "hostPID", "hostIPC", "volumes"))
+
+
+def test_three_bridges_join_the_etcd_members_each_named_after_its_pod() -> None:
+    objects = replicas_objects()
+    spec = objects[("Deployment", "connector-bridge")]["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}  # fmt: skip
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    sts = objects[("StatefulSet", "etcd")]
+    (etcd,) = sts["spec"]["template"]["spec"]["containers"]
+    advertised = etcd_args(etcd)["advertise-client-urls"]
+    expected = [
+        advertised.replace("$(POD_NAME)", f"{sts['metadata']['name']}-{i}")
+        for i in range(sts["spec"]["replicas"])
+    ]
+    assert env["BRIDGE_CLUSTER_ETCD"]["value"].split(",") == expected
+    assert env["BRIDGE_CLUSTER_MEMBER"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # The downward API is the only value from elsewhere: secrets stay files.
+    assert [n for n, e in env.items() if "valueFrom" in e] == ["BRIDGE_CLUSTER_MEMBER"]
+    assert SECRET_SETTINGS.isdisjoint(env)
+    # Everything of the single bridge stays (probes, mounts, security, the base's env).
+    base = bridge_container()
+    for key in ("image", "args", "ports", "volumeMounts", "securityContext", "readinessProbe",
+                "livenessProbe", "startupProbe", "envFrom"):  # fmt: skip
+        assert container[key] == base[key], key
+    assert {e["name"] for e in base["env"]} <= set(env)
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert selects(term["podAffinityTerm"]["labelSelector"], spec["template"]["metadata"]["labels"])
+
+
+def test_the_replicas_settings_are_valid_settings_of_the_bridge(tmp_path: Path) -> None:
+    """The ConfigMap's settings with the overlay's (the pod name as the member name) pass
+    the bridge's own settings loader; so does the webhook example with the fixed secret
+    a group needs, and without it the loader refuses, as the comment says."""
+    objects = replicas_objects()
+    config = dict(objects[("ConfigMap", "connector-bridge")]["data"])
+    (container,) = objects[("Deployment", "connector-bridge")]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    values = {**config, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+    values["BRIDGE_CLUSTER_MEMBER"] = SAMPLE_POD
+    as_valid_settings(values, tmp_path)
+    settings = load_settings(None, env_file=None, overrides={
+        "connector_url": config["BRIDGE_CONNECTOR_URL"], "connector_token": "t",
+        "cluster_etcd": values["BRIDGE_CLUSTER_ETCD"], "cluster_member": SAMPLE_POD,
+        "cluster_ttl": values["BRIDGE_CLUSTER_TTL"]})  # fmt: skip
+    assert settings.cluster_member == SAMPLE_POD
+    assert settings.cluster_etcd is not None and len(settings.cluster_etcd.split(",")) == 3
+    _, *examples = setting_blocks(K8S / "configmap.yaml")
+    webhook = next(b for b in examples if "BRIDGE_CALLBACK_URL" in b)
+    with pytest.raises(AssertionError, match="BRIDGE_CALLBACK_SECRET"):
+        as_valid_settings({**values, **webhook}, tmp_path)
+    commented = re.search(
+        r"#\s*- name: (BRIDGE_CALLBACK_SECRET_FILE)\n\s*#\s*value: (\S+)",
+        (K8S_REPLICAS / "deployment-patch.yaml").read_text(),
+    )
+    assert commented, "the patch shows the webhook secret a group needs"
+    as_valid_settings({**values, **webhook, commented[1]: commented[2]}, tmp_path)
+
+
+def test_disruption_budgets_keep_two_bridges_and_the_etcd_quorum() -> None:
+    objects = replicas_objects()
+    for name, workload in (("connector-bridge", "Deployment"), ("etcd", "StatefulSet")):
+        pdb = objects[("PodDisruptionBudget", name)]["spec"]
+        replicas = objects[(workload, name)]["spec"]["replicas"]
+        assert selects(pdb["selector"], pod_labels(objects, workload, name)), name
+        kept = replicas - pdb["maxUnavailable"]
+        assert kept >= 2 and kept > replicas // 2, name  # serving; etcd: a quorum
+
+
+def test_network_policies_let_the_bridge_reach_etcd_and_the_members_each_other() -> None:
+    objects = replicas_objects()
+    bridge = pod_labels(objects, "Deployment", "connector-bridge")
+    etcd = pod_labels(objects, "StatefulSet", "etcd")
+    (container,) = objects[("StatefulSet", "etcd")]["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    policies = [o["spec"] for (kind, _), o in objects.items() if kind == "NetworkPolicy"]
+
+    def allowed(direction: str, source: dict[str, str], peer: dict[str, str], port: int) -> bool:
+        """Some policy selecting ``source`` lets it talk to ``peer`` on ``port``."""
+        for p in policies:
+            if not selects(p["podSelector"], source):
+                continue
+            for rule in p.get(direction, ()):
+                peers = rule.get("to" if direction == "egress" else "from")
+                if peers is not None and not any(
+                    selects(x["podSelector"], peer) for x in peers if "podSelector" in x
+                ):
+                    continue
+                if any(r["port"] == port for r in rule["ports"]):
+                    return True
+        return False
+
+    # The base's policy and Service do not take the etcd pods for bridges.
+    base_policy = objects[("NetworkPolicy", "connector-bridge")]["spec"]
+    base_service = objects[("Service", "connector-bridge")]["spec"]
+    assert not selects(base_policy["podSelector"], etcd)
+    assert not selects({"matchLabels": base_service["selector"]}, etcd)
+    assert allowed("egress", bridge, etcd, ports["client"])
+    assert allowed("ingress", etcd, bridge, ports["client"])
+    assert allowed("egress", etcd, etcd, ports["peer"]) and allowed(
+        "ingress", etcd, etcd, ports["peer"]
+    )
+    assert not allowed("ingress", etcd, bridge, ports["peer"])  # the bridge is no peer
+    assert allowed("egress", etcd, {}, 53)  # DNS: the members find each other by name
+    for p in policies:
+        if selects(p["podSelector"], etcd):
+            assert set(p["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_the_overlay_builds_with_kustomize_to_the_objects_checked_here() -> None:
+    """With kubectl here (its built-in kustomize; no cluster needed): the real build has
+    the objects the checks above read, the patch applied as they assume."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the overlay was checked without kustomize")
+    done = subprocess.run([kubectl, "kustomize", str(K8S_REPLICAS)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    built = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(done.stdout) if o}
+    objects = replicas_objects()
+
+    def by_name(value: Any) -> Any:
+        """Lists of named maps in name order (kustomize puts patched entries first)."""
+        if isinstance(value, dict):
+            return {k: by_name(v) for k, v in value.items()}
+        if isinstance(value, list):
+            items = [by_name(v) for v in value]
+            if all(isinstance(i, dict) and "name" in i for i in items):
+                return sorted(items, key=lambda i: i["name"])
+            return items
+        return value
+
+    assert set(built) == set(objects)
+    for key, obj in built.items():
+        assert obj["metadata"].get("namespace", "connector-bridge") == "connector-bridge", key
+        mine = objects[key]
+        assert by_name({k: v for k, v in obj.items() if k != "metadata"}) == by_name(
+            {k: v for k, v in mine.items() if k != "metadata"}
+        ), key
+        assert obj["metadata"].get("labels") == mine["metadata"].get("labels"), key
