@@ -108,6 +108,8 @@ COUNTER_NAMES = (
     "pulls_cut",
     "pulls_refused",
     "webhook_posts",
+    "callback_puts",  # callback URLs registered (PUT /notification/callback accepted)
+    "callback_deletes",  # callback URLs removed
     "async_requests",
     "discarded",
     "device_requests",
@@ -634,6 +636,7 @@ class EmulatorCore:
         if self.current and self.channel_kind == "WEB_SOCKET":  # registered meanwhile
             return api_error(400, "another kind of channel (WEB_SOCKET) exists: delete it first")
         self.stop_webhook()
+        self.count("callback_puts")
         self.callback = {"url": url, "headers": headers}
         if self.current and self.channel_kind is None:
             self._channel_opened("CALLBACK", options)
@@ -780,6 +783,7 @@ class EmulatorCore:
         if self.callback is None:
             return text(404, "no callback URL set")
         self.callback = None
+        self.count("callback_deletes")
         self.stop_webhook()
         if self.current:
             self._channel_closed()
