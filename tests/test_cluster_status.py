@@ -149,8 +149,8 @@ def test_status_lists_the_replicas_the_leader_and_the_slot_owners(
     }
 
     # Without BRIDGE_CLUSTER_ETCD, and with an etcd that does not answer: the replicas'
-    # retained health (each replica publishes it every second here, and at once when its
-    # role changes), named as the source.
+    # retained health (each replica publishes it every second here, and within the health
+    # extension's check period of a change of role or readiness), named as the source.
 
     def from_health(*flags: str) -> tuple[list[str], dict[str, list[str]]] | None:
         code, out, err = status(capsys, broker, *flags)
