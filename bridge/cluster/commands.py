@@ -68,7 +68,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bridge.cluster.etcd import EtcdClient, EtcdError
 from bridge.cluster.keys import GroupKeys
@@ -82,10 +82,12 @@ from bridge.service.settings import Settings, env_name
 from bridge.upstream.port import Outcome, outcome_of
 
 log = logging.getLogger("bridge.cluster.commands")
+T = TypeVar("T")
 
 _ASYNC_ID = re.compile(r"s(\d{1,5})-[0-9a-f]{32}")
 ANSWERED_KEPT = 60.0  # seconds an answered record is kept for a late redelivery
 RECORD_MARGIN = 1.0  # seconds a survivor waits beyond a record's own time-out
+STORE_PATIENCE = 6.0  # seconds a record or a claim is tried again while etcd has no leader
 
 
 def make_async_id(index: int) -> str:
@@ -139,6 +141,19 @@ class Record:
         return base64.b64decode(self.correlation) if self.correlation else None
 
 
+def _patiently(call: Callable[[], T]) -> T:
+    """``call`` tried again on a transient etcd failure for :data:`STORE_PATIENCE` s
+    (a member lost: the others elect a new raft leader within a second or two)."""
+    end = time.monotonic() + STORE_PATIENCE
+    while True:
+        try:
+            return call()
+        except EtcdError as exc:
+            if not exc.transient or time.monotonic() + 0.2 > end:
+                raise
+            time.sleep(0.2)
+
+
 class InflightStore:
     """The in-flight records of a group's command slots in etcd."""
 
@@ -154,8 +169,9 @@ class InflightStore:
 
     def put(self, slot: str, aid: str, record: Record, *, lease: int) -> bool:
         """Write the record while ``slot`` is ours (under ``lease``); whether it was."""
-        return self.client.put_if_held(self._base(slot, aid) + "cmd", record.to_json(),
-                                       holder=self.keys.slot(slot), lease=lease)  # fmt: skip
+        return _patiently(lambda: self.client.put_if_held(
+            self._base(slot, aid) + "cmd", record.to_json(), holder=self.keys.slot(slot),
+            lease=lease))  # fmt: skip
 
     def load(self, slot: str) -> tuple[dict[str, Record], set[tuple[int, str]]]:
         """The slot's records by async id, and the (packet id, digest) of the commands
@@ -177,8 +193,14 @@ class InflightStore:
         into its ``answered`` mark (one transaction), kept under a short-lived lease of
         this store (:data:`ANSWERED_KEPT` to twice that) for a late redelivery."""
         base = self._base(slot, aid)
-        mark = json.dumps({"by": me, "mid": record.mid, "digest": record.digest})
-        return self.client.move(base + "cmd", base + "answered", mark, lease=self._mark_lease())
+        # One claim, one mark: a retry of this claim that finds its own first try done
+        # counts as won (EtcdClient.move), a second claim of the same replica (its own
+        # call, and the record it read back on regaining the slot) does not.
+        mark = json.dumps({"by": me, "mid": record.mid, "digest": record.digest,
+                           "claim": uuid.uuid4().hex[:16]})  # fmt: skip
+        lease = _patiently(self._mark_lease)
+        return _patiently(lambda: self.client.move(base + "cmd", base + "answered", mark,
+                                                   lease=lease))  # fmt: skip
 
     def _mark_lease(self) -> int:
         """A lease for ``answered`` marks, granted anew every :data:`ANSWERED_KEPT`
@@ -210,6 +232,7 @@ class _Own:
     slot: str
     record: Record
     relay: Inbound | None = None  # the relayed answer, acknowledged once the reply is out
+    copies: list[Inbound] = field(default_factory=list)  # resent while it was under way
 
 
 @dataclass(slots=True)
@@ -411,6 +434,12 @@ class CommandSlots:
                         t.msgs.append(msg)  # acknowledged when it is answered
                         self.counters["redelivered_recorded"] += 1
                         return True
+                # Its own, still under way (the slot went and came back meanwhile).
+                for own in self._own.values():
+                    if own.slot == slot and (own.record.mid, own.record.digest) == key:
+                        own.copies.append(msg)
+                        self.counters["redelivered_recorded"] += 1
+                        return True
         if answered:
             msg.ack()
         return answered
@@ -468,8 +497,9 @@ class CommandSlots:
         try:
             reply(won)
         finally:
-            if own.relay is not None:
-                own.relay.ack()
+            for msg in (own.relay, *own.copies):
+                if msg is not None:
+                    msg.ack()
         if won:
             self._answered(own.slot, own.record)
 

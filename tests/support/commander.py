@@ -28,7 +28,8 @@ class Requester:
 
     def __init__(self, port: int) -> None:
         self.replies: collections.Counter[int] = collections.Counter()
-        self.bodies: dict[int, dict[str, Any]] = {}
+        self.bodies: dict[int, dict[str, Any]] = {}  # the last reply of each
+        self.all_bodies: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
         self.answered_at: dict[int, float] = {}
         self.sent_at: dict[int, float] = {}
         self.slot_states: dict[str, str] = {}
@@ -52,6 +53,7 @@ class Requester:
         with self.lock:
             self.replies[n] += 1
             self.bodies[n] = json.loads(msg.payload)
+            self.all_bodies[n].append(self.bodies[n])
             self.answered_at.setdefault(n, time.monotonic())
 
     def send(self, n: int, device: str) -> None:
