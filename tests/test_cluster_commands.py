@@ -92,3 +92,43 @@ def test_two_bridges_share_commands_each_answered_once(
     finally:
         req.close()
         group.close()
+
+
+@pytest.mark.slow
+def test_command_rate_of_one_two_and_three_bridges(
+    emu: Emulator, broker: MosquittoBroker, etcd: EtcdCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A measurement: commands answered per second by a group of 1, 2 and 3 bridge
+    processes, in one run, on the same broker, etcd and emulator (six slots each)."""
+    count, rates, base = 600, {}, 0
+    names = lights(emu)
+    for size in (1, 2, 3):
+        group = BridgeGroup(emu, broker, etcd, ttl=TTL, slots=6)
+        req = Requester(broker.port)
+        try:
+            for i in range(size):
+                group.start(f"s{size}-{i}")
+            group.wait(lambda g=group, n=size: len(g.view().members) == n  # type: ignore[misc]
+                       and sorted(len(m.slots) for m in g.view().members) == [6 // n] * n,
+                       30, "the slots shared out")  # fmt: skip
+            group.wait(lambda r=req: len(r.slot_states) == 6
+                       and all(v == "online" for v in r.slot_states.values()), 20,
+                       "slots online")  # fmt: skip
+            group.wait(lambda: emu.wait_channel(0.1), 20, "the leader's channel")
+            run = range(base, base + count)
+            start = time.monotonic()
+            for n in run:
+                req.send(n, names[n % len(names)])
+            group.wait(lambda r=req, run=run: r.answered(run) == count, 60, "every reply")
+            rates[size] = count / (time.monotonic() - start)
+            assert all(req.replies[n] == 1 for n in run)
+            base += count
+        except BaseException:
+            print(group.logs())
+            raise
+        finally:
+            req.close()
+            group.close()
+    line = " ".join(f"{k}_replicas={v:.0f}/s" for k, v in rates.items())
+    with capsys.disabled():
+        print(f"\n[cluster] command rate ({count} set commands, 6 slots, TTL {TTL}): {line}")

@@ -47,9 +47,14 @@ was written and before the service took the request: the survivor waits for an a
 that never comes and replies 504 (answered once, not carried out); killed after the
 ``answered`` mark and before its reply reached the broker: no reply (carried out
 once); killed after a bridge error reply and before its ack: the command is answered
-twice (the bridge's own refusal; nothing was carried out). A command that waits in the
-bridge for a sleeping device is acknowledged early (as for a single bridge): a replica
-killed meanwhile loses it, with its record: the survivor replies 504.
+twice (the bridge's own refusal; nothing was carried out); the leader killed with an
+async response the service had sent it on the WebSocket (which has no acknowledgement)
+and that it had not yet handed on: the device carried the command out, the reply is a
+504 (the caller's time-out, or the survivor's for the record). A command that waits in
+the bridge for a sleeping device is acknowledged early (as for a single bridge): a
+replica killed meanwhile loses it; the survivor replies 504 for its record. etcd
+without a leader for longer than :data:`STORE_PATIENCE`: a record not written is
+refused (503), a claim not made leaves the command unanswered.
 """
 
 from __future__ import annotations
@@ -155,14 +160,27 @@ def _patiently(call: Callable[[], T]) -> T:
 
 
 class InflightStore:
-    """The in-flight records of a group's command slots in etcd."""
+    """The in-flight records of a group's command slots in etcd.
+
+    Each thread has a client of its own, like ``client`` (an :class:`EtcdClient` makes
+    one call at a time: the command workers and the claims would wait for each other).
+    """
 
     def __init__(self, client: EtcdClient, group: str) -> None:
-        self.client = client
+        self._template = client
+        self._local = threading.local()
         self.keys = GroupKeys(group)
         self.root = f"/{group}/inflight/"
         self._lease_lock = threading.Lock()
         self._lease: tuple[int, float] | None = None  # id, monotonic time to grant anew
+
+    @property
+    def client(self) -> EtcdClient:
+        c: EtcdClient | None = getattr(self._local, "client", None)
+        if c is None:
+            t = self._template
+            c = self._local.client = EtcdClient(t.endpoints, timeout=t.timeout)
+        return c
 
     def _base(self, slot: str, aid: str) -> str:
         return f"{self.root}{slot}/{aid}/"
