@@ -92,6 +92,10 @@ T = TypeVar("T")
 _ASYNC_ID = re.compile(r"s(\d{1,5})-[0-9a-f]{32}")
 ANSWERED_KEPT = 60.0  # seconds an answered record is kept for a late redelivery
 RECORD_MARGIN = 1.0  # seconds a survivor waits beyond a record's own time-out
+LEGACY_REFUSAL = (
+    "a group of bridges carries out commands on today's Device Management only (device "
+    "requests): the legacy Connector names the async ids itself; run one bridge for it"
+)
 STORE_PATIENCE = 6.0  # seconds a record or a claim is tried again while etcd has no leader
 
 
@@ -470,6 +474,9 @@ class CommandSlots:
         if state is None or not state.live:
             self._count("fenced")
             return None
+        if self.client.api != "current":
+            # The legacy Connector makes its async ids itself: none could name the slot.
+            return Outcome(False, 501, None, LEGACY_REFUSAL)
         lease = self.lease()
         aid = make_async_id(state.index)
         rec = Record(msg.mid, digest(msg), msg.topic, msg.response_topic,
