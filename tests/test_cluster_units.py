@@ -182,3 +182,20 @@ def test_check_ttl_takes_whole_seconds_only() -> None:
     for bad in (True, 5.0, "5s", None):
         with pytest.raises(ValueError):
             check_ttl(bad)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [({"mqtt_protocol": "3.1.1"}, "BRIDGE_MQTT_PROTOCOL"),
+     ({"mqtt_session_expiry": 0}, "BRIDGE_MQTT_SESSION_EXPIRY")],
+)  # fmt: skip
+def test_a_replica_refuses_what_its_command_slots_cannot_do(
+    overrides: dict[str, object], named: str
+) -> None:
+    """MQTT 3.1.1 has no shared subscriptions; slots without sessions lose commands."""
+    from bridge.service.controller import Bridge
+
+    settings = load_settings(None, env_file=None, overrides={
+        **BASE, "cluster_etcd": "127.0.0.1:1", **overrides})  # fmt: skip
+    with pytest.raises(ValueError, match=named):
+        Bridge(settings)

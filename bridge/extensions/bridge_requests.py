@@ -91,7 +91,9 @@ class BridgeRequests(Extension):
         }
 
     def start(self) -> None:
-        self.ctx.mqtt.subscribe(self.ctx.topics.bridge_request_filter, self._on_message, qos=1)
+        # A group of bridges: one replica answers each (a shared subscription).
+        self.ctx.mqtt.subscribe(self.ctx.topics.bridge_request_filter, self._on_message, qos=1,
+                                share=self.ctx.share_group)  # fmt: skip
 
     # ---- arrival (network thread) -> a command worker ---------------------------------
 

@@ -29,6 +29,14 @@ command may have been carried out already: its reply then carries ``"redelivered
 true`` (the MQTT DUP flag). A REST call that fails in a way a retry can mend is tried
 again with back-off within the command's time-out (:data:`RETRY` says which).
 
+In a group of bridges (``BRIDGE_CLUSTER_ETCD``) the same path carries the commands of
+the replica's command slots (:class:`bridge.cluster.commands.CommandSlots`, the
+:class:`CommandGate`): the slots' clients hand their commands to :meth:`Commands.take`
+(the main link takes none), the gate writes the command's in-flight record and names
+the async id just before the device request goes out, and claims the command's
+``answered`` mark before its one reply; a command another replica answered (a copy the
+broker resent, a slot taken over) is only acknowledged here.
+
 Stopping: new commands are no longer taken (with a persistent session they stay with the
 broker, unacknowledged, for the next start; without one they get a 503 reply), commands
 under way get ``stop_timeout`` seconds to be answered, then a 503 reply.
@@ -41,7 +49,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from bridge.core.events import EndpointsListed, ValueRead
 from bridge.core.retry import RetryPolicy
@@ -98,11 +108,31 @@ def mark_redelivered(reply: bytes) -> bytes:
     return reply[:-1] + b',"redelivered":true}'
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Job:
     command: Command
     body: CommandPayload
     request: Inbound
+    slot: str | None = None  # the command slot it came through (a group of bridges)
+    async_id: str | None = None  # set by the gate: the command's record is in the store
+
+
+class CommandGate(Protocol):
+    """The command path's hooks in a group of bridges (see the module doc)."""
+
+    def known(self, slot: str, msg: Inbound) -> bool:
+        """Whether a copy the broker resent (DUP) is a command the group already carried
+        out or carries out (the gate acknowledges it when it is answered)."""
+
+    def before(
+        self, slot: str, msg: Inbound, cmd: Command, transaction: Any, timeout: float
+    ) -> str | Outcome | None:
+        """Just before the device request goes out: the async id it must use (its record
+        is written); an Outcome to reply instead (nothing was sent); None: the slot is no
+        longer this replica's (the command is left to the broker for its next owner)."""
+
+    def finish(self, slot: str, async_id: str, reply: Callable[[bool], None]) -> None:
+        """Claim the command's ``answered`` mark, then ``reply(won)`` (any thread)."""
 
 
 class Commands(Extension):
@@ -121,16 +151,29 @@ class Commands(Extension):
         self._queued = 0  # jobs handed to the command workers and not started yet
         self._left = 0  # commands left with the broker at a stop
         self._warned_retained: set[str] = set()
+        self.gate: CommandGate | None = None
+
+    def use_gate(self, gate: CommandGate) -> None:
+        """A replica of a group: commands come through the gate's slots (:meth:`take`),
+        not the main link. Before :meth:`start`."""
+        self.gate = gate
 
     def start(self) -> None:
-        for topic_filter in self.ctx.topics.command_filters(self.ctx.settings.max_path_depth):
-            self.ctx.mqtt.subscribe(topic_filter, self._on_message, qos=1, manual_ack=True)
+        if self.gate is None:
+            for topic_filter in self.ctx.topics.command_filters(self.ctx.settings.max_path_depth):
+                self.ctx.mqtt.subscribe(topic_filter, self._on_message, qos=1, manual_ack=True)
         self.ctx.bus.subscribe(EndpointsListed, self._on_listed)
 
     # ---- arrival (paho's network thread) --------------------------------------------
 
     def _on_message(self, msg: Inbound) -> None:
+        self.take(msg)
+
+    def take(self, msg: Inbound, slot: str | None = None) -> None:
+        """A command from the main link, or (``slot``) from a command slot's client."""
         if msg.topic.startswith(self._bridge_space):
+            if slot is not None:
+                msg.ack()  # a slot's filters also match bridge requests: not ours here
             return  # bridge requests have their own extension
         if msg.retain:
             # A retained command is replayed by the broker at every (re)subscription:
@@ -140,6 +183,9 @@ class Commands(Extension):
                 self._warned_retained.add(msg.topic)
                 log.warning("retained command on %r ignored (send commands unretained)", msg.topic)
             msg.ack()
+            return
+        if slot is not None and msg.dup and self.gate is not None and self.gate.known(slot, msg):
+            self.ctx.counters.add("commands_redelivered_known")
             return
         self.ctx.counters.add("commands_received")
         try:
@@ -157,7 +203,7 @@ class Commands(Extension):
         if problem is not None:
             self._reply(cmd, msg, Outcome(False, 400, None, problem), body.transaction)
             return
-        job = _Job(cmd, body, msg)
+        job = _Job(cmd, body, msg, slot)
         with self._lock:
             if not self._listed:
                 if len(self._early) < self.ctx.settings.command_queue:
@@ -296,6 +342,15 @@ class Commands(Extension):
             timeout = s.command_timeout
             text = f"no answer from the device within {timeout:g} s ({env_name('command_timeout')})"
         cmd, body, port = job.command, job.body, self.ctx.port
+        if job.slot is not None and self.gate is not None:
+            verdict = self.gate.before(job.slot, job.request, cmd, body.transaction, timeout)
+            if verdict is None:
+                return  # the slot is gone: left unacknowledged, its next owner takes it
+            if isinstance(verdict, Outcome):
+                self._finish(job, verdict)
+                return
+            job.async_id = verdict
+        aid = job.async_id
 
         def done(outcome: Outcome) -> None:
             self._finish(job, outcome)
@@ -307,24 +362,54 @@ class Commands(Extension):
             port.write(
                 cmd.endpoint, cmd.path, body.value, done, calls=self._calls,
                 timeout=timeout, timeout_text=text, retry=retry, accepted=ack,
-                options=options,
+                options=options, async_id=aid,
             )  # fmt: skip
         elif cmd.verb == "post":
             port.execute(
                 cmd.endpoint, cmd.path, body.value, done, calls=self._calls,
                 timeout=timeout, timeout_text=text, retry=retry, accepted=ack,
-                options=options,
+                options=options, async_id=aid,
             )  # fmt: skip
         else:
             port.read(
                 cmd.endpoint, cmd.path, done, calls=self._calls, timeout=timeout,
                 timeout_text=text, cache_only=body.cache_only, retry=retry, accepted=ack,
-                options=options,
+                options=options, async_id=None if body.cache_only else aid,
             )  # fmt: skip
 
     # ---- the one reply -----------------------------------------------------------------
 
     def _finish(self, job: _Job, outcome: Outcome) -> None:
+        if job.async_id is not None and job.slot is not None and self.gate is not None:
+            # A group: the one to claim the command's answered mark replies.
+            self.gate.finish(
+                job.slot, job.async_id, functools.partial(self._finished, job, outcome)
+            )
+            return
+        self._finished(job, outcome, True)
+
+    def reply_for(
+        self,
+        topic: str,
+        outcome: Outcome,
+        *,
+        response_topic: str | None,
+        correlation_data: bytes | None,
+        transaction: Any,
+        dup: bool,
+        ack: Callable[[], object] | None = None,
+    ) -> None:
+        """The reply to a command this replica did not take (a group: a record of a slot
+        it took over, claimed), as if it had."""
+        cmd = self.ctx.topics.parse_command(topic)
+        msg = Inbound(topic, b"", 1, False, response_topic, correlation_data, dup=dup, _ack=ack)
+        self._finished(_Job(cmd, CommandPayload(b"", transaction), msg), outcome, True)
+
+    def _finished(self, job: _Job, outcome: Outcome, won: bool) -> None:
+        if not won:
+            self.ctx.counters.add("commands_answered_elsewhere")
+            job.request.ack()  # another replica replied (a slot taken over meanwhile)
+            return
         cmd = job.command
         self.ctx.counters.add("commands_ok" if outcome.ok else "commands_failed")
         label = "ok" if outcome.ok else "timeout" if outcome.status == 504 else "failed"

@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from bridge.cluster import ClusterConfig
+from bridge.cluster import ClusterConfig, slot_names
+from bridge.cluster.commands import CommandSlots, InflightStore
 from bridge.core.counters import Counters
 from bridge.core.events import (
     BridgeStarted,
@@ -40,6 +41,7 @@ from bridge.core.events import (
     LeadershipChanged,
     MqttConnected,
     MqttDisconnected,
+    SlotChanged,
 )
 from bridge.core.registry import Registry
 from bridge.core.retry import Backoff
@@ -47,6 +49,7 @@ from bridge.core.workers import Deadlines, WorkerPool
 from bridge.downstream.link import MqttLink
 from bridge.downstream.topics import Topics
 from bridge.extensions import DEFAULT_EXTENSIONS, BridgeContext, Extension
+from bridge.extensions.commands import Commands
 from bridge.service.replication import Replication, member_name
 from bridge.service.settings import Settings
 from bridge.upstream.callback_receiver import publications
@@ -114,6 +117,7 @@ class Bridge:
         # (it may wait for hours); one for an awake device only once the service took it.
         self.ctx.port.queues.ack_early = self._queue_mode
         self.replication: Replication | None = None
+        self.slots: CommandSlots | None = None
         if self.cluster is not None:
             self.replication = Replication(
                 self.cluster, settings, topics=self.topics, bus=self.bus, mqtt_link=self.mqtt,
@@ -121,7 +125,16 @@ class Bridge:
                 counters=self.counters,
             )  # fmt: skip
             self.ctx.cluster = self.replication
+            self.ctx.share_group = self.cluster.group
             self.bus.subscribe(LeadershipChanged, self._on_leadership)
+            replica = self.replication.replica
+            # Commands come through the group's slots (bridge.cluster.commands).
+            self.slots = CommandSlots(
+                settings, store=InflightStore(self.cluster.client(), self.cluster.group),
+                slots=slot_names(settings.cluster_slots), member_id=self.replication.member_id,
+                client=self.connector_side.client, mqtt=self.mqtt,
+                lease=lambda: replica.lease_id,
+            )  # fmt: skip
         self._lead_lock = threading.Lock()
         self._lead_stop = threading.Event()  # the leader's start-up/channel must end
         self._lead_thread: threading.Thread | None = None
@@ -129,6 +142,12 @@ class Bridge:
         classes = DEFAULT_EXTENSIONS if extensions is None else extensions
         self.extensions = [cls(self.ctx) for cls in classes if cls.enabled(settings)]
         self.ctx.info["extensions"] = {e.name: e.info for e in self.extensions}
+        commands = next((e for e in self.extensions if isinstance(e, Commands)), None)
+        if self.slots is not None and commands is not None:
+            commands.use_gate(self.slots)
+            self.slots.attach(commands.take, commands.reply_for)
+            self.bus.subscribe(SlotChanged, self._on_slot)
+            self.ctx.info["cluster_commands"] = self.slots.counters
         self.ready = threading.Event()
         self.failed = threading.Event()
         self.failure: str | None = None
@@ -147,6 +166,8 @@ class Bridge:
         self.deadlines.start()
         self.ctx.commands.start()
         self.ctx.background.start()
+        if self.slots is not None:
+            self.slots.start()
         for ext in self.extensions:
             ext.start()
         if self.replication is not None:
@@ -194,6 +215,8 @@ class Bridge:
             self._startup_thread.join(timeout=5.0)
         if self._lead_thread is not None:
             self._lead_thread.join(timeout=5.0)
+        if self.slots is not None:
+            self.slots.stop()  # after the commands: their claims end, the clients go
         if self.replication is not None:
             self.replication.stop()  # after the channel: the next leader finds it free
         self.ctx.commands.stop(timeout=2.0)
@@ -308,6 +331,10 @@ class Bridge:
         log.info("%d endpoint(s) registered (listed as a replica of the group)", len(listed))
 
     # ---- the leader's part (a replica) ------------------------------------------------------
+
+    def _on_slot(self, event: SlotChanged) -> None:
+        assert self.slots is not None
+        (self.slots.slot_gained if event.owned else self.slots.slot_lost)(event.slot)
 
     def _on_leadership(self, event: LeadershipChanged) -> None:
         """On the replication's hand-over thread: start or end the leader's part."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bridge.connector import asyncResult, connector, response_codes
+from bridge.connector.dialects import NEXT_ASYNC_ID
 from bridge.connector.errors import ASYNC_TIMEOUT, INVALID_RESPONSE, UNSUPPORTED
 from bridge.core.counters import Counters
 from bridge.core.retry import ErrorKind, RetryPolicy
@@ -131,6 +132,7 @@ class ConnectorPort(ABC):
         retry: RetryPolicy | None = READ_RETRY,
         accepted: Callable[[], object] | None = None,
         options: RequestOptions | None = None,
+        async_id: str | None = None,
     ) -> None:
         """Read a resource, the value is the outcome's payload; or an object instance
         (``/3311/0``), whose values the outcome also gives decoded, by resource path
@@ -138,7 +140,7 @@ class ConnectorPort(ABC):
         if _INSTANCE.fullmatch(path):
             done = functools.partial(_with_instance_values, path, done)
         self._start("read", endpoint, path, None, cache_only, options, done, calls,
-                    timeout, timeout_text, retry, accepted)  # fmt: skip
+                    timeout, timeout_text, retry, accepted, async_id)  # fmt: skip
 
     def write(
         self,
@@ -153,10 +155,11 @@ class ConnectorPort(ABC):
         retry: RetryPolicy | None = None,
         accepted: Callable[[], object] | None = None,
         options: RequestOptions | None = None,
+        async_id: str | None = None,
     ) -> None:
         """Write ``value`` (raw bytes; a str as UTF-8 text) to a resource."""
         self._start("write", endpoint, path, value, False, options, done, calls,
-                    timeout, timeout_text, retry, accepted)  # fmt: skip
+                    timeout, timeout_text, retry, accepted, async_id)  # fmt: skip
 
     def execute(
         self,
@@ -171,10 +174,11 @@ class ConnectorPort(ABC):
         retry: RetryPolicy | None = None,
         accepted: Callable[[], object] | None = None,
         options: RequestOptions | None = None,
+        async_id: str | None = None,
     ) -> None:
         """Execute a resource with ``argument`` (may be empty)."""
         self._start("execute", endpoint, path, argument, False, options, done, calls,
-                    timeout, timeout_text, retry, accepted)  # fmt: skip
+                    timeout, timeout_text, retry, accepted, async_id)  # fmt: skip
 
     def _start(
         self,
@@ -190,8 +194,11 @@ class ConnectorPort(ABC):
         timeout_text: str,
         retry: RetryPolicy | None,
         accepted: Callable[[], object] | None,
+        async_id: str | None = None,
     ) -> None:
-        """A device call, in the device's line (a cache read skips it)."""
+        """A device call, in the device's line (a cache read skips it); ``async_id``: the
+        id every try of it uses (a group of bridges names the command slot in it), else a
+        new one per try."""
         ticket = None
         if not cache_only:
             ticket = self.queues.ticket(
@@ -199,7 +206,7 @@ class ConnectorPort(ABC):
                 expiry=options.expiry if options else None,
                 retry=options.retry if options else None,
             )  # fmt: skip
-        starter = self._try(verb, endpoint, path, value, cache_only, ticket)
+        starter = self._try(verb, endpoint, path, value, cache_only, ticket, async_id)
         calls.start(
             starter, timeout, done, timeout_text, retry=retry, accepted=accepted, turn=ticket
         )
@@ -215,7 +222,7 @@ class ConnectorPort(ABC):
         timeout_text: str,
     ) -> None:
         """Subscribe to a resource's changes (they come as notifications)."""
-        starter = self._try("subscribe", endpoint, path, None, False, None)
+        starter = self._try("subscribe", endpoint, path, None, False, None, None)
         calls.start(starter, timeout, done, timeout_text)
 
     def pending_requests(self, endpoint: str | None = None) -> dict[str, Any]:
@@ -237,9 +244,11 @@ class ConnectorPort(ABC):
         value: bytes | str | None,
         cache_only: bool,
         ticket: Ticket | None,
+        async_id: str | None = None,
     ) -> Starter:
         """One try of ``verb`` (see :data:`~bridge.upstream.async_calls.Starter`); the
-        ``ticket`` gives the request options for the try being made."""
+        ``ticket`` gives the request options for the try being made; ``async_id`` the id
+        the device request uses (None: the client makes one)."""
 
     # ---- answered at once ---------------------------------------------------------------
 
@@ -376,6 +385,7 @@ class SeedPort(ConnectorPort):
         value: bytes | str | None,
         cache_only: bool,
         ticket: Ticket | None,
+        async_id: str | None = None,
     ) -> Starter:
         c = self._client
         endpoint = self._address(endpoint)
@@ -391,14 +401,19 @@ class SeedPort(ConnectorPort):
             if ticket is not None and ticket.expiry is not None:
                 extra["expiry"] = ticket.expiry_to_send()  # what is left of it, now
             data = value if value is not None else ""
-            if verb == "read":
-                r = c.getResourceValue(endpoint, path, cbfn=cb, cacheOnly=cache_only, **extra)
-            elif verb == "write":
-                r = c.putResourceValue(endpoint, path, data, cbfn=cb, **extra)
-            elif verb == "execute":
-                r = c.postResource(endpoint, path, data, cbfn=cb, **extra)
-            else:
-                r = c.putResourceSubscription(endpoint, path, cbfn=cb)
+            token = NEXT_ASYNC_ID.set(async_id) if async_id is not None else None
+            try:
+                if verb == "read":
+                    r = c.getResourceValue(endpoint, path, cbfn=cb, cacheOnly=cache_only, **extra)
+                elif verb == "write":
+                    r = c.putResourceValue(endpoint, path, data, cbfn=cb, **extra)
+                elif verb == "execute":
+                    r = c.postResource(endpoint, path, data, cbfn=cb, **extra)
+                else:
+                    r = c.putResourceSubscription(endpoint, path, cbfn=cb)
+            finally:
+                if token is not None:
+                    NEXT_ASYNC_ID.reset(token)
             return None if r.async_id is None else functools.partial(c.forgetAsync, r.async_id)
 
         return start

@@ -13,6 +13,7 @@ running. The group's view comes from etcd (:func:`bridge.cluster.read_view`).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -85,6 +86,16 @@ class BridgeProcess:
 
     def tail(self, size: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-size:]
+
+    def command_counters(self) -> dict[str, int]:
+        """The counters of its command slots, as it logged them when it stopped cleanly
+        (bridge.cluster.commands.CommandSlots.stop); {} if it did not."""
+        found: dict[str, int] = {}
+        for line in self.log.read_text(errors="replace").splitlines():
+            _, sep, doc = line.partition(f"cluster commands of {self.member}: ")
+            if sep:
+                found = json.loads(doc)
+        return found
 
 
 class BridgeGroup:
