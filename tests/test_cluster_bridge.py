@@ -10,8 +10,11 @@ failover times.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
@@ -22,6 +25,7 @@ from bridge.simulator import Emulator
 from tests.support.bridge_group import BridgeGroup
 from tests.support.broker import MosquittoBroker
 from tests.support.etcd import EtcdCluster, etcd_fixtures
+from tests.support.ports import free_port
 
 etcd_cluster, etcd = etcd_fixtures()
 
@@ -170,3 +174,45 @@ def test_a_paused_leader_resumed_after_its_lease_does_not_use_the_channel(
     for v in (b"42", b"43", b"44"):
         assert watch.on(TOPIC).count(v) == 1
     assert b.running and a.running
+
+
+def _readyz(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    except OSError:
+        return 0, {}
+
+
+def test_readyz_is_per_replica_and_follows_its_lease(
+    group: BridgeGroup, current: Emulator, watch: Watch, etcd_cluster: EtcdCluster
+) -> None:
+    """Each replica answers ``/readyz`` for itself: the leader as a single bridge, a
+    follower with its lease and the broker. Without an etcd quorum neither can renew its
+    lease, and both say so (503 naming the lease) until etcd is back."""
+    ports = {m: free_port() for m in ("r1", "r2")}
+    for m, port in ports.items():
+        group.start(m, BRIDGE_HEALTH_PORT=str(port))
+    leader = serving_leader(group, current)
+    follower = next(m for m in ports if m != leader)
+    group.wait(lambda: all(_readyz(p)[0] == 200 for p in ports.values()), 20, "both ready")
+    assert _readyz(ports[leader])[1] == {"ready": True, "reasons": []}
+    assert _readyz(ports[follower])[1] == {"ready": True, "reasons": []}
+    try:
+        for member in etcd_cluster.members[:2]:  # no quorum: no renewal anywhere
+            member.kill()
+
+        def both_unready() -> bool:
+            answers = [_readyz(p) for p in ports.values()]
+            return all(status == 503 for status, _ in answers) and all(
+                any("lease" in str(r) for r in body.get("reasons", []))  # type: ignore[attr-defined]
+                for _, body in answers
+            )
+
+        group.wait(both_unready, TTL + 8, "both replicas unready for want of a lease")
+    finally:
+        etcd_cluster.revive()
+    group.wait(lambda: all(_readyz(p)[0] == 200 for p in ports.values()), 30, "ready again")
+    flows(current, watch, "ready-again", 15)  # a leader serves the channel again

@@ -16,6 +16,7 @@ from bridge.bench.harness import APIS, CHANNEL_NAME
 
 TARGET_RATIO = 0.7  # commands: the bridge's throughput at least this share of the floor's
 SCALE_TARGET_SIZE = 100_000  # the start-up targets hold at this many endpoints
+RSS_LIMIT_MIB = 400e6 / 2**20  # the start-up target is 400 MB: 381.5 MiB (the bench reports MiB)
 TIMES = "\N{MULTIPLICATION SIGN}"  # as in the README's table
 DIALECT_NAME = {"legacy": "2016 Connector", "current": "Device Management"}
 
@@ -89,8 +90,8 @@ def targets(f: dict[str, Any]) -> list[Target]:
         s = scale_size(sc, SCALE_TARGET_SIZE) if sc is not None else None
         if s is not None:
             add("start-up with 100,000 endpoints, s" + tag, s["all_s"], "< 90", lambda v: v < 90)
-            add("peak RSS with 100,000 endpoints, MiB" + tag, s["peak_rss_mib"], "< 400",
-                lambda v: v < 400)  # fmt: skip
+            add("peak RSS with 100,000 endpoints, MiB" + tag, s["peak_rss_mib"], "< 381",
+                lambda v: v < RSS_LIMIT_MIB)  # fmt: skip
     return out
 
 
@@ -450,7 +451,7 @@ def _cells(f: Mapping[str, Any], apis: list[str]) -> list[list[str]]:
              ""],
             [f"peak RSS ({label})",
              *per("scale", lambda d: at(d, "peak_rss_mib", ".0f", " MiB"),
-                  big_ok("peak_rss_mib", 400)), "", "< 400 MB" if big else ""],
+                  big_ok("peak_rss_mib", RSS_LIMIT_MIB)), "", "< 400 MB (381 MiB)" if big else ""],
         ]  # fmt: skip
     ch = f.get("channels")
     if ch is not None:
