@@ -11,18 +11,15 @@ failover times.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.simulator import Emulator
-from tests.support.bridge_group import BridgeGroup
+from tests.support.bridge_group import LIGHT_TOPIC, BridgeGroup, Watch, flows, running_group
 from tests.support.broker import MosquittoBroker
 from tests.support.etcd import EtcdCluster, etcd_fixtures
 from tests.support.ports import free_port
@@ -30,34 +27,8 @@ from tests.support.ports import free_port
 etcd_cluster, etcd = etcd_fixtures()
 
 TTL = 2
-LIGHT = ("light-001", "/3311/0/5850")
-TOPIC = "connector/light-001/3311/0/5850"
+TOPIC = LIGHT_TOPIC
 GROUP_STATE = "connector/$bridge/state"
-
-
-class Watch:
-    """Every message on ``connector/#`` with its arrival time."""
-
-    def __init__(self, port: int) -> None:
-        self.lock = threading.Lock()
-        self.seen: list[tuple[float, str, bytes]] = []
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{time.time_ns()}")
-        self.c.on_message = self._on
-        self.c.connect("127.0.0.1", port)
-        self.c.subscribe("connector/#", 1)
-        self.c.loop_start()
-
-    def _on(self, c: object, u: object, m: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.seen.append((time.monotonic(), m.topic, bytes(m.payload)))
-
-    def on(self, topic: str) -> list[bytes]:
-        with self.lock:
-            return [p for _, t, p in self.seen if t == topic]
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 @pytest.fixture
@@ -75,22 +46,8 @@ def watch(broker: MosquittoBroker) -> Iterator[Watch]:
 
 @pytest.fixture
 def group(current: Emulator, broker: MosquittoBroker, etcd: EtcdCluster) -> Iterator[BridgeGroup]:
-    g = BridgeGroup(current, broker, etcd, ttl=TTL)
-    try:
+    with running_group(current, broker, etcd, ttl=TTL) as g:
         yield g
-    except BaseException:
-        print(g.logs())
-        raise
-    finally:
-        g.close()
-
-
-def flows(emu: Emulator, watch: Watch, value: str, timeout: float) -> float:
-    """Set the light's value and wait until it is on MQTT; seconds it took."""
-    start = time.monotonic()
-    emu.set_value(*LIGHT, value)
-    BridgeGroup.wait(lambda: value.encode() in watch.on(TOPIC), timeout, f"{value} on MQTT")
-    return time.monotonic() - start
 
 
 def serving_leader(g: BridgeGroup, emu: Emulator, timeout: float = 20.0) -> str:

@@ -16,19 +16,15 @@ one group on a real three-member etcd, one emulator (today's dialect), one Mosqu
 from __future__ import annotations
 
 import http.server
-import json
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 import requests
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.simulator import Emulator
-from tests.support.bridge_group import BridgeGroup
+from tests.support.bridge_group import LIGHT_TOPIC, BridgeGroup, Watch, flows, running_group
 from tests.support.broker import MosquittoBroker
 from tests.support.etcd import EtcdCluster, etcd_fixtures, wait_state
 from tests.support.ports import free_port
@@ -38,39 +34,8 @@ etcd_cluster, etcd = etcd_fixtures()
 
 TTL = 2
 HOLD_OFF = 2 * TTL  # bridge.service.replication: the first step-down's hold-off
-LIGHT = ("light-001", "/3311/0/5850")
-TOPIC = "connector/light-001/3311/0/5850"
+TOPIC = LIGHT_TOPIC
 SECRET = "group-callback-secret-0123456789abcdef"
-
-
-class Watch:
-    """Every message on ``connector/#`` with its arrival time."""
-
-    def __init__(self, port: int) -> None:
-        self.lock = threading.Lock()
-        self.seen: list[tuple[float, str, bytes]] = []
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{time.time_ns()}")
-        self.c.on_message = self._on
-        self.c.connect("127.0.0.1", port)
-        self.c.subscribe("connector/#", 1)
-        self.c.loop_start()
-
-    def _on(self, c: object, u: object, m: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.seen.append((time.monotonic(), m.topic, bytes(m.payload)))
-
-    def on(self, topic: str, since: float = 0.0) -> list[bytes]:
-        with self.lock:
-            return [p for t0, t, p in self.seen if t == topic and t0 >= since]
-
-    def health(self, member: str, since: float = 0.0) -> list[dict[str, Any]]:
-        return [
-            json.loads(p) for p in self.on(f"connector/$bridge/replicas/{member}/health", since)
-        ]
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 @pytest.fixture
@@ -86,27 +51,13 @@ def watch(broker: MosquittoBroker) -> Iterator[Watch]:
     w.close()
 
 
-def flows(emu: Emulator, watch: Watch, value: str, timeout: float) -> float:
-    """Set the light's value and wait until it is on MQTT; seconds it took."""
-    start = time.monotonic()
-    emu.set_value(*LIGHT, value)
-    BridgeGroup.wait(lambda: value.encode() in watch.on(TOPIC), timeout, f"{value} on MQTT")
-    return time.monotonic() - start
-
-
 # --------------------------------------------------------------------- the 1001 fence
 
 
 @pytest.fixture
 def group(current: Emulator, broker: MosquittoBroker, etcd: EtcdCluster) -> Iterator[BridgeGroup]:
-    g = BridgeGroup(current, broker, etcd, ttl=TTL)
-    try:
+    with running_group(current, broker, etcd, ttl=TTL) as g:
         yield g
-    except BaseException:
-        print(g.logs())
-        raise
-    finally:
-        g.close()
 
 
 def test_a_leader_told_1001_steps_down_without_a_reconnect_loop_and_the_group_recovers(

@@ -25,12 +25,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.simulator import Emulator
-from tests.support.bridge_group import BridgeGroup
+from tests.support.bridge_group import BridgeGroup, Watch
 from tests.support.broker import MosquittoBroker
 from tests.support.commander import PATH, Requester, tally
 from tests.support.etcd import EtcdCluster, etcd_fixtures
@@ -56,40 +54,6 @@ def report(capsys: pytest.CaptureFixture[str], name: str, **figures: Any) -> str
     with capsys.disabled():
         print("\n" + line)
     return line
-
-
-class Watch:
-    """Every message on ``connector/#``: arrival time, topic, payload, retain flag."""
-
-    def __init__(self, port: int, client_id: str) -> None:
-        self.lock = threading.Lock()
-        self.seen: list[tuple[float, str, bytes, bool]] = []
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.c.on_message = self._on
-        self.c.connect("127.0.0.1", port)
-        self.c.subscribe("connector/#", 1)
-        self.c.loop_start()
-
-    def _on(self, c: object, u: object, m: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.seen.append((time.monotonic(), m.topic, bytes(m.payload), bool(m.retain)))
-
-    def arrivals(self, topic: str) -> dict[bytes, float]:
-        """First arrival of each payload on ``topic``."""
-        out: dict[bytes, float] = {}
-        with self.lock:
-            for t, top, p, _ in self.seen:
-                if top == topic:
-                    out.setdefault(p, t)
-        return out
-
-    def retained(self) -> dict[str, bytes]:
-        with self.lock:
-            return {top: p for _, top, p, r in self.seen if r}
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 class Stream:

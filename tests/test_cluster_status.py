@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from bridge.service.status_cli import main
 from bridge.simulator import Emulator
-from tests.support.bridge_group import BridgeGroup
+from tests.support.bridge_group import BridgeGroup, running_group
 from tests.support.broker import MosquittoBroker
 from tests.support.etcd import EtcdCluster, etcd_fixtures
 from tests.support.ports import free_port
@@ -45,14 +46,8 @@ def current() -> Iterator[Emulator]:
 
 @pytest.fixture
 def group(current: Emulator, broker: MosquittoBroker, etcd: EtcdCluster) -> Iterator[BridgeGroup]:
-    g = BridgeGroup(current, broker, etcd, ttl=TTL, slots=SLOTS)
-    try:
+    with running_group(current, broker, etcd, ttl=TTL, slots=SLOTS) as g:
         yield g
-    except BaseException:
-        print(g.logs())
-        raise
-    finally:
-        g.close()
 
 
 def status(
@@ -124,7 +119,11 @@ def test_status_lists_the_replicas_the_leader_and_the_slot_owners(
         assert slots.split(",") == list(view.owned_by(m)) or (slots == "-" and not view.owned_by(m))
     owned = sorted(s for cells in rows.values() if cells[6] != "-" for s in cells[6].split(","))
     assert owned == sorted(f"cmd-{i}" for i in range(SLOTS))
-    assert f"figures and endpoints from replica {view.leader} (leader)" in out
+    # One replica answers each bridge request (a shared subscription), and says which.
+    answered = re.search(r"figures and endpoints from replica (\S+) \((leader|follower)\)", out)
+    assert answered is not None, out
+    assert answered[1] in MEMBERS
+    assert answered[2] == ("leader" if answered[1] == view.leader else "follower"), out
     assert "ENDPOINT" in out and "light-001" in out
 
     # Every replica ready (a follower: its lease and the broker), as its health says.

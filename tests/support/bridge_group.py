@@ -12,6 +12,7 @@ running. The group's view comes from etcd (:func:`bridge.cluster.read_view`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -19,10 +20,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.cluster import ClusterView, EtcdClient, read_view
 from bridge.simulator import Emulator
@@ -173,3 +178,77 @@ class BridgeGroup:
             p.terminate(timeout=10.0)
         for p in self.processes:
             assert not p.running, f"{p.member} still runs"
+
+
+# ---------------------------------------------------------------- what the tests share
+
+LIGHT = ("light-001", "/3311/0/5850")
+LIGHT_TOPIC = "connector/light-001/3311/0/5850"
+
+
+class Watch:
+    """Every message on ``connector/#``: arrival time, topic, payload, retain flag."""
+
+    def __init__(self, port: int, client_id: str | None = None) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[float, str, bytes, bool]] = []
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or f"watch-{time.time_ns()}"
+        )
+        self.c.on_message = self._on
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe("connector/#", 1)
+        self.c.loop_start()
+
+    def _on(self, c: object, u: object, m: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.seen.append((time.monotonic(), m.topic, bytes(m.payload), bool(m.retain)))
+
+    def on(self, topic: str, since: float = 0.0) -> list[bytes]:
+        with self.lock:
+            return [p for t0, t, p, _ in self.seen if t == topic and t0 >= since]
+
+    def health(self, member: str, since: float = 0.0) -> list[dict[str, Any]]:
+        return [
+            json.loads(p) for p in self.on(f"connector/$bridge/replicas/{member}/health", since)
+        ]
+
+    def arrivals(self, topic: str) -> dict[bytes, float]:
+        """First arrival of each payload on ``topic``."""
+        out: dict[bytes, float] = {}
+        with self.lock:
+            for t, top, p, _ in self.seen:
+                if top == topic:
+                    out.setdefault(p, t)
+        return out
+
+    def retained(self) -> dict[str, bytes]:
+        with self.lock:
+            return {top: p for _, top, p, r in self.seen if r}
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def flows(emu: Emulator, watch: Watch, value: str, timeout: float) -> float:
+    """Set the light's value and wait until it is on MQTT; seconds it took."""
+    start = time.monotonic()
+    emu.set_value(*LIGHT, value)
+    BridgeGroup.wait(lambda: value.encode() in watch.on(LIGHT_TOPIC), timeout, f"{value} on MQTT")
+    return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def running_group(
+    emu: Emulator, broker: MosquittoBroker, etcd: EtcdCluster, **kw: Any
+) -> Iterator[BridgeGroup]:
+    """A :class:`BridgeGroup` closed afterwards, its logs printed if the test failed."""
+    g = BridgeGroup(emu, broker, etcd, **kw)
+    try:
+        yield g
+    except BaseException:
+        print(g.logs())
+        raise
+    finally:
+        g.close()
