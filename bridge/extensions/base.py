@@ -77,8 +77,6 @@ class BridgeContext:
     started_at: float = field(default_factory=time.time)
     info: dict[str, Any] = field(default_factory=dict)  # facts for the `info` request
     cluster: ClusterRole | None = None  # a replica of a group (None: a single bridge)
-    # A group: the MQTT 5 share group of the requests any one replica answers (None: one).
-    share_group: str | None = None
 
     def leading(self) -> bool:
         """Whether this bridge does the fleet-wide work (announcing endpoints, discovery):

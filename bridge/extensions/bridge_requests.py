@@ -91,9 +91,10 @@ class BridgeRequests(Extension):
         }
 
     def start(self) -> None:
-        # A group of bridges: one replica answers each (a shared subscription).
-        self.ctx.mqtt.subscribe(self.ctx.topics.bridge_request_filter, self._on_message, qos=1,
-                                share=self.ctx.share_group)  # fmt: skip
+        # A group of bridges: every replica answers, each naming itself (``info`` says
+        # which, and status shows the leader's). Not a shared subscription: Mosquitto hands a
+        # shared message to a dead replica's persistent session too, where nobody answers it.
+        self.ctx.mqtt.subscribe(self.ctx.topics.bridge_request_filter, self._on_message, qos=1)
 
     # ---- arrival (network thread) -> a command worker ---------------------------------
 

@@ -125,7 +125,6 @@ class Bridge:
                 counters=self.counters,
             )  # fmt: skip
             self.ctx.cluster = self.replication
-            self.ctx.share_group = self.cluster.group
             self.bus.subscribe(LeadershipChanged, self._on_leadership)
             replica = self.replication.replica
             # Commands come through the group's slots (bridge.cluster.commands).

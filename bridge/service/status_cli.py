@@ -14,9 +14,8 @@ revision, the leader and slot keys themselves, so it is exact). Without it, or w
 does not answer from there (it is often reachable only from inside the cluster), it comes
 from the replicas' retained ``$bridge/replicas/<member>/health`` and ``.../state``, each
 as old as that replica's last health message (``BRIDGE_HEALTH_INTERVAL``); the output
-says which source it used, and why. In a group one replica answers each bridge request
-(a shared subscription), so the figures and endpoints are that replica's, and the output
-names it (a follower mirrors the leader's endpoints; its figures are its own).
+says which source it used, and why. The figures and endpoints come from the leader's
+answer when the leader answers (every replica answers bridge requests).
 
 Exit codes: 0 the bridge answered; 1 it did not (or the broker could not be reached),
 with a message saying what was seen; 2 wrong settings.
@@ -206,7 +205,12 @@ def gather(settings: Settings, timeout: float) -> Snapshot:
             client.publish(f"{bridge}/request/{action}", body, qos=1)
         with lock:
             lock.wait_for(
-                lambda: (snap.info or snap.info_error) and (snap.endpoints or snap.endpoints_error),
+                lambda: (
+                    (snap.info or snap.info_error)
+                    and (snap.endpoints or snap.endpoints_error)
+                    # A group: every replica answers; wait for the leader's (until the time-out).
+                    and (not snap.clustered or _from_leader(snap.info) or not _leader_serves(snap))
+                ),
                 max(end - time.monotonic(), 0.0),
             )
     finally:
@@ -242,6 +246,18 @@ def read_group(snap: Snapshot, settings: Settings, timeout: float) -> None:
         snap.cluster_error = str(exc) or type(exc).__name__
 
 
+def _from_leader(info: dict[str, Any] | None) -> bool:
+    return bool(info) and (info or {}).get("cluster", {}).get("role") == "leader"
+
+
+def _leader_serves(snap: Snapshot) -> bool:
+    """Some replica's retained state and health say it is online and leads."""
+    return any(
+        snap.replica_states.get(m) == "online" and (h.get("role") == "leader")
+        for m, h in snap.replica_health.items()
+    )
+
+
 def _take(
     snap: Snapshot, topic: str, payload: bytes, prefix: str, transactions: Mapping[str, str]
 ) -> None:
@@ -264,7 +280,10 @@ def _take(
                 return  # somebody else's answer
             error = None if doc.get("ok") else f"{doc.get('status')} {doc.get('error')}"
             if action == "info":
-                snap.info, snap.info_error = doc.get("data") or {}, error
+                data = doc.get("data") or {}
+                if _from_leader(snap.info) and not _from_leader(data):
+                    return  # a group: the leader's answer stays
+                snap.info, snap.info_error = data, error
             elif action == "endpoints":
                 snap.endpoints = doc.get("data") if isinstance(doc.get("data"), list) else []
                 snap.endpoints_error = error
@@ -537,7 +556,7 @@ def render(snap: Snapshot) -> str:
         "",
     ]
     answered = info.get("cluster") or {}
-    if answered.get("member"):  # a group: the replica that answered, whose figures these are
+    if answered.get("member"):  # a group: every replica answers; whose figures these are
         lines[1:1] = [f"figures and endpoints from replica {answered['member']} "
                       f"({answered.get('role', '?')})"]  # fmt: skip
     width = max(len(k) for k, _ in figures)
