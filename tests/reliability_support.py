@@ -70,10 +70,12 @@ def stream_emulator(**kw: Any) -> Emulator:
     return Emulator(token=TOKEN, scenario=Scenario.from_dict(SCENARIO), drift=False, seed=1, **kw)
 
 
-def report(capsys: pytest.CaptureFixture[str], name: str, **figures: Any) -> str:
+def report(
+    capsys: pytest.CaptureFixture[str], name: str, *, tag: str = "reliability", **figures: Any
+) -> str:
     """One line of figures, printed for the closing note (shown without ``-s`` too)."""
     parts = [f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()]
-    line = f"[reliability] {name}: " + " ".join(parts)
+    line = f"[{tag}] {name}: " + " ".join(parts)
     with capsys.disabled():
         print("\n" + line)
     return line

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from bridge.simulator import Emulator
+from tests.reliability_support import report
 from tests.support.bridge_group import BridgeGroup, Watch
 from tests.support.broker import MosquittoBroker
 from tests.support.commander import PATH, Requester, tally
@@ -49,15 +50,6 @@ COMMAND_TIMEOUT = 8  # a taken-over record no answer comes for is answered 504 a
 STREAM = ("light-001", "/3311/0/5850")  # the notification stream (not commanded)
 STREAM_EVERY = 0.05
 IN_FLIGHT = 0.5  # s before the leader's kill: a value emitted then may have been in its hands
-
-
-def report(capsys: pytest.CaptureFixture[str], name: str, **figures: Any) -> str:
-    """One line of figures for the closing note (shown without ``-s`` too)."""
-    parts = [f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()]
-    line = f"[cluster] {name}: " + " ".join(parts)
-    with capsys.disabled():
-        print("\n" + line)
-    return line
 
 
 class Stream:
@@ -259,7 +251,8 @@ def test_leader_follower_and_etcd_member_killed_during_a_burst(
         counters = {p.member: p.command_counters() for p in survivors}
         exceptions = {k: len(v) for k, v in windows.items() if v}
         report(
-            capsys, "chaos", commands=COUNT, rate=RATE, burst_s=burst_s, answered_s=answered_s,
+            capsys, "chaos", tag="cluster", commands=COUNT, rate=RATE, burst_s=burst_s,
+            answered_s=answered_s,
             leader_killed=victims["leader"], new_leader_elected_s=elected_s,
             new_leader_serving_s=serving_s, follower_killed=victims["follower"],
             etcd_killed=victims["etcd"], statuses=result["statuses"],
